@@ -250,29 +250,38 @@ class RunConfig(Section):
         return [o.name for o in self.objectives]
 
 
+_OBJECTIVE_TYPES = {"sentiment", "readability", "brevity", "relevance", "hf_classifier", "python"}
+
+
 class ConfigError(ValueError):
-    """A config that cannot be used; the message names every offending field."""
+    """A config that cannot be used. `fields` holds (dotted field path, message) pairs; the message names them all."""
+
+    def __init__(self, message: str, fields: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.fields = fields or [("config", message)]
+
+
+def field_errors(error: ValidationError) -> list[tuple[str, str]]:
+    found = []
+    for item in error.errors():
+        # Drop the union tag pydantic adds inside discriminated lists (objectives.0.sentiment.x → objectives.0.x).
+        # Only there: a user's unknown key that happens to be called e.g. "python" must still be named.
+        loc = [str(p) for p in item["loc"]]
+        if len(loc) >= 3 and loc[0] == "objectives" and loc[2] in _OBJECTIVE_TYPES:
+            del loc[2]
+        found.append((".".join(loc) or "config", item["msg"].removeprefix("Value error, ")))
+    return found
 
 
 def format_validation_error(error: ValidationError) -> str:
-    lines = []
-    for item in error.errors():
-        # Drop the union tag pydantic adds inside discriminated lists (objectives.0.sentiment.x → objectives.0.x).
-        loc = [str(p) for p in item["loc"] if not (isinstance(p, str) and p in _OBJECTIVE_TYPES)]
-        where = ".".join(loc) or "config"
-        message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"{where}: {message}")
-    return "; ".join(lines)
-
-
-_OBJECTIVE_TYPES = {"sentiment", "readability", "brevity", "relevance", "hf_classifier", "python"}
+    return "; ".join(f"{where}: {message}" for where, message in field_errors(error))
 
 
 def parse_config(data: Any) -> RunConfig:
     try:
         return RunConfig.model_validate(data if data is not None else {})
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error)) from None
+        raise ConfigError(format_validation_error(error), field_errors(error)) from None
 
 
 def load_config(path: str | Path) -> RunConfig:

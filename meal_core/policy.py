@@ -119,21 +119,35 @@ class Policy:
         top_p: float = 1.0,
         top_k: int = 0,
         do_sample: bool = True,
+        min_new_tokens: int | None = None,
     ) -> Generation:
-        """One batched, left-padded `generate` call for all prompts, M samples each."""
+        """One batched, left-padded `generate` call for all prompts, M samples each.
+
+        `min_new_tokens` suppresses eos until that many tokens are out (None: stop at eos as usual); benchmarks set
+        it to `max_new_tokens` so that every sequence does the same amount of work.
+        """
         self.model.eval()
         ids, mask = self._left_padded([self.encode_prompt(p) for p in prompts])
-        sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k} if do_sample else {}
+        options: dict[str, float | int] = (
+            {"temperature": temperature, "top_p": top_p, "top_k": top_k} if do_sample else {}
+        )
+        if min_new_tokens is not None:
+            options["min_new_tokens"] = min(min_new_tokens, max_new_tokens)
+        # Greedy decoding gives M identical sequences, and transformers refuses num_return_sequences > 1 without
+        # sampling: decode once per prompt and repeat.
+        copies = num_return_sequences if do_sample else 1
         output = self.model.generate(
             input_ids=ids,
             attention_mask=mask,
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,
-            num_return_sequences=num_return_sequences,
+            num_return_sequences=copies,
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
-            **sampling,
+            **options,
         )
+        if copies != num_return_sequences:
+            output = output.repeat_interleave(num_return_sequences, dim=0)
         completions = output[:, ids.shape[1] :].tolist()
         eos = self.tokenizer.eos_token_id
         token_ids: list[list[int]] = []

@@ -85,8 +85,12 @@ class JsonlRecorder(NullRecorder):
 class ConsoleProgress(NullRecorder):
     """A one-line progress bar with ETA on stderr, plus status changes."""
 
-    def __init__(self, stream: IO[str] = sys.stderr, width: int = 30) -> None:
-        self.stream, self.width = stream, width
+    def __init__(self, stream: IO[str] | None = None, width: int = 30) -> None:
+        self._stream, self.width = stream, width
+
+    @property
+    def stream(self) -> IO[str]:
+        return self._stream or sys.stderr
 
     def progress(self, done: int, total: int, eta_seconds: float | None) -> None:
         filled = int(self.width * done / max(total, 1))

@@ -578,6 +578,8 @@ class Trainer:
             "learnable": self.learnable.state_dict() if self.learnable is not None else None,
             "normalizer": self.normalizer.state_dict() if self.normalizer is not None else None,
             "replay": [asdict(item) for item in self.replay],
+            # Batch composition changes padding and so the last bits of an embedding: keep them for exact resume.
+            "embeddings": self._embeddings,
             "probe_set": asdict(self.probe_set) if self.probe_set is not None else None,
             "order": self._order,
             "cursor": self._cursor,
@@ -599,6 +601,7 @@ class Trainer:
         if self.learnable is not None:
             self.learnable.load_state_dict(state["learnable"])
         self.normalizer = Normalizer.from_state_dict(state["normalizer"]) if state["normalizer"] else None
+        self._embeddings = dict(state["embeddings"])
         self.replay = deque((ReplayItem(**item) for item in state["replay"]), maxlen=self.algo.replay_size)
         probe = state["probe_set"]
         self.probe_set = (

@@ -39,9 +39,10 @@ class Objective(ABC):
         scores: list[float] = []
         for start in range(0, len(responses), self.batch_size):
             end = start + self.batch_size
+            expected = len(responses[start:end])
             batch = list(self.score_batch(prompts[start:end], responses[start:end]))
-            if len(batch) != len(responses[start:end]):
-                raise ObjectiveError(f"{self.name}: returned {len(batch)} scores for {end - start} responses")
+            if len(batch) != expected:
+                raise ObjectiveError(f"{self.name}: returned {len(batch)} scores for {expected} responses")
             scores.extend(float(v) for v in batch)
         if any(not math.isfinite(v) for v in scores):
             raise ObjectiveError(f"{self.name}: returned a non-finite score")

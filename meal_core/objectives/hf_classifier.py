@@ -61,7 +61,7 @@ class HFClassifierScorer(Objective):
             self._model = AutoModelForSequenceClassification.from_pretrained(
                 model, trust_remote_code=trust_remote_code
             ).to(device)
-        except OSError as error:
+        except (OSError, ValueError) as error:  # ValueError: a folder that holds no usable tokenizer/model
             raise ObjectiveError(f"{name}: cannot load classifier {model!r}: {error}") from None
         self._model.eval()
         num_labels = self._model.config.num_labels

@@ -1,0 +1,116 @@
+"""`meal up`, `meal web`, `meal migrate`: subcommands added to the `meal` CLI through an entry point."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _apply_data_dir(args: argparse.Namespace) -> None:
+    if getattr(args, "data_dir", None):
+        os.environ["MEAL_DATA_DIR"] = str(Path(args.data_dir).resolve())
+
+
+def register_migrate(sub: argparse._SubParsersAction) -> Handler:  # type: ignore[type-arg]
+    parser = sub.add_parser("migrate", help="apply database migrations (Alembic) and exit")
+    parser.add_argument("--data-dir", help="embedded mode's data folder (default: ./data)")
+    return migrate
+
+
+def migrate(args: argparse.Namespace) -> int:
+    from app.migrate import upgrade
+    from app.settings import Settings
+
+    _apply_data_dir(args)
+    settings = Settings()
+    upgrade(settings.database_url)
+    print(f"database is up to date: {settings.database_url.split('@')[-1]}", file=sys.stderr)
+    return 0
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="bind address (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default: 8000)")
+    parser.add_argument("--data-dir", help="embedded mode's data folder (default: ./data)")
+
+
+def register_web(sub: argparse._SubParsersAction) -> Handler:  # type: ignore[type-arg]
+    parser = sub.add_parser("web", help="start the web server (API and pages)")
+    _add_server_options(parser)
+    parser.add_argument("--no-migrate", action="store_true", help="don't apply migrations first")
+    return web
+
+
+def web(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.main import create_app
+    from app.migrate import upgrade
+    from app.settings import Settings
+
+    _apply_data_dir(args)
+    settings = Settings()
+    if not args.no_migrate:
+        upgrade(settings.database_url)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        log_level="info",
+        timeout_graceful_shutdown=3,
+    )
+    return 0
+
+
+def register_up(sub: argparse._SubParsersAction) -> Handler:  # type: ignore[type-arg]
+    parser = sub.add_parser("up", help="start the web server and one worker together (embedded mode)")
+    _add_server_options(parser)
+    return up
+
+
+def up(args: argparse.Namespace) -> int:
+    """Migrate, then run `meal web` and `meal worker` as child processes; Ctrl-C stops both."""
+    from app.migrate import upgrade
+    from app.settings import Settings
+
+    _apply_data_dir(args)
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url)
+    host, port = args.host or settings.host, args.port or settings.port
+    meal = [sys.executable, "-m", "meal_core.cli"]
+    children = [
+        subprocess.Popen([*meal, "web", "--no-migrate", "--host", host, "--port", str(port)]),
+        subprocess.Popen([*meal, "worker"]),
+    ]
+    print(
+        f"\nMeal Studio is starting on http://{host}:{port}/  (data in {settings.data_dir.resolve()}; "
+        "Ctrl-C stops it)\n",
+        file=sys.stderr,
+        flush=True,
+    )
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        return 1  # one of them died on its own: take the other down too
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+        for child in children:
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()

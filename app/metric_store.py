@@ -1,0 +1,220 @@
+"""Writing and reading metric series: idempotent ingest, and downsampled chart queries.
+
+Ingest inserts points keyed by (run, key, step), so a re-sent batch changes nothing; only points that were
+really new update the latest value and the rollups. A chart query returns at most `max_points` buckets, each
+with its last, min and max value, reading precomputed rollups instead of every point.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Select, and_, case, func, select
+from sqlalchemy.orm import Session
+
+from app.models import MetricLatest, MetricPoint, MetricRollup
+from app.sql import chunked, dialect_insert
+
+ROLLUP_BASE = 4
+ROLLUP_LEVELS = 9  # bucket widths 4, 16, …, 262144 steps
+
+
+@dataclass(frozen=True)
+class Point:
+    key: str
+    step: int
+    value: float
+    wall_time: float
+
+
+def _pairwise(session: Session, name: str) -> Any:
+    """Two-argument min/max: SQLite's scalar min()/max(), PostgreSQL's LEAST/GREATEST."""
+    if session.get_bind().dialect.name == "postgresql":
+        return {"min": func.least, "max": func.greatest}[name]
+    return {"min": func.min, "max": func.max}[name]
+
+
+def ingest(session: Session, run_id: int, points: Sequence[Point]) -> int:
+    """Store points; returns how many were new. Non-finite values are dropped (JSON and charts can't carry them)."""
+    finite = {(p.key, p.step): p for p in points if math.isfinite(p.value)}
+    if not finite:
+        return 0
+    seq = (session.scalar(select(func.max(MetricPoint.seq)).where(MetricPoint.run_id == run_id)) or 0) + 1
+    rows = [
+        {"run_id": run_id, "key": p.key, "step": p.step, "value": p.value, "wall_time": p.wall_time, "seq": seq}
+        for p in finite.values()
+    ]
+    inserted = []
+    for chunk in chunked(rows):
+        inserted += session.execute(
+            dialect_insert(session, MetricPoint)
+            .values(chunk)
+            .on_conflict_do_nothing(index_elements=["run_id", "key", "step"])
+            .returning(MetricPoint.key, MetricPoint.step)
+        ).all()
+    new = [finite[(key, step)] for key, step in inserted]
+    if new:
+        _update_latest(session, run_id, new)
+        _update_rollups(session, run_id, new)
+    return len(new)
+
+
+def _update_latest(session: Session, run_id: int, points: list[Point]) -> None:
+    newest: dict[str, Point] = {}
+    for p in points:
+        if p.key not in newest or p.step > newest[p.key].step:
+            newest[p.key] = p
+    rows = [
+        {"run_id": run_id, "key": p.key, "step": p.step, "value": p.value, "wall_time": p.wall_time}
+        for p in newest.values()
+    ]
+    for chunk in chunked(rows):
+        statement = dialect_insert(session, MetricLatest).values(chunk)
+        excluded = statement.excluded
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["run_id", "key"],
+                set_={"step": excluded.step, "value": excluded.value, "wall_time": excluded.wall_time},
+                where=excluded.step >= MetricLatest.step,
+            )
+        )
+
+
+def _update_rollups(session: Session, run_id: int, points: list[Point]) -> None:
+    buckets: dict[tuple[str, int, int], list[float]] = {}  # (key, level, bucket) → [min, max, last_step, last]
+    for p in points:
+        for level in range(1, ROLLUP_LEVELS + 1):
+            slot = buckets.get((p.key, level, p.step // ROLLUP_BASE**level))
+            if slot is None:
+                buckets[(p.key, level, p.step // ROLLUP_BASE**level)] = [p.value, p.value, p.step, p.value]
+                continue
+            slot[0], slot[1] = min(slot[0], p.value), max(slot[1], p.value)
+            if p.step > slot[2]:
+                slot[2], slot[3] = p.step, p.value
+    rows = [
+        {
+            "run_id": run_id,
+            "key": key,
+            "level": level,
+            "bucket": bucket,
+            "min_value": lo,
+            "max_value": hi,
+            "last_step": int(last_step),
+            "last_value": last,
+        }
+        for (key, level, bucket), (lo, hi, last_step, last) in buckets.items()
+    ]
+    smaller, larger = _pairwise(session, "min"), _pairwise(session, "max")
+    for chunk in chunked(rows):
+        statement = dialect_insert(session, MetricRollup).values(chunk)
+        excluded = statement.excluded
+        newer = excluded.last_step >= MetricRollup.last_step
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["run_id", "key", "level", "bucket"],
+                set_={
+                    "min_value": smaller(MetricRollup.min_value, excluded.min_value),
+                    "max_value": larger(MetricRollup.max_value, excluded.max_value),
+                    "last_value": case((newer, excluded.last_value), else_=MetricRollup.last_value),
+                    "last_step": larger(MetricRollup.last_step, excluded.last_step),
+                },
+            )
+        )
+
+
+@dataclass
+class Series:
+    """Buckets in step order: `steps` is each bucket's last step, `values` its last value."""
+
+    key: str
+    steps: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    mins: list[float] = field(default_factory=list)
+    maxs: list[float] = field(default_factory=list)
+    downsampled: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "steps": self.steps,
+            "values": self.values,
+            "min": self.mins,
+            "max": self.maxs,
+            "downsampled": self.downsampled,
+        }
+
+
+def _merge(into: dict[int, list[float]], bucket: int, lo: float, hi: float, last_step: int, last: float) -> None:
+    slot = into.get(bucket)
+    if slot is None:
+        into[bucket] = [lo, hi, last_step, last]
+        return
+    slot[0], slot[1] = min(slot[0], lo), max(slot[1], hi)
+    if last_step > slot[2]:
+        slot[2], slot[3] = last_step, last
+
+
+def query_series(
+    session: Session, run_id: int, key: str, start: int | None, end: int | None, max_points: int
+) -> Series:
+    where = and_(MetricPoint.run_id == run_id, MetricPoint.key == key)
+    lo, hi = session.execute(select(func.min(MetricPoint.step), func.max(MetricPoint.step)).where(where)).one()
+    series = Series(key)
+    if lo is None:
+        return series
+    lo, hi = max(lo, start) if start is not None else lo, min(hi, end) if end is not None else hi
+    if lo > hi:
+        return series
+    raw: Select[Any] = select(MetricPoint.step, MetricPoint.value).where(where).order_by(MetricPoint.step)
+    if hi - lo + 1 <= max_points:  # steps are integers: the span bounds the number of points
+        for step, value in session.execute(raw.where(MetricPoint.step.between(lo, hi))):
+            series.steps.append(step)
+            series.values.append(value)
+            series.mins.append(value)
+            series.maxs.append(value)
+        return series
+
+    # Output buckets of `width` steps, aligned to multiples of `width`; at most max_points of them.
+    width = math.ceil((hi - lo + 1) / max(max_points - 1, 1))
+    level = min(int(math.log(width, ROLLUP_BASE) + 1e-9), ROLLUP_LEVELS)
+    level_width = ROLLUP_BASE**level if level >= 1 else 1
+    width = math.ceil(width / level_width) * level_width
+    merged: dict[int, list[float]] = {}
+    if level >= 1:
+        # Rollup buckets entirely inside [lo, hi]; the partial ones at either edge are read as raw points.
+        first = -(-lo // level_width)
+        last = (hi + 1) // level_width - 1
+        rollups = select(
+            MetricRollup.bucket,
+            MetricRollup.min_value,
+            MetricRollup.max_value,
+            MetricRollup.last_step,
+            MetricRollup.last_value,
+        ).where(
+            MetricRollup.run_id == run_id,
+            MetricRollup.key == key,
+            MetricRollup.level == level,
+            MetricRollup.bucket.between(first, last),
+        )
+        for bucket, mn, mx, last_step, last_value in session.execute(rollups):
+            _merge(merged, bucket * level_width // width, mn, mx, last_step, last_value)
+        edges: Iterable[tuple[int, int]] = [(lo, first * level_width - 1), ((last + 1) * level_width, hi)]
+        if first > last:
+            edges = [(lo, hi)]
+    else:
+        edges = [(lo, hi)]
+    for a, b in edges:
+        if a <= b:
+            for step, value in session.execute(raw.where(MetricPoint.step.between(a, b))):
+                _merge(merged, step // width, value, value, step, value)
+    for bucket in sorted(merged):
+        mn, mx, last_step, last_value = merged[bucket]
+        series.steps.append(int(last_step))
+        series.values.append(last_value)
+        series.mins.append(mn)
+        series.maxs.append(mx)
+    series.downsampled = True
+    return series

@@ -1,0 +1,137 @@
+"""SQLAlchemy 2 models. The schema changes only through Alembic migrations (migrations/versions)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JsonColumn = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class RunStatus:
+    QUEUED = "queued"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+    ACTIVE = (QUEUED, RUNNING, STOPPING)
+    FINISHED = (SUCCEEDED, FAILED, STOPPED)
+    RESUMABLE = (FAILED, STOPPED)
+
+
+class Run(Base):
+    __tablename__ = "run"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), index=True, default=RunStatus.QUEUED)
+    config: Mapped[dict[str, Any]] = mapped_column(JsonColumn)  # written once, at creation
+    created_by: Mapped[str | None] = mapped_column(String(100))
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    worker: Mapped[str | None] = mapped_column(String(200))
+    error: Mapped[str | None] = mapped_column(Text)
+    traceback: Mapped[str | None] = mapped_column(Text)
+    stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    iteration: Mapped[int] = mapped_column(Integer, default=0)
+    total_iterations: Mapped[int] = mapped_column(Integer)
+    eta_seconds: Mapped[float | None] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Bumped on every status or progress change, so event streams can tell cheaply whether to send one.
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class MetricPoint(Base):
+    """One value of one metric at one step. The primary key makes a re-sent point a no-op."""
+
+    __tablename__ = "metric_point"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("run.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[float] = mapped_column(Float)
+    wall_time: Mapped[float] = mapped_column(Float)
+    # Per-run ingest batch number: event streams send the points of batches newer than the client's cursor.
+    seq: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_metric_point_run_seq", "run_id", "seq"),)
+
+
+class MetricLatest(Base):
+    __tablename__ = "metric_latest"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("run.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer)
+    value: Mapped[float] = mapped_column(Float)
+    wall_time: Mapped[float] = mapped_column(Float)
+
+
+class MetricRollup(Base):
+    """Min, max and last value of a metric over aligned step buckets of width ROLLUP_BASE**level.
+
+    Kept up to date at ingest so that a chart query over a million points reads a few thousand rows.
+    """
+
+    __tablename__ = "metric_rollup"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("run.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    level: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
+    min_value: Mapped[float] = mapped_column(Float)
+    max_value: Mapped[float] = mapped_column(Float)
+    last_step: Mapped[int] = mapped_column(Integer)
+    last_value: Mapped[float] = mapped_column(Float)
+
+
+class Sample(Base):
+    __tablename__ = "sample"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("run.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(Integer)  # index within the step's batch: makes re-sends no-ops
+    prompt_id: Mapped[str] = mapped_column(String(200))
+    prompt: Mapped[str] = mapped_column(Text)
+    weights: Mapped[list[float]] = mapped_column(JsonColumn)
+    response: Mapped[str] = mapped_column(Text)
+    raw_rewards: Mapped[dict[str, float]] = mapped_column(JsonColumn)
+    normalized_rewards: Mapped[dict[str, float]] = mapped_column(JsonColumn)
+    accepted: Mapped[bool] = mapped_column(Boolean)
+
+    __table_args__ = (UniqueConstraint("run_id", "step", "position", name="uq_sample_run_step_position"),)
+
+
+class Evaluation(Base):
+    __tablename__ = "evaluation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("run.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    objectives: Mapped[list[str]] = mapped_column(JsonColumn)
+    points: Mapped[list[dict[str, Any]]] = mapped_column(JsonColumn)
+    hypervolume: Mapped[float] = mapped_column(Float)
+    reference_point: Mapped[list[float]] = mapped_column(JsonColumn)
+    controllability: Mapped[dict[str, float]] = mapped_column(JsonColumn)
+    probe: Mapped[dict[str, float]] = mapped_column(JsonColumn)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (UniqueConstraint("run_id", "step", name="uq_evaluation_run_step"),)

@@ -1,0 +1,23 @@
+"""The app's only way to reach workers: messages to the broker, addressed by task name."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from celery import Celery
+
+TRAIN_RUN = "meal.train_run"
+QUEUE = "meal"
+
+
+@lru_cache
+def broker_client(broker_url: str) -> Celery:
+    client = Celery("meal-panel", broker=broker_url)
+    client.conf.update(task_default_queue=QUEUE, broker_connection_retry_on_startup=True, task_ignore_result=True)
+    return client
+
+
+def enqueue_training(broker_url: str, run_id: int) -> str:
+    """Returns the task id. Raises on a broker that cannot be reached."""
+    result = broker_client(broker_url).send_task(TRAIN_RUN, args=[run_id], queue=QUEUE, retry=False)
+    return str(result.id)

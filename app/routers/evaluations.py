@@ -1,0 +1,17 @@
+"""Evaluations: the Pareto front points, hypervolume, controllability and probe of each evaluation."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sqlalchemy import select
+
+from app.deps import RunDep, SessionDep
+from app.models import Evaluation
+from app.schemas import EvaluationOut
+
+router = APIRouter(prefix="/api/runs", tags=["evaluations"])
+
+
+@router.get("/{run_id}/evaluations", response_model=list[EvaluationOut])
+def run_evaluations(run: RunDep, session: SessionDep) -> list[Evaluation]:
+    return list(session.scalars(select(Evaluation).where(Evaluation.run_id == run.id).order_by(Evaluation.step)))

@@ -1,0 +1,110 @@
+"""Runs: create (validate, store, enqueue), list, get, stop, resume."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, HTTPException, Query, status
+from sqlalchemy import select
+
+from app import run_state
+from app.deps import RunDep, SessionDep, SettingsDep, UserDep
+from app.events import current_cursor
+from app.models import MetricLatest, Run, RunStatus
+from app.queue import enqueue_training
+from app.schemas import RunCreate, RunOut
+from meal_core.config import ConfigError, parse_config
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/api/runs", tags=["runs"])
+
+REWARD_PREFIX = "reward/"
+
+
+def config_errors_as_422(error: ConfigError) -> HTTPException:
+    detail = [
+        {"loc": ["body", "config", *where.split(".")], "msg": message, "type": "config_error"}
+        for where, message in error.fields
+    ]
+    return HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
+
+
+def run_out(session: SessionDep, run: Run, positions: dict[int, int] | None = None, cursor: bool = False) -> RunOut:
+    out = RunOut.model_validate(run)
+    positions = positions if positions is not None else run_state.queue_positions(session)
+    out.queue_position = positions.get(run.id)
+    rows = session.execute(
+        select(MetricLatest.key, MetricLatest.value).where(
+            MetricLatest.run_id == run.id, MetricLatest.key.startswith(REWARD_PREFIX)
+        )
+    )
+    out.latest = {key: value for key, value in rows}
+    if cursor:
+        out.event_cursor = current_cursor(session, run.id).encode()
+    return out
+
+
+def _enqueue(session: SessionDep, settings: SettingsDep, run: Run) -> None:
+    """Hand the run to the broker; if that fails, the run is kept as failed (and resumable) with the reason."""
+    session.commit()  # the worker must find the run queued when the message arrives
+    try:
+        task_id = enqueue_training(settings.broker_url, run.id)
+    except Exception as exc:
+        log.exception("could not enqueue run %s", run.id)
+        run.status, run.error = RunStatus.FAILED, f"broker unavailable: {exc}"
+        session.commit()
+        raise HTTPException(status_code=503, detail=f"run {run.id} stored but not queued: broker unavailable") from None
+    run_state.set_task_id(session, run.id, task_id)
+    session.commit()
+    session.refresh(run)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=RunOut)
+def create_run(body: RunCreate, session: SessionDep, settings: SettingsDep, user: UserDep) -> RunOut:
+    try:
+        config = parse_config(body.config)
+    except ConfigError as error:
+        raise config_errors_as_422(error) from None
+    run = run_state.create_run(session, body.name, config.model_dump(mode="json"), config.iterations, user.name)
+    _enqueue(session, settings, run)
+    return run_out(session, run)
+
+
+@router.get("", response_model=list[RunOut])
+def list_runs(
+    session: SessionDep,
+    settings: SettingsDep,
+    status_filter: str | None = Query(None, alias="status", description="Only runs with this status."),
+) -> list[RunOut]:
+    query = select(Run).order_by(Run.id.desc()).limit(settings.max_runs_listed)
+    if status_filter:
+        query = query.where(Run.status == status_filter)
+    positions = run_state.queue_positions(session)
+    return [run_out(session, run, positions) for run in session.scalars(query)]
+
+
+@router.get("/{run_id}", response_model=RunOut)
+def get_run(run: RunDep, session: SessionDep) -> RunOut:
+    return run_out(session, run, cursor=True)
+
+
+@router.post("/{run_id}/stop", response_model=RunOut)
+def stop_run(run: RunDep, session: SessionDep) -> RunOut:
+    try:
+        run_state.request_stop(session, run.id)
+    except run_state.TransitionError as error:
+        raise HTTPException(status_code=409, detail=str(error)) from None
+    session.commit()
+    session.refresh(run)
+    return run_out(session, run)
+
+
+@router.post("/{run_id}/resume", response_model=RunOut)
+def resume_run(run: RunDep, session: SessionDep, settings: SettingsDep) -> RunOut:
+    try:
+        run_state.requeue(session, run.id)
+    except run_state.TransitionError as error:
+        raise HTTPException(status_code=409, detail=str(error)) from None
+    session.refresh(run)
+    _enqueue(session, settings, run)
+    return run_out(session, run)

@@ -1,0 +1,34 @@
+"""Samples a run generated, with their weights and per-objective rewards."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+from sqlalchemy import func, select
+
+from app.deps import RunDep, SessionDep
+from app.models import Sample
+from app.schemas import SampleOut
+
+router = APIRouter(prefix="/api/runs", tags=["samples"])
+
+
+@router.get("/{run_id}/samples", response_model=list[SampleOut])
+def run_samples(
+    run: RunDep,
+    session: SessionDep,
+    step: int | None = Query(None, ge=0, description="Only this iteration; default: the latest one."),
+    accepted: bool | None = Query(None),
+    limit: int = Query(100, ge=1, le=1000),
+) -> list[Sample]:
+    if step is None:
+        step = session.scalar(select(func.max(Sample.step)).where(Sample.run_id == run.id))
+    query = select(Sample).where(Sample.run_id == run.id, Sample.step == step)
+    if accepted is not None:
+        query = query.where(Sample.accepted == accepted)
+    return list(session.scalars(query.order_by(Sample.position).limit(limit)))
+
+
+@router.get("/{run_id}/sample-steps")
+def sample_steps(run: RunDep, session: SessionDep) -> list[int]:
+    """The iterations that have samples, for the run page's step slider."""
+    return list(session.scalars(select(Sample.step).where(Sample.run_id == run.id).distinct().order_by(Sample.step)))

@@ -1,0 +1,156 @@
+"""The run life cycle, in one place: queued → running → stopping → succeeded | failed | stopped.
+
+Every transition is one conditional UPDATE, so two actors (two workers, a worker and the API, the stale-run
+sweeper) can never both win: a redelivered task finds its run no longer queued and does nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from app.models import Run, RunStatus, utcnow
+
+
+class TransitionError(RuntimeError):
+    """The run is not in a state that allows this action."""
+
+
+def _transition(session: Session, run_id: int, allowed: tuple[str, ...], **values: Any) -> bool:
+    result = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status.in_(allowed))
+        .values(version=Run.version + 1, **values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def create_run(session: Session, name: str, config: dict[str, Any], total_iterations: int, user: str | None) -> Run:
+    run = Run(name=name, config=config, total_iterations=total_iterations, created_by=user, status=RunStatus.QUEUED)
+    session.add(run)
+    session.flush()
+    return run
+
+
+def set_task_id(session: Session, run_id: int, task_id: str) -> None:
+    session.execute(update(Run).where(Run.id == run_id).values(task_id=task_id))
+
+
+def request_stop(session: Session, run_id: int) -> str:
+    """A queued run stops at once; a running one is asked to checkpoint and stop. Returns the new status."""
+    if _transition(session, run_id, (RunStatus.QUEUED,), status=RunStatus.STOPPED, finished_at=utcnow()):
+        return RunStatus.STOPPED
+    if _transition(session, run_id, (RunStatus.RUNNING,), status=RunStatus.STOPPING, stop_requested=True):
+        return RunStatus.STOPPING
+    status = session.scalar(select(Run.status).where(Run.id == run_id))
+    if status == RunStatus.STOPPING:
+        return status
+    raise TransitionError(f"run {run_id} is {status}; only queued or running runs can be stopped")
+
+
+def requeue(session: Session, run_id: int) -> None:
+    """Resume a failed or stopped run: back in the queue, continuing from its last checkpoint."""
+    if not _transition(
+        session,
+        run_id,
+        RunStatus.RESUMABLE,
+        status=RunStatus.QUEUED,
+        stop_requested=False,
+        error=None,
+        traceback=None,
+        finished_at=None,
+        worker=None,
+    ):
+        status = session.scalar(select(Run.status).where(Run.id == run_id))
+        raise TransitionError(f"run {run_id} is {status}; only failed or stopped runs can be resumed")
+
+
+def claim(session: Session, run_id: int, worker: str) -> bool:
+    """A worker takes a queued run. False if it is not queued (stopped meanwhile, or already taken)."""
+    now = utcnow()
+    return _transition(
+        session,
+        run_id,
+        (RunStatus.QUEUED,),
+        status=RunStatus.RUNNING,
+        worker=worker,
+        started_at=now,
+        heartbeat_at=now,
+        attempts=Run.attempts + 1,
+    )
+
+
+def heartbeat(session: Session, run_id: int, worker: str) -> None:
+    session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.worker == worker, Run.status.in_((RunStatus.RUNNING, RunStatus.STOPPING)))
+        .values(heartbeat_at=utcnow())
+    )
+
+
+def report_progress(session: Session, run_id: int, iteration: int, total: int, eta_seconds: float | None) -> None:
+    session.execute(
+        update(Run)
+        .where(Run.id == run_id)
+        .values(iteration=iteration, total_iterations=total, eta_seconds=eta_seconds, version=Run.version + 1)
+    )
+
+
+def stop_requested(session: Session, run_id: int) -> bool:
+    return bool(session.scalar(select(Run.stop_requested).where(Run.id == run_id)))
+
+
+def finish(
+    session: Session, run_id: int, worker: str, status: str, error: str | None = None, traceback: str | None = None
+) -> bool:
+    """The worker's last word; ignored if the run was meanwhile failed as stale and maybe taken by another."""
+    return bool(
+        session.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.worker == worker, Run.status.in_((RunStatus.RUNNING, RunStatus.STOPPING)))
+            .values(
+                status=status,
+                error=error,
+                traceback=traceback,
+                finished_at=utcnow(),
+                eta_seconds=None,
+                stop_requested=False,
+                version=Run.version + 1,
+            )
+        ).rowcount  # type: ignore[attr-defined]
+    )
+
+
+def fail_stale_runs(session: Session, timeout: timedelta, now: datetime | None = None) -> list[int]:
+    """Runs whose worker vanished (no heartbeat within `timeout`) become failed, and so resumable."""
+    cutoff = (now or utcnow()) - timeout
+    stale = list(
+        session.scalars(
+            select(Run.id).where(
+                Run.status.in_((RunStatus.RUNNING, RunStatus.STOPPING)),
+                func.coalesce(Run.heartbeat_at, Run.started_at) < cutoff,
+            )
+        )
+    )
+    for run_id in stale:
+        _transition(
+            session,
+            run_id,
+            (RunStatus.RUNNING, RunStatus.STOPPING),
+            status=RunStatus.FAILED,
+            finished_at=utcnow(),
+            stop_requested=False,
+            error=f"worker vanished: no heartbeat for {int(timeout.total_seconds())} s; resume to continue "
+            "from the last checkpoint",
+        )
+    return stale
+
+
+def queue_positions(session: Session) -> dict[int, int]:
+    """1-based position of each queued run, oldest first."""
+    queued = session.scalars(select(Run.id).where(Run.status == RunStatus.QUEUED).order_by(Run.created_at, Run.id))
+    return {run_id: position for position, run_id in enumerate(queued, start=1)}

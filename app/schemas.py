@@ -1,0 +1,70 @@
+"""API request and response bodies."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RunCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, max_length=200)
+    config: dict[str, Any] = Field(default_factory=dict, description="A RunConfig; omitted fields take defaults.")
+
+
+class RunOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    status: str
+    config: dict[str, Any]
+    created_by: str | None
+    task_id: str | None
+    worker: str | None
+    error: str | None
+    traceback: str | None
+    stop_requested: bool
+    iteration: int
+    total_iterations: int
+    eta_seconds: float | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    queue_position: int | None = None
+    latest: dict[str, float] = Field(default_factory=dict, description="Latest value of every reward metric.")
+    event_cursor: str | None = Field(None, description="Pass to the event stream to receive only what comes next.")
+
+
+class SampleOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    step: int
+    position: int
+    prompt_id: str
+    prompt: str
+    weights: list[float]
+    response: str
+    raw_rewards: dict[str, float]
+    normalized_rewards: dict[str, float]
+    accepted: bool
+
+
+class EvaluationOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    step: int
+    objectives: list[str]
+    points: list[dict[str, Any]]
+    hypervolume: float
+    reference_point: list[float]
+    controllability: dict[str, float]
+    probe: dict[str, float]
+    created_at: datetime

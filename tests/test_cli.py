@@ -1,0 +1,88 @@
+"""The `meal` command line, driven in-process through its real entry point."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_run_config
+
+from meal_core.cli import main
+from meal_core.trainer import read_jsonl
+
+
+def write_config(path: Path, model_dir: Path, **overrides: object) -> Path:
+    path.write_text(yaml.safe_dump(tiny_run_config(model_dir, **overrides).model_dump(mode="json")))
+    return path
+
+
+def test_train_eval_generate(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path / "tiny.yaml", tiny_model_dir, iterations=2)
+    run = tmp_path / "run"
+    assert main(["train", str(config), "--out", str(run)]) == 0
+    stored = json.loads((run / "config.json").read_text())
+    assert stored["iterations"] == 2 and stored["model"]["name_or_path"] == str(tiny_model_dir)
+    rows = read_jsonl(run / "metrics.jsonl")
+    assert {"step", "key", "value", "time"} == set(rows[0])
+    assert "2/2 iterations" in capsys.readouterr().err
+
+    assert main(["eval", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "hypervolume" in out and "controllability" in out
+    assert len(read_jsonl(run / "evaluations.jsonl")) == 2
+
+    assert main(["generate", str(run), "--prompt", "Describe a quiet morning.", "--weights", "0.3,0.7"]) == 0
+    out = capsys.readouterr().out
+    assert "weights: positivity=0.30, readability=0.70" in out
+    assert main(["generate", str(run), "--prompt", "Describe rain.", "--weights", "auto", "--samples", "2"]) == 0
+    assert capsys.readouterr().out.count("---") == 2
+
+
+def test_resume_extends_a_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "tiny.yaml", tiny_model_dir, iterations=2)
+    run = tmp_path / "run"
+    assert main(["train", str(config), "--out", str(run)]) == 0
+    assert main(["train", str(config), "--out", str(run), "--resume", "--iterations", "3"]) == 0
+    steps = {row["step"] for row in read_jsonl(run / "metrics.jsonl")}
+    assert max(steps) == 3
+    assert (run / "checkpoints" / "iter-000003").is_dir()
+
+
+def test_user_errors_are_one_line(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("algorithm:\n  samples_per_prompt: 1\n")
+    assert main(["train", str(bad)]) == 2
+    assert "algorithm.samples_per_prompt: Input should be greater than or equal to 2" in capsys.readouterr().err
+
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+    no_model = write_config(tmp_path / "nomodel.yaml", tmp_path / "no-such-model")
+    assert main(["train", str(no_model), "--out", str(tmp_path / "r0")]) == 2
+    assert "model.name_or_path: no such directory" in capsys.readouterr().err
+
+    config = write_config(tmp_path / "tiny.yaml", tiny_model_dir, iterations=1)
+    run = tmp_path / "run"
+    assert main(["train", str(config), "--out", str(run)]) == 0
+    assert main(["train", str(config), "--out", str(run)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+    changed = write_config(tmp_path / "changed.yaml", tiny_model_dir, iterations=1, seed=3)
+    assert main(["train", str(changed), "--out", str(run), "--resume"]) == 2
+    assert "differs from the run's stored config in: seed" in capsys.readouterr().err
+
+    assert main(["generate", str(run), "--prompt", "Hi", "--weights", "0.5"]) == 2
+    assert "--weights: expected 2 weights" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_console_script_is_installed() -> None:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "meal"), "--help"], capture_output=True, text=True, check=True
+    )
+    assert "train" in result.stdout and "generate" in result.stdout

@@ -1,0 +1,1 @@
+"""Celery workers that run the Meal engine on runs stored by the control panel."""

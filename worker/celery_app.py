@@ -1,0 +1,27 @@
+"""The Celery application. Tasks are addressed by name (`meal.train_run`); the web app never imports this."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from app.settings import get_settings
+
+QUEUE = "meal"
+
+
+def make_celery(broker_url: str) -> Celery:
+    celery = Celery("meal", broker=broker_url, include=["worker.tasks"])
+    celery.conf.update(
+        task_default_queue=QUEUE,
+        task_ignore_result=True,
+        # One long job at a time per worker; a message is acknowledged only once its run is finished, so a
+        # worker that dies loses nothing. A redelivered message finds its run no longer queued and does nothing.
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    return celery
+
+
+celery_app = make_celery(get_settings().broker_url)

@@ -1,0 +1,134 @@
+"""A Recorder that writes a run's events to the database from a background thread.
+
+The training loop only appends to in-memory buffers; a thread flushes them in one transaction at least every
+`flush_s` seconds (idempotent upserts, so a retried flush changes nothing) and sends heartbeats.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict
+
+from sqlalchemy.orm import Session
+
+from app import run_state
+from app.db import session_scope
+from app.metric_store import Point, ingest
+from app.models import Evaluation, Sample
+from app.sql import insert_ignoring_duplicates
+from meal_core.evaluation import EvaluationResult
+from meal_core.recorder import SampleRecord
+
+log = logging.getLogger(__name__)
+
+
+class DatabaseRecorder:
+    def __init__(
+        self, database_url: str, run_id: int, worker: str, flush_s: float = 0.5, heartbeat_s: float = 5.0
+    ) -> None:
+        self.database_url, self.run_id, self.worker = database_url, run_id, worker
+        self.flush_s, self.heartbeat_s = flush_s, heartbeat_s
+        self._lock = threading.Lock()
+        self._points: list[Point] = []
+        self._samples: list[dict[str, object]] = []
+        self._evaluations: list[EvaluationResult] = []
+        self._progress: tuple[int, int, float | None] | None = None
+        self._closing = threading.Event()
+        self._last_heartbeat = 0.0
+        self._thread = threading.Thread(target=self._loop, name=f"recorder-run-{run_id}", daemon=True)
+        self._thread.start()
+
+    # -- the Recorder protocol (called from the training loop) ---------------------------------------------------
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        now = time.time()
+        with self._lock:
+            self._points += [Point(key, step, float(value), now) for key, value in values.items()]
+
+    def samples(self, step: int, samples: list[SampleRecord]) -> None:
+        rows = [{**asdict(s), "run_id": self.run_id, "position": i} for i, s in enumerate(samples)]
+        with self._lock:
+            self._samples += rows
+
+    def evaluation(self, result: EvaluationResult) -> None:
+        with self._lock:
+            self._evaluations.append(result)
+
+    def status(self, status: str, message: str | None = None) -> None:
+        log.info("run %s: %s%s", self.run_id, status, f" ({message})" if message else "")
+
+    def progress(self, done: int, total: int, eta_seconds: float | None) -> None:
+        with self._lock:
+            self._progress = (done, total, eta_seconds)
+
+    def should_stop(self) -> bool:
+        with session_scope(self.database_url) as session:
+            return run_state.stop_requested(session, self.run_id)
+
+    # -- flushing -----------------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._closing.wait(self.flush_s):
+            try:
+                self.flush()
+            except Exception:  # keep training; the next flush retries the same rows, idempotently
+                log.exception("run %s: flush failed, will retry", self.run_id)
+
+    def flush(self) -> None:
+        with self._lock:
+            points, samples, evaluations, progress = self._points, self._samples, self._evaluations, self._progress
+            self._points, self._samples, self._evaluations, self._progress = [], [], [], None
+        beat = time.monotonic() - self._last_heartbeat >= self.heartbeat_s
+        if not (points or samples or evaluations or progress or beat):
+            return
+        try:
+            with session_scope(self.database_url) as session:
+                self._write(session, points, samples, evaluations, progress)
+                if beat:
+                    run_state.heartbeat(session, self.run_id, self.worker)
+        except Exception:
+            with self._lock:  # put them back in front, in order, for the next attempt
+                self._points[:0], self._samples[:0], self._evaluations[:0] = points, samples, evaluations
+                self._progress = self._progress or progress
+            raise
+        if beat:
+            self._last_heartbeat = time.monotonic()
+
+    def _write(
+        self,
+        session: Session,
+        points: list[Point],
+        samples: list[dict[str, object]],
+        evaluations: list[EvaluationResult],
+        progress: tuple[int, int, float | None] | None,
+    ) -> None:
+        if points:
+            ingest(session, self.run_id, points)
+        if samples:
+            insert_ignoring_duplicates(session, Sample, samples, ["run_id", "step", "position"])
+        if evaluations:
+            rows = [
+                {
+                    "run_id": self.run_id,
+                    "step": e.step,
+                    "objectives": e.objectives,
+                    "points": [asdict(p) for p in e.points],
+                    "hypervolume": e.hypervolume,
+                    "reference_point": e.reference_point,
+                    "controllability": e.controllability,
+                    "probe": e.probe,
+                }
+                for e in evaluations
+            ]
+            insert_ignoring_duplicates(session, Evaluation, rows, ["run_id", "step"])
+        if progress:
+            run_state.report_progress(session, self.run_id, *progress)
+
+    def close(self) -> None:
+        """Stop the thread and write whatever is still buffered."""
+        self._closing.set()
+        self._thread.join()
+        self._last_heartbeat = 0.0
+        self.flush()
