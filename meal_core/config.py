@@ -198,6 +198,7 @@ class AlgorithmConfig(Section):
 
 class EvalConfig(Section):
     every: int = Field(10, ge=0, description="Evaluate every E iterations (0: only at the end).")
+    at_start: bool = Field(True, description="Also evaluate the untrained policy (step 0): the baseline front.")
     prompts: int = Field(8, ge=1, description="Held-out prompts per evaluation.")
     samples_per_weight: int = Field(1, ge=1, description="Responses per prompt and weight.")
     grid_points: int = Field(11, ge=2, le=101, description="K=2: weights w1 = 0, 1/(n-1), …, 1.")

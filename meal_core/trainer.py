@@ -140,6 +140,8 @@ class Trainer:
         if self.normalizer is None:
             self.calibrate()
             self.build_probe_set()
+            if self.config.eval.at_start:
+                self.evaluate(0)
             self.warm_start()
         started, first = time.monotonic(), self.iteration
         self.recorder.progress(self.iteration, total, None)

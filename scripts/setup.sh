@@ -9,6 +9,14 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 
+# Chart assets (uPlot) come from npm and are served from node_modules, never from a CDN.
+lock_stamp="$(sha256sum package-lock.json | cut -d' ' -f1)"
+if [ "$(cat node_modules/.meal-stamp 2>/dev/null || true)" != "$lock_stamp" ]; then
+  echo "setup: installing front-end assets (npm ci)" >&2
+  npm ci --no-audit --no-fund --silent
+  echo "$lock_stamp" > node_modules/.meal-stamp
+fi
+
 stamp="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 if [ "$(cat .venv/.setup-stamp 2>/dev/null || true)" != "$stamp" ]; then
   echo "setup: installing Python dependencies (first run takes a few minutes)" >&2

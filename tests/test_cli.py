@@ -33,7 +33,7 @@ def test_train_eval_generate(tiny_model_dir: Path, tmp_path: Path, capsys: pytes
     assert main(["eval", str(run)]) == 0
     out = capsys.readouterr().out
     assert "hypervolume" in out and "controllability" in out
-    assert len(read_jsonl(run / "evaluations.jsonl")) == 2
+    assert [e["step"] for e in read_jsonl(run / "evaluations.jsonl")] == [0, 2, 2]
 
     assert main(["generate", str(run), "--prompt", "Describe a quiet morning.", "--weights", "0.3,0.7"]) == 0
     out = capsys.readouterr().out
