@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy.orm import Session
 
-from app.db import get_sessionmaker
+from app.db import session_scope
 from app.models import Run
 from app.settings import Settings
 
@@ -23,15 +23,8 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 
 def get_db(settings: SettingsDep) -> Iterator[Session]:
-    session = get_sessionmaker(settings.database_url)()
-    try:
+    with session_scope(settings.database_url) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_db)]

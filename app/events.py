@@ -2,13 +2,14 @@
 
 A cursor is four numbers, "seq.sample.evaluation.version": the last metric ingest batch, sample id, evaluation
 id and run version the client has. It travels as the SSE event id, so a reconnecting browser sends it back in
-Last-Event-ID and resumes exactly where it stopped.
+Last-Event-ID and resumes exactly where it stopped. Each event carries the cursor just after itself (not after the
+whole poll), so a connection that drops between two events of one poll loses neither of them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -40,6 +41,12 @@ class Cursor:
         return cls(seq, sample, evaluation, version)
 
 
+class StreamEvent(NamedTuple):
+    name: str
+    data: Any
+    cursor: Cursor  # what the client has once it has this event: the event's SSE id
+
+
 def current_cursor(session: Session, run_id: int) -> Cursor:
     return Cursor(
         session.scalar(select(func.max(MetricPoint.seq)).where(MetricPoint.run_id == run_id)) or 0,
@@ -49,13 +56,12 @@ def current_cursor(session: Session, run_id: int) -> Cursor:
     )
 
 
-def new_events(session: Session, run_id: int, cursor: Cursor) -> tuple[list[tuple[str, Any]], Cursor]:
-    """(event name, payload) pairs newer than `cursor`, and the cursor after them."""
-    events: list[tuple[str, Any]] = []
+def new_events(session: Session, run_id: int, cursor: Cursor) -> tuple[list[StreamEvent], Cursor]:
+    """Events newer than `cursor` (name, payload, cursor after the event), and the cursor after them all."""
+    events: list[StreamEvent] = []
     run = session.get(Run, run_id)
     if run is None:
-        return [("gone", {"run_id": run_id})], cursor
-    version = cursor.version
+        return [StreamEvent("gone", {"run_id": run_id}, cursor)], cursor
     if run.version != cursor.version:
         status = RunOut.model_validate(run).model_dump(
             mode="json",
@@ -73,10 +79,9 @@ def new_events(session: Session, run_id: int, cursor: Cursor) -> tuple[list[tupl
                 "stop_requested",
             },
         )
-        events.append(("status", status))
-        version = run.version
+        cursor = replace(cursor, version=run.version)
+        events.append(StreamEvent("status", status, cursor))
 
-    seq = cursor.seq
     upto = session.scalar(
         select(func.max(MetricPoint.seq)).where(MetricPoint.run_id == run_id, MetricPoint.seq > cursor.seq)
     )
@@ -94,13 +99,12 @@ def new_events(session: Session, run_id: int, cursor: Cursor) -> tuple[list[tupl
             rows = [r for r in rows if r.seq < last_seq] or session.execute(
                 query.where(MetricPoint.seq == last_seq)  # one batch larger than an event: send it whole
             ).all()
-        seq = max(r.seq for r in rows)
         points: dict[str, list[list[float]]] = {}
         for r in rows:
             points.setdefault(r.key, []).append([r.step, r.value])
-        events.append(("metrics", points))
+        cursor = replace(cursor, seq=max(r.seq for r in rows))
+        events.append(StreamEvent("metrics", points, cursor))
 
-    sample_id = cursor.sample
     samples = session.scalars(
         select(Sample)
         .where(Sample.run_id == run_id, Sample.id > cursor.sample)
@@ -108,14 +112,16 @@ def new_events(session: Session, run_id: int, cursor: Cursor) -> tuple[list[tupl
         .limit(MAX_SAMPLES_PER_EVENT)
     ).all()
     if samples:
-        sample_id = samples[-1].id
-        events.append(("samples", [SampleOut.model_validate(s).model_dump(mode="json") for s in samples]))
+        cursor = replace(cursor, sample=samples[-1].id)
+        events.append(
+            StreamEvent("samples", [SampleOut.model_validate(s).model_dump(mode="json") for s in samples], cursor)
+        )
 
-    evaluation_id = cursor.evaluation
     evaluations = session.scalars(
         select(Evaluation).where(Evaluation.run_id == run_id, Evaluation.id > cursor.evaluation).order_by(Evaluation.id)
     ).all()
     if evaluations:
-        evaluation_id = evaluations[-1].id
-        events.append(("evaluations", [EvaluationOut.model_validate(e).model_dump(mode="json") for e in evaluations]))
-    return events, Cursor(seq, sample_id, evaluation_id, version)
+        cursor = replace(cursor, evaluation=evaluations[-1].id)
+        payload = [EvaluationOut.model_validate(e).model_dump(mode="json") for e in evaluations]
+        events.append(StreamEvent("evaluations", payload, cursor))
+    return events, cursor

@@ -69,6 +69,15 @@ def requeue(session: Session, run_id: int) -> None:
         raise TransitionError(f"run {run_id} is {status}; only failed or stopped runs can be resumed")
 
 
+def enqueue_failed(session: Session, run_id: int, error: str) -> bool:
+    """The broker did not take the run's message: the queued run becomes failed, and so resumable, with the reason.
+
+    A transition like any other (the version moves, so event streams report it); False if the run is no longer
+    queued, e.g. an older message for it reached a worker meanwhile.
+    """
+    return _transition(session, run_id, (RunStatus.QUEUED,), status=RunStatus.FAILED, error=error, finished_at=utcnow())
+
+
 def claim(session: Session, run_id: int, worker: str) -> bool:
     """A worker takes a queued run. False if it is not queued (stopped meanwhile, or already taken)."""
     now = utcnow()

@@ -11,13 +11,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 DECIMALS = 2
 _TAG = re.compile(r"<pref((?:\s+[a-z][a-z0-9_]*=\d+(?:\.\d+)?)+)\s*>")
 _PAIR = re.compile(r"([a-z][a-z0-9_]*)=(\d+(?:\.\d+)?)")
 
 
-def quantize_weights(weights: Sequence[float]) -> np.ndarray:
+def quantize_weights(weights: ArrayLike) -> np.ndarray:
     """Round to DECIMALS on the simplex: the rounding residue goes to the largest weight."""
     w = np.clip(np.asarray(weights, dtype=np.float64), 0.0, None)
     if w.sum() <= 0:
@@ -28,10 +29,10 @@ def quantize_weights(weights: Sequence[float]) -> np.ndarray:
     return units / scale
 
 
-def format_tag(names: Sequence[str], weights: Sequence[float]) -> str:
-    if len(names) != len(weights):
-        raise ValueError(f"{len(names)} objectives but {len(weights)} weights")
+def format_tag(names: Sequence[str], weights: ArrayLike) -> str:
     q = quantize_weights(weights)
+    if len(names) != len(q):
+        raise ValueError(f"{len(names)} objectives but {len(q)} weights")
     return "<pref " + " ".join(f"{n}={v:.{DECIMALS}f}" for n, v in zip(names, q, strict=True)) + ">"
 
 
@@ -80,6 +81,6 @@ def build_prompt(tokenizer: Any, prompt: str, tag: str, use_chat_template: bool 
 
 
 def conditioned_prompt(
-    tokenizer: Any, prompt: str, names: Sequence[str], weights: Sequence[float], use_chat_template: bool = True
+    tokenizer: Any, prompt: str, names: Sequence[str], weights: ArrayLike, use_chat_template: bool = True
 ) -> str:
     return build_prompt(tokenizer, prompt, format_tag(names, weights), use_chat_template)

@@ -216,16 +216,18 @@ class CheckpointConfig(Section):
     keep_last: int = Field(2, ge=1)
 
 
+def _demo_objectives() -> list[ObjectiveConfig]:
+    # The pair that conflicts on the offline default model's own responses (FINDINGS.md, docs/results.md).
+    return [ReadabilityObjective(name="readability"), RelevanceObjective(name="relevance")]
+
+
 class RunConfig(Section):
     """A whole training run. Written once when a run is created; resolved copies live in run directories."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     objectives: list[ObjectiveConfig] = Field(
-        default_factory=lambda: [
-            ReadabilityObjective(name="readability"),
-            RelevanceObjective(name="relevance"),
-        ],
+        default_factory=_demo_objectives,
         min_length=2,
         max_length=8,
     )

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import moocore
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.stats import pearsonr, spearmanr
 
 
@@ -40,14 +40,14 @@ def hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
     return float(moocore.hypervolume(-inside, ref=-reference))
 
 
-def rank_correlation(x: Sequence[float], y: Sequence[float]) -> float:
+def rank_correlation(x: ArrayLike, y: ArrayLike) -> float:
     """Spearman ρ, 0 where either side is constant (no evidence either way)."""
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return 0.0
     return float(spearmanr(x, y).statistic)
 
 
-def linear_correlation(x: Sequence[float], y: Sequence[float]) -> float:
+def linear_correlation(x: ArrayLike, y: ArrayLike) -> float:
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return 0.0
     return float(pearsonr(x, y).statistic)

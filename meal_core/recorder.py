@@ -82,6 +82,13 @@ class JsonlRecorder(NullRecorder):
             handle.close()
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows a JsonlRecorder wrote (an empty list if it wrote none)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 class ConsoleProgress(NullRecorder):
     """A one-line progress bar with ETA on stderr, plus status changes."""
 

@@ -7,12 +7,11 @@ only inside propose, hindsight and meta step. docs/algorithm.md explains each ch
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +63,8 @@ class Acceptance:
     candidate: int  # flat candidate index
     label: np.ndarray  # the weight under which the candidate won
     explored: bool  # label is a Dirichlet draw (exploration row or extra label), not the proposal
-    target: np.ndarray | None = None  # hindsight trade-off t
-    refined: np.ndarray | None = None  # w*: the weight the base step conditions on
+    target: np.ndarray = field(default_factory=lambda: np.empty(0))  # hindsight trade-off t, set by hindsight
+    refined: np.ndarray = field(default_factory=lambda: np.empty(0))  # w*: what the base step conditions on
 
 
 @dataclass
@@ -332,7 +331,7 @@ class Trainer:
             if not own:
                 return None
             prompts = [batch.prompts[a.group] for a in own]
-            targets = np.stack([a.target for a in own if a.target is not None])
+            targets = np.stack([a.target for a in own])
         inputs, target = self.embed(prompts), torch.tensor(targets, dtype=torch.float32)
         first_loss = None
         for _ in range(self.algo.meta_steps):
@@ -630,9 +629,3 @@ class Trainer:
         if self.learnable is not None and prompt.id in self.learnable:
             return self.learnable.weights([prompt.id])[0]
         return np.full(self.k, 1 / self.k)
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

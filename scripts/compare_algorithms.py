@@ -16,8 +16,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from meal_core.config import load_config  # noqa: E402
-from meal_core.recorder import ConsoleProgress, JsonlRecorder, MultiRecorder  # noqa: E402
-from meal_core.trainer import Trainer, read_jsonl  # noqa: E402
+from meal_core.recorder import ConsoleProgress, JsonlRecorder, MultiRecorder, read_jsonl  # noqa: E402
+from meal_core.trainer import Trainer  # noqa: E402
 
 ALGORITHMS = ["meal", "static", "meal_no_meta", "meal_no_learnable"]
 

@@ -15,6 +15,9 @@ import pytest  # noqa: E402
 from meal_core.config import RunConfig, parse_config  # noqa: E402
 from meal_core.data import load_prompts  # noqa: E402
 
+# Real PostgreSQL / SQLite databases and brokers for the control panel's tests (tests/db_fixtures.py).
+pytest_plugins = ["db_fixtures"]
+
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -43,13 +46,11 @@ def build_tiny_tokenizer(directory: Path) -> Any:
     return fast
 
 
-def build_tiny_causal_lm(directory: Path, seed: int = 0) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_llama_config(tokenizer: Any, **extra: Any) -> Any:
+    """A two-layer, 32-wide Llama config over `tokenizer`: small enough to train in a test."""
+    from transformers import LlamaConfig
 
-    tokenizer = build_tiny_tokenizer(directory)
-    torch.manual_seed(seed)
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
@@ -60,8 +61,17 @@ def build_tiny_causal_lm(directory: Path, seed: int = 0) -> Path:
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
-        tie_word_embeddings=True,
+        **extra,
     )
+
+
+def build_tiny_causal_lm(directory: Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import LlamaForCausalLM
+
+    tokenizer = build_tiny_tokenizer(directory)
+    torch.manual_seed(seed)
+    config = tiny_llama_config(tokenizer, tie_word_embeddings=True)
     LlamaForCausalLM(config).save_pretrained(directory)
     return directory
 

@@ -12,7 +12,7 @@ import yaml
 from conftest import tiny_run_config
 
 from meal_core.cli import main
-from meal_core.trainer import read_jsonl
+from meal_core.recorder import read_jsonl
 
 
 def write_config(path: Path, model_dir: Path, **overrides: object) -> Path:

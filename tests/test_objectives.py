@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_tokenizer
+from conftest import build_tiny_tokenizer, tiny_llama_config
 
 from meal_core.config import RelevanceObjective, parse_config
 from meal_core.objectives import Objective, ObjectiveError, build_objective, build_objectives
@@ -176,24 +176,12 @@ def test_relevance_missing_model_path(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random LlamaForSequenceClassification with three labels, saved with the tiny tokenizer."""
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+    from transformers import LlamaForSequenceClassification
 
     directory = tmp_path_factory.mktemp("tiny-classifier")
     tokenizer = build_tiny_tokenizer(directory)
     torch.manual_seed(1)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        num_labels=3,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
+    config = tiny_llama_config(tokenizer, num_labels=3)
     model = LlamaForSequenceClassification(config)
     with torch.no_grad():  # the score head starts tiny: make the labels clearly differ
         model.score.weight.normal_(0.0, 0.2)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import tiny_run_config
 
-from meal_core.recorder import JsonlRecorder, NullRecorder
-from meal_core.trainer import Trainer, read_jsonl
+from meal_core.recorder import JsonlRecorder, NullRecorder, read_jsonl
+from meal_core.trainer import Trainer
 from meal_core.weights import softmax
 
 NONDETERMINISTIC_KEYS = ("time/", "throughput/")

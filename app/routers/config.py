@@ -1,14 +1,23 @@
-"""The run configuration's JSON schema and defaults: what the launch form is generated from."""
+"""The run configuration's JSON schema and defaults (what the launch form is generated from), and a YAML/JSON
+parser for the form's "paste or upload" panel."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException, status
+from pydantic import BaseModel, Field
 
-from meal_core.config import RunConfig, config_json_schema
+from app.routers.runs import config_errors_as_422
+from meal_core.config import ConfigError, RunConfig, config_json_schema, parse_config, parse_config_text
 
 router = APIRouter(prefix="/api/config", tags=["config"])
+
+MAX_CONFIG_TEXT = 1_000_000
+
+
+class ConfigText(BaseModel):
+    text: str = Field(..., max_length=MAX_CONFIG_TEXT, description="A RunConfig as YAML or JSON.")
 
 
 @router.get("/schema")
@@ -19,3 +28,21 @@ def schema() -> dict[str, Any]:
 @router.get("/defaults")
 def defaults() -> dict[str, Any]:
     return RunConfig().model_dump(mode="json")
+
+
+@router.post("/parse")
+def parse(body: ConfigText) -> dict[str, Any]:
+    """Parse YAML or JSON text and validate it: the whole config with defaults filled in, or 422 naming each field
+    (`loc` ["body", "text"] when the text itself is not YAML/JSON, ["body", "config", *path] for a bad field)."""
+    try:
+        data = parse_config_text(body.text, source="text")
+    except ConfigError as error:
+        raise HTTPException(
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=[{"loc": ["body", "text"], "msg": str(error), "type": "parse_error"}],
+        ) from None
+    try:
+        config = parse_config(data)
+    except ConfigError as error:
+        raise config_errors_as_422(error) from None
+    return config.model_dump(mode="json")

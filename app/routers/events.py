@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.db import session_scope
 from app.deps import RunDep, SettingsDep
-from app.events import Cursor, new_events
+from app.events import Cursor, StreamEvent, new_events
 
 router = APIRouter(prefix="/api/runs", tags=["events"])
 
@@ -37,7 +37,7 @@ async def run_events(
     run_id, url, poll = run.id, settings.database_url, settings.events_poll_s
     start = Cursor.decode(last_event_id or cursor)
 
-    def poll_once(position: Cursor) -> tuple[list[tuple[str, object]], Cursor]:
+    def poll_once(position: Cursor) -> tuple[list[StreamEvent], Cursor]:
         with session_scope(url) as session:
             return new_events(session, run_id, position)
 
@@ -46,11 +46,11 @@ async def run_events(
         yield "retry: 2000\n\n"
         while not await request.is_disconnected():
             events, position = await run_in_threadpool(poll_once, position)
-            for name, data in events:
-                yield _format(name, data, position.encode())
+            for event in events:
+                yield _format(event.name, event.data, event.cursor.encode())
             if events:
                 quiet_since = time.monotonic()
-                if events[0][0] == "gone":
+                if events[0].name == "gone":
                     return
             elif time.monotonic() - quiet_since > KEEPALIVE_S:
                 yield ": keep-alive\n\n"

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from app import run_state
 from app.deps import RunDep, SessionDep, SettingsDep, UserDep
 from app.events import current_cursor
-from app.models import MetricLatest, Run, RunStatus
+from app.models import MetricLatest, Run
 from app.queue import enqueue_training
 from app.schemas import RunCreate, RunOut
 from meal_core.config import ConfigError, parse_config
@@ -51,7 +51,7 @@ def _enqueue(session: SessionDep, settings: SettingsDep, run: Run) -> None:
         task_id = enqueue_training(settings.broker_url, run.id)
     except Exception as exc:
         log.exception("could not enqueue run %s", run.id)
-        run.status, run.error = RunStatus.FAILED, f"broker unavailable: {exc}"
+        run_state.enqueue_failed(session, run.id, f"broker unavailable: {exc}")
         session.commit()
         raise HTTPException(status_code=503, detail=f"run {run.id} stored but not queued: broker unavailable") from None
     run_state.set_task_id(session, run.id, task_id)

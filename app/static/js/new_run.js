@@ -1,0 +1,627 @@
+// New run page: a form generated from the run configuration's JSON schema (GET /api/config/schema).
+//
+// Each schema node becomes a widget with get() (the value to send; undefined = leave out, the server's default
+// applies), set(value) (undefined = the schema's default), slot(pathParts) (where an error for that path is shown)
+// and setPath(path) (names inputs by dotted path, e.g. "algorithm.temperature" or "objectives.0.name").
+import { api, ApiError, el, errorText, setChildren } from "./common.js";
+
+const SECTION_ORDER = ["model", "lora", "objectives", "data", "algorithm", "eval", "checkpoint"];
+const OPEN_SECTIONS = new Set(["run", "model", "objectives", "data"]);
+
+let defs = {};
+
+function resolve(schema) {
+  let s = schema || {};
+  for (let guard = 0; s.$ref && guard < 20; guard++) s = defs[s.$ref.split("/").pop()] || {};
+  return s;
+}
+
+/** {schema, nullable}: unwraps anyOf [X, null]. */
+function unwrap(schema) {
+  const s = resolve(schema);
+  if (Array.isArray(s.anyOf)) {
+    const others = s.anyOf.filter((o) => resolve(o).type !== "null");
+    if (others.length === 1 && others.length < s.anyOf.length) {
+      const inner = resolve(others[0]);
+      return {
+        schema: { ...inner, default: s.default, description: s.description, title: s.title },
+        nullable: true,
+      };
+    }
+  }
+  return { schema: s, nullable: false };
+}
+
+function constraintsText(s, nullable) {
+  const parts = [];
+  if (s.minimum !== undefined) parts.push(`≥ ${s.minimum}`);
+  if (s.exclusiveMinimum !== undefined) parts.push(`> ${s.exclusiveMinimum}`);
+  if (s.maximum !== undefined) parts.push(`≤ ${s.maximum}`);
+  if (s.exclusiveMaximum !== undefined) parts.push(`< ${s.exclusiveMaximum}`);
+  if (s.minItems !== undefined && s.type === "array") parts.push(`at least ${s.minItems} item${s.minItems === 1 ? "" : "s"}`);
+  if (s.pattern) parts.push(`pattern ${s.pattern}`);
+  if (nullable) parts.push("empty = none");
+  return parts.join(", ");
+}
+
+/** Error display for one field or section. */
+class Slot {
+  constructor(container, messageEl) {
+    this.container = container;
+    this.messageEl = messageEl;
+  }
+
+  show(message) {
+    const previous = this.messageEl.textContent;
+    this.messageEl.textContent = previous ? `${previous}; ${message}` : message;
+    this.container.classList.add("has-error");
+    for (let node = this.container; node; node = node.parentElement) if (node.tagName === "DETAILS") node.open = true;
+  }
+
+  clear() {
+    this.messageEl.textContent = "";
+    this.container.classList.remove("has-error");
+  }
+}
+
+/** A labelled row: label, control, help, error. */
+function fieldRow(name, s, control, nullable) {
+  const id = `f-${Math.random().toString(36).slice(2, 10)}`;
+  control.id = id;
+  const error = el("div", { className: "error-msg", role: "alert" });
+  const constraint = constraintsText(s, nullable);
+  const help = [s.description, constraint && `(${constraint})`].filter(Boolean).join(" ");
+  const row = el(
+    "div",
+    { className: "field" },
+    el("label", { for: id }, s.title || name, el("span", { className: "key" }, name)),
+    el("div", { className: "control" }, control, help ? el("div", { className: "help" }, help) : null, error),
+  );
+  return { row, slot: new Slot(row, error) };
+}
+
+class ScalarWidget {
+  constructor(name, schema) {
+    const { schema: s, nullable } = unwrap(schema);
+    this.s = s;
+    this.nullable = nullable;
+    this.kind = this.kindOf(s);
+    this.input = this.makeInput();
+    const { row, slot } = fieldRow(name, s, this.input, nullable);
+    this.el = row;
+    this.errorSlot = slot;
+  }
+
+  kindOf(s) {
+    if (Array.isArray(s.enum)) return "enum";
+    if (s.type === "boolean") return "boolean";
+    if (s.type === "integer" || s.type === "number") return s.type;
+    if (s.type === "array") return resolve(s.items).type === "number" || resolve(s.items).type === "integer" ? "numlist" : "strlist";
+    if (s.type === "string" && typeof s.default === "string" && s.default.includes("\n")) return "multiline";
+    return "string";
+  }
+
+  makeInput() {
+    const s = this.s;
+    switch (this.kind) {
+      case "enum": {
+        const options = s.enum.map((v) => el("option", { value: v }, v));
+        if (this.nullable) options.unshift(el("option", { value: "" }, "(none)"));
+        return el("select", {}, options);
+      }
+      case "boolean":
+        return el("input", { type: "checkbox" });
+      case "integer":
+      case "number": {
+        const attrs = { type: "number", step: this.kind === "integer" ? "1" : "any" };
+        if (s.minimum !== undefined) attrs.min = s.minimum;
+        if (s.maximum !== undefined) attrs.max = s.maximum;
+        if (this.nullable) attrs.placeholder = "none";
+        return el("input", attrs);
+      }
+      case "numlist":
+      case "strlist":
+        return el("input", { type: "text", placeholder: this.nullable ? "none (comma-separated list)" : "comma-separated" });
+      case "multiline":
+        return el("textarea", { rows: 2 });
+      default:
+        return el("input", { type: "text", placeholder: this.nullable ? "none" : "", spellcheck: "false" });
+    }
+  }
+
+  setPath(path) {
+    this.input.name = path;
+    this.input.dataset.path = path;
+  }
+
+  set(value) {
+    if (value === undefined) value = this.s.default;
+    const input = this.input;
+    switch (this.kind) {
+      case "boolean":
+        input.checked = !!value;
+        break;
+      case "multiline":
+        // Newlines are shown as escapes, so that "\n\n" stays visible and editable.
+        input.value = value == null ? "" : JSON.stringify(value).slice(1, -1).replace(/\\"/g, '"');
+        break;
+      case "numlist":
+      case "strlist":
+        input.value = Array.isArray(value) ? value.join(", ") : value == null ? "" : String(value);
+        break;
+      default:
+        input.value = value == null ? "" : String(value);
+    }
+  }
+
+  get() {
+    const raw = this.input.value;
+    switch (this.kind) {
+      case "boolean":
+        return this.input.checked;
+      case "integer":
+      case "number": {
+        if (this.input.validity && this.input.validity.badInput) return "not a number"; // the server names it
+        if (raw.trim() === "") return this.nullable ? null : undefined;
+        const n = Number(raw);
+        return Number.isFinite(n) ? n : raw;
+      }
+      case "numlist":
+      case "strlist": {
+        const items = raw.split(",").map((x) => x.trim()).filter((x) => x !== "");
+        if (!items.length && this.nullable) return null;
+        if (this.kind === "strlist") return items;
+        return items.map((x) => (Number.isFinite(Number(x)) ? Number(x) : x));
+      }
+      case "multiline":
+        try {
+          return JSON.parse(`"${raw.replace(/"/g, '\\"')}"`);
+        } catch {
+          return raw;
+        }
+      case "enum":
+        return raw === "" && this.nullable ? null : raw;
+      default:
+        return raw === "" && this.nullable ? null : raw;
+    }
+  }
+
+  slot() {
+    return this.errorSlot;
+  }
+
+  clearErrors() {
+    this.errorSlot.clear();
+  }
+}
+
+/** An object: its properties as fields. Unknown keys from set() are kept and sent, so the server names them. */
+class ObjectWidget {
+  constructor(schema, { skip = [] } = {}) {
+    this.s = resolve(schema);
+    this.fields = new Map();
+    this.extras = {};
+    this.error = el("div", { className: "error-msg", role: "alert" });
+    this.extrasNote = el("div", { className: "extras-note" });
+    this.el = el("div", { className: "object" }, this.error, this.extrasNote);
+    this.errorSlot = new Slot(this.el, this.error);
+    for (const [name, prop] of Object.entries(this.s.properties || {})) {
+      if (skip.includes(name)) continue;
+      const widget = makeWidget(name, prop);
+      this.fields.set(name, widget);
+      this.el.appendChild(widget.el);
+    }
+  }
+
+  setPath(path) {
+    this.path = path;
+    for (const [name, widget] of this.fields) widget.setPath(path ? `${path}.${name}` : name);
+  }
+
+  set(value) {
+    const v = value && typeof value === "object" ? value : {};
+    for (const [name, widget] of this.fields) widget.set(v[name]);
+    this.extras = Object.fromEntries(Object.entries(v).filter(([k]) => !this.fields.has(k) && k !== "type"));
+    const unknown = Object.keys(this.extras);
+    this.extrasNote.textContent = unknown.length
+      ? `Not in the schema, sent as loaded (the server will name them): ${unknown.join(", ")}`
+      : "";
+  }
+
+  get() {
+    const out = { ...this.extras };
+    for (const [name, widget] of this.fields) {
+      const value = widget.get();
+      if (value !== undefined) out[name] = value;
+    }
+    return out;
+  }
+
+  slot(parts) {
+    if (parts.length && this.fields.has(parts[0])) return this.fields.get(parts[0]).slot(parts.slice(1));
+    return this.errorSlot;
+  }
+
+  clearErrors() {
+    this.errorSlot.clear();
+    for (const widget of this.fields.values()) widget.clearErrors();
+  }
+}
+
+/** One item of a discriminated union list: a type selector that swaps the fields below it. */
+class UnionItem {
+  constructor(list, mapping, value) {
+    this.list = list;
+    this.mapping = mapping;
+    this.typeSelect = el("select", { "aria-label": "objective type" }, Object.keys(mapping).map((t) => el("option", { value: t }, t)));
+    this.typeSelect.addEventListener("change", () => this.changeType(this.typeSelect.value));
+    this.removeButton = el("button", { type: "button", className: "btn small danger", onclick: () => list.remove(this) }, "Remove");
+    this.title = el("strong");
+    this.typeError = el("div", { className: "error-msg", role: "alert" });
+    this.body = el("div");
+    this.el = el(
+      "div",
+      { className: "objective-item" },
+      el("div", { className: "item-head" }, this.title, el("label", { className: "inline muted small" }, "type", this.typeSelect), el("span", { className: "spacer" }), this.removeButton),
+      this.typeError,
+      this.body,
+    );
+    this.typeSlot = new Slot(this.el, this.typeError);
+    this.set(value);
+  }
+
+  build(type) {
+    this.type = type;
+    this.typeSelect.value = type;
+    this.inner = new ObjectWidget({ $ref: this.mapping[type] }, { skip: ["type"] });
+    setChildren(this.body, this.inner.el);
+    if (this.path !== undefined) this.setPath(this.path);
+  }
+
+  changeType(type) {
+    const keep = this.inner ? this.inner.get() : {};
+    this.build(type);
+    const common = Object.fromEntries(Object.entries(keep).filter(([k]) => this.inner.fields.has(k)));
+    this.inner.set(common);
+  }
+
+  set(value) {
+    const v = value && typeof value === "object" ? value : {};
+    const type = this.mapping[v.type] ? v.type : Object.keys(this.mapping)[0];
+    this.build(type);
+    this.inner.set(v);
+    if (v.type !== undefined && !this.mapping[v.type]) this.inner.extras.type = v.type; // let the server name it
+  }
+
+  get() {
+    return { type: this.type, ...this.inner.get() };
+  }
+
+  setPath(path) {
+    this.path = path;
+    this.typeSelect.name = `${path}.type`;
+    this.typeSelect.dataset.path = `${path}.type`;
+    this.title.textContent = `Objective ${Number(path.split(".").pop()) + 1}`;
+    this.inner.setPath(path);
+  }
+
+  slot(parts) {
+    if (parts[0] === "type") return this.typeSlot;
+    if (!parts.length) return this.typeSlot;
+    return this.inner.slot(parts);
+  }
+
+  clearErrors() {
+    this.typeSlot.clear();
+    this.inner.clearErrors();
+  }
+}
+
+/** A list of discriminated-union items (the objectives): add/remove, each with its own type. */
+class UnionListWidget {
+  constructor(name, schema) {
+    this.s = resolve(schema);
+    const items = this.s.items || {};
+    this.mapping = (items.discriminator && items.discriminator.mapping) || {};
+    this.minItems = this.s.minItems ?? 0;
+    this.maxItems = this.s.maxItems ?? Infinity;
+    this.items = [];
+    this.error = el("div", { className: "error-msg", role: "alert" });
+    this.container = el("div", { className: "union-items" });
+    this.addType = el("select", { "aria-label": "type of the new objective" }, Object.keys(this.mapping).map((t) => el("option", { value: t }, t)));
+    this.addButton = el("button", { type: "button", className: "btn small", id: "add-objective", onclick: () => this.add({ type: this.addType.value, name: this.freeName(this.addType.value) }) }, "Add objective");
+    const help = [this.s.description, `${this.minItems} to ${this.maxItems} items; each needs a unique name.`].filter(Boolean).join(" ");
+    this.el = el(
+      "div",
+      { className: "union-list" },
+      el("div", { className: "help muted small" }, help),
+      this.error,
+      this.container,
+      el("div", { className: "row" }, this.addType, this.addButton),
+    );
+    this.errorSlot = new Slot(this.el, this.error);
+  }
+
+  freeName(type) {
+    const taken = new Set(this.items.map((item) => item.inner.fields.get("name")?.get()));
+    const base = type.replace(/[^a-z0-9_]/g, "_");
+    if (!taken.has(base)) return base;
+    for (let i = 2; ; i++) if (!taken.has(`${base}_${i}`)) return `${base}_${i}`;
+  }
+
+  add(value) {
+    const item = new UnionItem(this, this.mapping, value);
+    this.items.push(item);
+    this.container.appendChild(item.el);
+    this.renumber();
+    return item;
+  }
+
+  remove(item) {
+    this.items = this.items.filter((x) => x !== item);
+    item.el.remove();
+    this.renumber();
+  }
+
+  renumber() {
+    this.items.forEach((item, i) => item.setPath(`${this.path}.${i}`));
+    for (const item of this.items) item.removeButton.disabled = this.items.length <= this.minItems;
+    this.addButton.disabled = this.items.length >= this.maxItems;
+  }
+
+  setPath(path) {
+    this.path = path;
+    this.renumber();
+  }
+
+  set(value) {
+    for (const item of this.items) item.el.remove();
+    this.items = [];
+    for (const v of Array.isArray(value) ? value : []) this.add(v);
+    this.renumber();
+  }
+
+  get() {
+    return this.items.map((item) => item.get());
+  }
+
+  slot(parts) {
+    const index = Number(parts[0]);
+    if (parts.length && Number.isInteger(index) && this.items[index]) return this.items[index].slot(parts.slice(1));
+    return this.errorSlot;
+  }
+
+  clearErrors() {
+    this.errorSlot.clear();
+    for (const item of this.items) item.clearErrors();
+  }
+}
+
+function makeWidget(name, schema) {
+  const { schema: s } = unwrap(schema);
+  if (s.type === "object" && s.properties) return new ObjectWidget(s);
+  if (s.type === "array" && s.items && (s.items.discriminator || s.items.oneOf)) return new UnionListWidget(name, s);
+  return new ScalarWidget(name, schema);
+}
+
+function section(key, title, content, description) {
+  return el(
+    "details",
+    { className: "section", open: OPEN_SECTIONS.has(key), dataset: { section: key } },
+    el("summary", {}, title),
+    el("div", { className: "section-body" }, description ? el("div", { className: "muted small" }, description) : null, content),
+  );
+}
+
+/** The whole RunConfig: one collapsible section per sub-model, top-level scalars in the "Run" section. */
+class ConfigForm {
+  constructor(schema, container) {
+    this.root = new ObjectWidget({ type: "object", properties: {} });
+    this.root.s = schema;
+    const properties = schema.properties || {};
+    const names = [...SECTION_ORDER.filter((n) => n in properties), ...Object.keys(properties).filter((n) => !SECTION_ORDER.includes(n))];
+    this.nameInput = el("input", { type: "text", name: "name", maxlength: 200, placeholder: "e.g. sentiment-vs-brevity", autocomplete: "off" });
+    const nameRow = fieldRow("name", { title: "Run name", description: "Shown in the runs list and on the run page." }, this.nameInput, false);
+    this.nameSlot = nameRow.slot;
+    const runBody = el("div", {}, nameRow.row);
+    const sections = [];
+    for (const name of names) {
+      const widget = makeWidget(name, properties[name]);
+      this.root.fields.set(name, widget);
+      const prop = resolve(properties[name]);
+      if (widget instanceof ScalarWidget) runBody.appendChild(widget.el);
+      else sections.push(section(name, prop.title && !/Config$/.test(prop.title) ? prop.title : titleCase(name), widget.el, prop.description));
+    }
+    this.root.setPath("");
+    this.root.el.replaceChildren(this.root.error, this.root.extrasNote);
+    setChildren(container, section("run", "Run", [this.root.el, runBody]), sections);
+  }
+
+  set(config) {
+    this.root.set(config);
+  }
+
+  get() {
+    return this.root.get();
+  }
+
+  clearErrors() {
+    this.root.clearErrors();
+    this.nameSlot.clear();
+  }
+}
+
+function titleCase(name) {
+  return { lora: "LoRA", eval: "Evaluation", model: "Model", data: "Data", algorithm: "Algorithm", checkpoint: "Checkpoints", objectives: "Objectives" }[name]
+    || name.charAt(0).toUpperCase() + name.slice(1);
+}
+
+function isPlainObject(x) {
+  return x !== null && typeof x === "object" && !Array.isArray(x);
+}
+
+/** Defaults overlaid with a (partial) config; lists are replaced, not merged. */
+function overlay(base, top) {
+  if (!isPlainObject(base) || !isPlainObject(top)) return top === undefined ? base : top;
+  const out = { ...base };
+  for (const [key, value] of Object.entries(top)) out[key] = overlay(base[key], value);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+const formEl = document.getElementById("run-form");
+const formError = document.getElementById("form-error");
+const submitButton = document.getElementById("submit-button");
+const resetButton = document.getElementById("reset-button");
+const submitStatus = document.getElementById("submit-status");
+const loadError = document.getElementById("load-error");
+const loadStatus = document.getElementById("load-status");
+const configText = document.getElementById("config-text");
+let form = null;
+let defaults = {};
+
+/** Show FastAPI's 422 detail next to the fields it names. Returns how many were placed. */
+function showErrors(detail) {
+  const general = [];
+  let first = null;
+  for (const item of Array.isArray(detail) ? detail : [{ loc: [], msg: String(detail) }]) {
+    const loc = (item.loc || []).map(String);
+    let slot = null;
+    if (loc[0] === "body" && loc[1] === "config") {
+      const path = loc.slice(2);
+      slot = path.length && !(path.length === 1 && path[0] === "config") ? form.root.slot(path) : null;
+      if (slot === form.root.errorSlot) slot = null;
+      if (slot) {
+        // Shown at a field's own row as is; at an enclosing section (unknown key, whole-section rule) with its path.
+        const dotted = path.join(".");
+        const exact = slot.container.querySelector(`[data-path="${CSS.escape(dotted)}"]`);
+        slot.show(exact ? item.msg : `${dotted}: ${item.msg}`);
+      }
+      else general.push(`${path.join(".") || "config"}: ${item.msg}`);
+    } else if (loc[0] === "body" && loc[1] === "name") {
+      slot = form.nameSlot;
+      slot.show(item.msg);
+    } else {
+      general.push(`${loc.slice(1).join(".") || "request"}: ${item.msg}`);
+    }
+    if (slot && !first) first = slot.container;
+  }
+  const count = (Array.isArray(detail) ? detail.length : 1);
+  formError.textContent = `The run was not started: ${count} problem${count === 1 ? "" : "s"}${general.length ? ": " + general.join("; ") : " (marked below)"}.`;
+  (first || formError).scrollIntoView({ behavior: "smooth", block: "center" });
+}
+
+async function submit(event) {
+  event.preventDefault();
+  form.clearErrors();
+  formError.textContent = "";
+  const name = form.nameInput.value.trim();
+  if (!name) {
+    form.nameSlot.show("Give the run a name.");
+    form.nameInput.focus();
+    return;
+  }
+  submitButton.disabled = true;
+  submitStatus.textContent = "Starting…";
+  try {
+    const run = await api("/api/runs", { method: "POST", body: { name, config: form.get() } });
+    submitStatus.textContent = `Run #${run.id} created.`;
+    window.location.href = `/runs/${run.id}`;
+    return;
+  } catch (error) {
+    submitStatus.textContent = "";
+    if (error instanceof ApiError && error.status === 422) showErrors(error.detail);
+    else formError.textContent = `The run was not started: ${errorText(error)}`;
+  }
+  submitButton.disabled = false;
+}
+
+async function loadText() {
+  loadError.textContent = "";
+  loadStatus.textContent = "";
+  const text = configText.value;
+  if (!text.trim()) {
+    loadError.textContent = "Paste a config or choose a file first.";
+    return;
+  }
+  let config;
+  try {
+    config = JSON.parse(text);
+    if (!isPlainObject(config)) {
+      loadError.textContent = "The top level of the config must be an object.";
+      return;
+    }
+    config = overlay(defaults, config);
+  } catch {
+    // Not JSON: the server parses YAML and validates it.
+    try {
+      config = await api("/api/config/parse", { method: "POST", body: { text } });
+    } catch (error) {
+      if (error instanceof ApiError && Array.isArray(error.detail)) {
+        setChildren(loadError, el("div", {}, "Not loaded:"), error.detail.map((d) => {
+          const loc = (d.loc || []).map(String);
+          const where = loc[1] === "config" ? loc.slice(2).join(".") : "text";
+          return el("div", {}, el("code", {}, where), ": ", d.msg);
+        }));
+      } else {
+        loadError.textContent = `Not loaded: ${errorText(error)}`;
+      }
+      return;
+    }
+  }
+  form.clearErrors();
+  formError.textContent = "";
+  form.set(config);
+  loadStatus.textContent = "Loaded into the form. Review it, then start the run.";
+}
+
+async function main() {
+  const cloneId = formEl.dataset.clone;
+  let schema;
+  try {
+    [schema, defaults] = await Promise.all([api("/api/config/schema"), api("/api/config/defaults")]);
+  } catch (error) {
+    formError.textContent = `Could not load the configuration schema: ${errorText(error)}`;
+    return;
+  }
+  defs = schema.$defs || {};
+  form = new ConfigForm(schema, document.getElementById("form-sections"));
+  form.set(defaults);
+  if (cloneId) {
+    try {
+      const run = await api(`/api/runs/${encodeURIComponent(cloneId)}`);
+      form.set(overlay(defaults, run.config));
+      form.nameInput.value = `${run.name} (copy)`.slice(0, 200);
+    } catch (error) {
+      formError.textContent = `Could not copy run ${cloneId}: ${errorText(error)}. The form shows the defaults.`;
+    }
+  }
+  formEl.addEventListener("submit", submit);
+  resetButton.addEventListener("click", () => {
+    form.clearErrors();
+    formError.textContent = "";
+    form.set(defaults);
+  });
+  submitButton.disabled = false;
+  resetButton.disabled = false;
+  formEl.dataset.ready = "1";
+}
+
+for (const [id, open] of [["expand-all", true], ["collapse-all", false]]) {
+  document.getElementById(id).addEventListener("click", () => {
+    for (const details of document.querySelectorAll("details.section")) details.open = open;
+  });
+}
+document.getElementById("load-config").addEventListener("click", () => loadText());
+document.getElementById("export-config").addEventListener("click", () => {
+  if (form) configText.value = JSON.stringify(form.get(), null, 2);
+});
+document.getElementById("config-file").addEventListener("change", async (event) => {
+  const file = event.target.files && event.target.files[0];
+  if (!file) return;
+  configText.value = await file.text();
+  await loadText();
+});
+
+main();

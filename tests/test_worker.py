@@ -1,0 +1,295 @@
+"""End to end: the API, a real Celery worker process (`meal worker`) and a real broker and database.
+
+Two setups, following the `database_url` parameter: PostgreSQL with a Redis broker (deployed mode), and SQLite with
+the SQLite broker (`sqla+sqlite://`, embedded mode). The worker trains a tiny random model on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import tiny_run_config
+from db_fixtures import REDIS_DB_WORKER, redis_broker_url
+from live_server import Event, EventStream, live_server
+
+from app.queue import enqueue_training
+from app.settings import Settings
+from meal_core.checkpoint import latest_checkpoint
+
+MEAL = Path(sys.executable).with_name("meal")
+TOTAL = 8  # iterations of the stop/resume run
+KEY = "reward/positivity"  # recorded at every iteration
+# Even cheaper than tiny_run_config's defaults: the worker shares two CPU cores with the test and the server.
+CHEAP = {
+    "data__prompts_per_iteration": 2,
+    "algorithm__samples_per_prompt": 2,
+    "algorithm__max_new_tokens": 8,
+    "algorithm__calibration_prompts": 2,
+    "eval__prompts": 1,
+    "eval__grid_points": 2,
+    "eval__probe_pairs": 2,
+    "eval__at_start": False,
+}
+
+
+class WorkerProcess:
+    """`meal worker` in its own process group, its output in a file."""
+
+    def __init__(self, env: dict[str, str], directory: Path) -> None:
+        self.env, self.directory = env, directory
+        self.log_path = directory / "worker.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [str(MEAL), "worker", "--name", f"test-{uuid.uuid4().hex[:8]}@%h", "--loglevel", "INFO"],
+                env=self.env,
+                cwd=self.directory,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a process group of its own: teardown kills all of it
+            )
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output():
+            if not self.alive():
+                pytest.fail(f"the worker exited (code {self.process and self.process.poll()}) before {text!r}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{text!r} not in the worker's output within {timeout} s")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            with_signal(self.process.pid, signal.SIGTERM)  # warm shutdown
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=10)
+        with_signal(self.process.pid, signal.SIGKILL)  # whatever is left of the group
+        self.process.wait(timeout=10)
+
+
+def with_signal(group: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the group is gone already
+        os.killpg(group, sig)
+
+
+@dataclass
+class Setup:
+    base_url: str
+    settings: Settings
+    worker: WorkerProcess
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.settings.runs_dir
+
+    def get(self, path: str, **params: Any) -> Any:
+        response = httpx.get(f"{self.base_url}{path}", params=params, timeout=30)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def post(self, path: str, json: Any = None) -> httpx.Response:
+        return httpx.post(f"{self.base_url}{path}", json=json, timeout=60)
+
+    def run(self, run_id: int) -> dict[str, Any]:
+        return dict(self.get(f"/api/runs/{run_id}"))
+
+    def wait_run(self, run_id: int, done: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.run(run_id)
+            if done(run):
+                return run
+            if time.monotonic() > deadline:
+                pytest.fail(f"run {run_id}: not {what} within {timeout} s; now {run['status']}: {run}")
+            if not self.worker.alive():
+                pytest.fail(f"the worker exited while waiting for run {run_id} to be {what}")
+            time.sleep(0.1)
+
+    def series(self, run_id: int, key: str) -> dict[str, Any]:
+        (series,) = self.get(f"/api/runs/{run_id}/metrics", keys=key)["series"]
+        return dict(series)
+
+    def wait_skipped(self, task_id: str) -> None:
+        """Until the worker has handled this message and found nothing to do."""
+        self.worker.wait_for(f"Task meal.train_run[{task_id}] succeeded", timeout=120)
+        line = next(line for line in self.worker.output().splitlines() if f"[{task_id}] succeeded" in line)
+        assert line.endswith("'skipped'"), line
+
+
+@pytest.fixture(scope="module")
+def setup(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    directory = tmp_path_factory.mktemp("worker")
+    if database_url.startswith("postgresql"):
+        broker = redis_broker_url(REDIS_DB_WORKER)  # flushed: no stale message from an earlier session
+    else:
+        broker = f"sqla+sqlite:///{directory / 'broker.sqlite'}"
+    settings = Settings(database_url=database_url, broker_url=broker, data_dir=directory / "data", events_poll_s=0.1)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MEAL_")}
+    env.update(
+        MEAL_DATABASE_URL=database_url,
+        MEAL_BROKER_URL=broker,
+        MEAL_DATA_DIR=str(settings.data_dir),
+        MEAL_RECORDER_FLUSH_S="0.2",
+        MEAL_HEARTBEAT_INTERVAL_S="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONUNBUFFERED="1",
+    )
+    worker = WorkerProcess(env, directory)
+    worker.start()
+    try:
+        with live_server(settings) as base_url:
+            worker.wait_for(" ready.", timeout=120)
+            yield Setup(base_url, settings, worker)
+    finally:
+        crashed = worker.process is not None and worker.process.poll() is not None
+        worker.stop()
+        if crashed:
+            print(f"---- worker exited early ({worker.process and worker.process.returncode}) ----\n{worker.output()}")
+
+
+@pytest.fixture
+def live(setup: Setup, request: pytest.FixtureRequest) -> Iterator[Setup]:
+    """The module's setup; the worker's output is printed for any test that fails."""
+    start = len(setup.worker.output())
+    assert setup.worker.alive(), setup.worker.output()
+    yield setup
+    report = getattr(request.node, "report_call", None)
+    if report is None or report.failed:
+        print(f"---- worker output during {request.node.name} ----\n{setup.worker.output()[start:]}")
+
+
+def launch(live: Setup, config: dict[str, Any], name: str) -> dict[str, Any]:
+    response = live.post("/api/runs", {"name": name, "config": config})
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def metric_steps(events: list[Event], key: str | None = None) -> list[int]:
+    return [
+        int(step)
+        for e in events
+        if e.name == "metrics"
+        for k, points in e.data.items()
+        if key in (None, k)
+        for step, _ in points
+    ]
+
+
+def status_is(*statuses: str) -> Callable[[Event], bool]:
+    return lambda event: event.name == "status" and event.data["status"] in statuses
+
+
+def test_engine_failure_at_start_is_stored_with_its_traceback(live: Setup, tiny_model_dir: Path) -> None:
+    missing = live.settings.data_dir / "no-such-model"
+    config = tiny_run_config(tiny_model_dir, model__name_or_path=str(missing)).model_dump(mode="json")
+    run = launch(live, config, "broken")
+    failed = live.wait_run(run["id"], lambda r: r["status"] == "failed", 120, "failed")
+    assert "ModelLoadError" in failed["error"] and "no such directory" in failed["error"]
+    assert str(missing) in failed["error"]
+    assert failed["traceback"].startswith("Traceback (most recent call last)")
+    assert "ModelLoadError" in failed["traceback"]
+    assert failed["attempts"] == 1 and failed["worker"] and failed["finished_at"]
+
+    # A second delivery of the task finds the run finished and does nothing.
+    duplicate = enqueue_training(live.settings.broker_url, run["id"])
+    live.wait_skipped(duplicate)
+    after = live.run(run["id"])
+    assert (after["status"], after["attempts"], after["error"]) == ("failed", 1, failed["error"])
+    assert after["event_cursor"] == failed["event_cursor"], "nothing about the run changed"
+
+
+def test_train_stop_resume_and_finish(live: Setup, tiny_model_dir: Path) -> None:
+    config = tiny_run_config(tiny_model_dir, iterations=TOTAL, checkpoint__every=1, eval__every=0, **CHEAP)
+    run = launch(live, config.model_dump(mode="json"), "stop-and-resume")
+    run_id = run["id"]
+    assert run["status"] in ("queued", "running") and run["total_iterations"] == TOTAL  # a worker may be quick
+    run_dir = live.runs_dir / f"run-{run_id}"
+
+    with EventStream(f"{live.base_url}/api/runs/{run_id}/events") as stream:
+        live.wait_run(run_id, lambda r: r["status"] == "running", 120, "running")
+        # Sent while the run is being trained: the solo worker takes it once the run is stopped, and skips it.
+        duplicate = enqueue_training(live.settings.broker_url, run_id)
+
+        live.wait_run(run_id, lambda r: max(live.series(run_id, KEY)["steps"], default=0) >= 2, 120, "at step 2")
+        stopping = live.post(f"/api/runs/{run_id}/stop")
+        assert stopping.status_code == 200
+        assert stopping.json()["status"] in ("stopping", "stopped")
+        stopped = live.wait_run(run_id, lambda r: r["status"] == "stopped", 120, "stopped")
+        stop_at = stopped["iteration"]
+        assert 2 <= stop_at < TOTAL
+        assert stopped["stop_requested"] is False and stopped["finished_at"] and stopped["error"] is None
+        latest = latest_checkpoint(run_dir)
+        assert latest is not None and latest.name == f"iter-{stop_at:06d}"
+        assert live.series(run_id, KEY)["steps"] == list(range(1, stop_at + 1))
+
+        # The stream carried the same points, and the status changes.
+        before_stop = stream.until(status_is("stopped"), timeout=60)
+        before_stop += stream.drain(quiet=1.0)  # the rest of that poll: a status event comes first within each poll
+        assert sorted(metric_steps(stream.received, KEY)) == list(range(1, stop_at + 1))
+        assert any(e.name == "status" and e.data["status"] == "running" for e in stream.received)
+        assert any(e.name == "samples" for e in before_stop)
+        streamed = {step: value for e in stream.received if e.name == "metrics" for step, value in e.data.get(KEY, [])}
+        assert [streamed[step] for step in range(1, stop_at + 1)] == live.series(run_id, KEY)["values"]
+
+    live.wait_skipped(duplicate)
+    assert live.run(run_id)["attempts"] == 1, "the duplicate message did not train the run again"
+
+    cursor = live.run(run_id)["event_cursor"]
+    resumed = live.post(f"/api/runs/{run_id}/resume")
+    assert resumed.status_code == 200, resumed.text
+    assert resumed.json()["status"] in ("queued", "running")
+    assert resumed.json()["task_id"] and resumed.json()["task_id"] != run["task_id"]
+
+    with EventStream(f"{live.base_url}/api/runs/{run_id}/events", params={"cursor": cursor}) as stream:
+        live.wait_run(run_id, lambda r: r["iteration"] > stop_at, 120, f"past iteration {stop_at}")
+        done = live.wait_run(run_id, lambda r: r["status"] in ("succeeded", "failed"), 180, "finished")
+        assert done["status"] == "succeeded", done["error"]
+        assert (done["iteration"], done["attempts"], done["error"]) == (TOTAL, 2, None)
+        stream.until(status_is("succeeded"), timeout=60)
+        stream.drain(quiet=1.0)
+        after_resume = stream.received
+
+    # Training continued from the checkpoint: new steps start right after the stop point, none is repeated.
+    assert min(metric_steps(after_resume)) == stop_at + 1
+    assert metric_steps(after_resume, KEY) == list(range(stop_at + 1, TOTAL + 1))
+    assert live.series(run_id, KEY)["steps"] == list(range(1, TOTAL + 1))
+    latest = latest_checkpoint(run_dir)
+    assert latest is not None and latest.name == f"iter-{TOTAL:06d}"
+
+    evaluations = live.get(f"/api/runs/{run_id}/evaluations")
+    assert [e["step"] for e in evaluations] == [TOTAL], "eval.every 0: only the final evaluation"
+    assert any(e.name == "evaluations" for e in after_resume)
+    samples = live.get(f"/api/runs/{run_id}/samples")
+    assert samples and {s["step"] for s in samples} == {TOTAL}
+    assert live.get(f"/api/runs/{run_id}/sample-steps") == list(range(1, TOTAL + 1))
+
+    # A redelivered message for the finished run is skipped: the run is not trained a third time.
+    duplicate = enqueue_training(live.settings.broker_url, run_id)
+    live.wait_skipped(duplicate)
+    final = live.run(run_id)
+    assert (final["status"], final["attempts"], final["iteration"]) == ("succeeded", 2, TOTAL)
+    assert final["event_cursor"] == live.run(run_id)["event_cursor"]
