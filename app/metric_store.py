@@ -12,11 +12,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, and_, case, func, select
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import Session
 
 from app.models import MetricLatest, MetricPoint, MetricRollup
-from app.sql import chunked, dialect_insert
+from app.sql import insert_rows
 
 ROLLUP_BASE = 4
 ROLLUP_LEVELS = 9  # bucket widths 4, 16, …, 262144 steps
@@ -47,15 +47,12 @@ def ingest(session: Session, run_id: int, points: Sequence[Point]) -> int:
         {"run_id": run_id, "key": p.key, "step": p.step, "value": p.value, "wall_time": p.wall_time, "seq": seq}
         for p in finite.values()
     ]
-    inserted = []
-    for chunk in chunked(rows):
-        inserted += session.execute(
-            dialect_insert(session, MetricPoint)
-            .values(chunk)
-            .on_conflict_do_nothing(index_elements=["run_id", "key", "step"])
-            .returning(MetricPoint.key, MetricPoint.step)
-        ).all()
-    new = [finite[(key, step)] for key, step in inserted]
+    table = MetricPoint.__table__
+    statement, params = insert_rows(session, table, rows)
+    statement = statement.on_conflict_do_nothing(index_elements=["run_id", "key", "step"]).returning(
+        table.c.key, table.c.step
+    )
+    new = [finite[(key, step)] for key, step in session.execute(statement, params)]
     if new:
         _update_latest(session, run_id, new)
         _update_rollups(session, run_id, new)
@@ -71,58 +68,64 @@ def _update_latest(session: Session, run_id: int, points: list[Point]) -> None:
         {"run_id": run_id, "key": p.key, "step": p.step, "value": p.value, "wall_time": p.wall_time}
         for p in newest.values()
     ]
-    for chunk in chunked(rows):
-        statement = dialect_insert(session, MetricLatest).values(chunk)
-        excluded = statement.excluded
-        session.execute(
-            statement.on_conflict_do_update(
-                index_elements=["run_id", "key"],
-                set_={"step": excluded.step, "value": excluded.value, "wall_time": excluded.wall_time},
-                where=excluded.step >= MetricLatest.step,
-            )
-        )
+    table = MetricLatest.__table__
+    statement, params = insert_rows(session, table, rows)
+    excluded = statement.excluded
+    statement = statement.on_conflict_do_update(
+        index_elements=["run_id", "key"],
+        set_={"step": excluded.step, "value": excluded.value, "wall_time": excluded.wall_time},
+        where=excluded.step >= table.c.step,
+    )
+    session.execute(statement, params)
 
 
 def _update_rollups(session: Session, run_id: int, points: list[Point]) -> None:
-    buckets: dict[tuple[str, int, int], list[float]] = {}  # (key, level, bucket) → [min, max, last_step, last]
+    # Level 1 from the points, then each level from the one below: a bucket of level L+1 is ROLLUP_BASE buckets of
+    # level L, so the work is about 4/3 of the points instead of ROLLUP_LEVELS times them.
+    buckets: dict[tuple[str, int], list[float]] = {}  # (key, bucket) → [min, max, last_step, last]
     for p in points:
-        for level in range(1, ROLLUP_LEVELS + 1):
-            slot = buckets.get((p.key, level, p.step // ROLLUP_BASE**level))
-            if slot is None:
-                buckets[(p.key, level, p.step // ROLLUP_BASE**level)] = [p.value, p.value, p.step, p.value]
-                continue
-            slot[0], slot[1] = min(slot[0], p.value), max(slot[1], p.value)
-            if p.step > slot[2]:
-                slot[2], slot[3] = p.step, p.value
-    rows = [
-        {
-            "run_id": run_id,
-            "key": key,
-            "level": level,
-            "bucket": bucket,
-            "min_value": lo,
-            "max_value": hi,
-            "last_step": int(last_step),
-            "last_value": last,
-        }
-        for (key, level, bucket), (lo, hi, last_step, last) in buckets.items()
-    ]
+        slot = buckets.get((p.key, p.step // ROLLUP_BASE))
+        if slot is None:
+            buckets[(p.key, p.step // ROLLUP_BASE)] = [p.value, p.value, p.step, p.value]
+            continue
+        slot[0], slot[1] = min(slot[0], p.value), max(slot[1], p.value)
+        if p.step > slot[2]:
+            slot[2], slot[3] = p.step, p.value
+    rows: list[dict[str, Any]] = []
+    for level in range(1, ROLLUP_LEVELS + 1):
+        rows += [
+            {
+                "run_id": run_id,
+                "key": key,
+                "level": level,
+                "bucket": bucket,
+                "min_value": lo,
+                "max_value": hi,
+                "last_step": int(last_step),
+                "last_value": last,
+            }
+            for (key, bucket), (lo, hi, last_step, last) in buckets.items()
+        ]
+        if level < ROLLUP_LEVELS:
+            parents: dict[tuple[str, int], list[float]] = {}
+            for (key, bucket), (lo, hi, last_step, last) in buckets.items():
+                _merge(parents, (key, bucket // ROLLUP_BASE), lo, hi, last_step, last)
+            buckets = parents
     smaller, larger = _pairwise(session, "min"), _pairwise(session, "max")
-    for chunk in chunked(rows):
-        statement = dialect_insert(session, MetricRollup).values(chunk)
-        excluded = statement.excluded
-        newer = excluded.last_step >= MetricRollup.last_step
-        session.execute(
-            statement.on_conflict_do_update(
-                index_elements=["run_id", "key", "level", "bucket"],
-                set_={
-                    "min_value": smaller(MetricRollup.min_value, excluded.min_value),
-                    "max_value": larger(MetricRollup.max_value, excluded.max_value),
-                    "last_value": case((newer, excluded.last_value), else_=MetricRollup.last_value),
-                    "last_step": larger(MetricRollup.last_step, excluded.last_step),
-                },
-            )
-        )
+    table = MetricRollup.__table__
+    statement, params = insert_rows(session, table, rows)
+    excluded = statement.excluded
+    newer = excluded.last_step >= table.c.last_step
+    statement = statement.on_conflict_do_update(
+        index_elements=["run_id", "key", "level", "bucket"],
+        set_={
+            "min_value": smaller(table.c.min_value, excluded.min_value),
+            "max_value": larger(table.c.max_value, excluded.max_value),
+            "last_value": case((newer, excluded.last_value), else_=table.c.last_value),
+            "last_step": larger(table.c.last_step, excluded.last_step),
+        },
+    )
+    session.execute(statement, params)
 
 
 @dataclass
@@ -147,7 +150,8 @@ class Series:
         }
 
 
-def _merge(into: dict[int, list[float]], bucket: int, lo: float, hi: float, last_step: int, last: float) -> None:
+def _merge(into: dict[Any, list[float]], bucket: Any, lo: float, hi: float, last_step: float, last: float) -> None:
+    """Fold a bucket's [min, max, last_step, last] into `into[bucket]`."""
     slot = into.get(bucket)
     if slot is None:
         into[bucket] = [lo, hi, last_step, last]
@@ -161,14 +165,23 @@ def query_series(
     session: Session, run_id: int, key: str, start: int | None, end: int | None, max_points: int
 ) -> Series:
     where = and_(MetricPoint.run_id == run_id, MetricPoint.key == key)
-    lo, hi = session.execute(select(func.min(MetricPoint.step), func.max(MetricPoint.step)).where(where)).one()
+    # First and last step as two ORDER BY … LIMIT 1 lookups: one seek each in the primary key index on any database.
+    # (min() and max() in one SELECT make SQLite scan every point of the series, and PostgreSQL too while the table
+    # has no statistics yet, e.g. during a run's first minutes.)
+    column = MetricPoint.step
+    lo, hi = session.execute(
+        select(
+            select(column).where(where).order_by(column).limit(1).scalar_subquery(),
+            select(column).where(where).order_by(column.desc()).limit(1).scalar_subquery(),
+        )
+    ).one()
     series = Series(key)
     if lo is None:
         return series
     lo, hi = max(lo, start) if start is not None else lo, min(hi, end) if end is not None else hi
     if lo > hi:
         return series
-    raw: Select[Any] = select(MetricPoint.step, MetricPoint.value).where(where).order_by(MetricPoint.step)
+    raw = select(MetricPoint.step, MetricPoint.value).where(where).order_by(MetricPoint.step)
     if hi - lo + 1 <= max_points:  # steps are integers: the span bounds the number of points
         for step, value in session.execute(raw.where(MetricPoint.step.between(lo, hi))):
             series.steps.append(step)
@@ -211,10 +224,10 @@ def query_series(
             for step, value in session.execute(raw.where(MetricPoint.step.between(a, b))):
                 _merge(merged, step // width, value, value, step, value)
     for bucket in sorted(merged):
-        mn, mx, last_step, last_value = merged[bucket]
-        series.steps.append(int(last_step))
-        series.values.append(last_value)
-        series.mins.append(mn)
-        series.maxs.append(mx)
+        low, high, final_step, final_value = merged[bucket]
+        series.steps.append(int(final_step))
+        series.values.append(final_value)
+        series.mins.append(low)
+        series.maxs.append(high)
     series.downsampled = True
     return series

@@ -183,7 +183,7 @@ class AlgorithmConfig(Section):
     replay_size: int = Field(256, ge=1, description="Accepted samples kept for the base step.")
     max_grad_norm: float = Field(1.0, gt=0.0)
     warm_start_prompts: int = Field(
-        0,
+        16,
         ge=0,
         description="Offline stage before the loop: hindsight-labelled base-model samples for this many prompts.",
     )

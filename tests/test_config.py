@@ -320,3 +320,9 @@ def test_json_schema_contains_the_sections() -> None:
     assert definitions["AlgorithmConfig"]["additionalProperties"] is False
     assert "discriminator" in json.dumps(properties["objectives"])
     json.dumps(schema)  # serialisable as is
+
+
+def test_demo_config_is_the_default_config() -> None:
+    """The launch form starts from RunConfig defaults; they must be the documented demo."""
+    demo = Path(__file__).resolve().parent.parent / "examples" / "demo.yaml"
+    assert load_config(demo) == RunConfig()
