@@ -103,6 +103,8 @@ class Trainer:
         self.k = len(self.names)
         self.run_dir = Path(run_dir)
         self.recorder: Recorder = recorder or NullRecorder()
+        if config.model.cpu_threads:
+            torch.set_num_threads(config.model.cpu_threads)
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
 
