@@ -50,11 +50,17 @@ def summarise(out: Path, algorithms: list[str], seeds: list[int]) -> str:
     objectives: list[str] = []
     rows = []
     for algorithm in algorithms:
-        start, final, control, probe = [], [], {}, {}  # type: ignore[var-annotated]
+        start, final, control, probe, correlation = [], [], {}, {}, []  # type: ignore[var-annotated]
         for seed in seeds:
-            evaluations = read_jsonl(out / f"{algorithm}-seed{seed}" / "evaluations.jsonl")
-            if not evaluations:
+            run_dir = out / f"{algorithm}-seed{seed}"
+            evaluations = read_jsonl(run_dir / "evaluations.jsonl")
+            if not evaluations or evaluations[-1]["step"] == 0:
                 continue
+            correlation += [
+                row["value"]
+                for row in read_jsonl(run_dir / "metrics.jsonl")
+                if row["key"].startswith("calibration/correlation/")
+            ][:1]
             objectives = evaluations[-1]["objectives"]
             if evaluations[0]["step"] == 0:
                 start.append(evaluations[0]["hypervolume"])
@@ -62,14 +68,14 @@ def summarise(out: Path, algorithms: list[str], seeds: list[int]) -> str:
             for name in objectives:
                 control.setdefault(name, []).append(evaluations[-1]["controllability"][name])
                 probe.setdefault(name, []).append(evaluations[-1]["probe"].get(name, 0.0))
-        rows.append((algorithm, len(final), start, final, control, probe))
-    header = ["algorithm", "seeds", "HV step 0", "HV final", "ΔHV"]
+        rows.append((algorithm, len(final), correlation, start, final, control, probe))
+    header = ["algorithm", "seeds", "base corr.", "HV step 0", "HV final", "ΔHV"]
     header += [f"control {n}" for n in objectives] + [f"probe {n}" for n in objectives]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
-    for algorithm, count, start, final, control, probe in rows:
+    for algorithm, count, correlation, start, final, control, probe in rows:
         delta = [f - s for s, f in zip(start, final, strict=False)]
-        cells = [algorithm, str(count), mean_sd(start), mean_sd(final), mean_sd(delta)]
+        cells = [algorithm, str(count), mean_sd(correlation), mean_sd(start), mean_sd(final), mean_sd(delta)]
         cells += [mean_sd(control.get(n, [])) for n in objectives] + [mean_sd(probe.get(n, [])) for n in objectives]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

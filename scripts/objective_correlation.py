@@ -1,0 +1,54 @@
+"""How a config's objectives correlate on the base model's own responses: do they really conflict?
+
+    .venv/bin/python scripts/objective_correlation.py --config examples/demo.yaml --prompts 60 --samples 4
+
+Samples responses under uniform weights (the untrained policy), drops degenerate ones, and prints the Pearson
+correlation of every pair of objectives over all responses and within prompts (each prompt's mean removed,
+which is the contrast best-of-M selection works with). docs/results.md quotes the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+
+from meal_core.config import load_config  # noqa: E402
+from meal_core.evaluation import linear_correlation  # noqa: E402
+from meal_core.selection import is_degenerate  # noqa: E402
+from meal_core.trainer import Trainer  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=Path("examples/demo.yaml"))
+    parser.add_argument("--prompts", type=int, default=60)
+    parser.add_argument("--samples", type=int, default=4)
+    args = parser.parse_args()
+    config = load_config(args.config)
+    trainer = Trainer(config, Path(tempfile.mkdtemp(prefix="meal-corr-")))
+    prompts = trainer.train_prompts[: args.prompts]
+    candidates, _, oriented = trainer.sample_base(prompts, args.samples)
+    valid = np.array([not is_degenerate(t, config.algorithm.max_repeated_ngram_share) for t in candidates.texts])
+    groups = np.repeat(np.arange(len(prompts)), args.samples)
+    within = oriented.copy()
+    for g in range(len(prompts)):
+        rows = (groups == g) & valid
+        if rows.any():
+            within[rows] -= oriented[rows].mean(axis=0)
+    print(f"{len(prompts)} prompts x {args.samples} responses, {int(valid.sum())} non-degenerate")
+    names = trainer.names
+    for a in range(len(names)):
+        for b in range(a + 1, len(names)):
+            overall = linear_correlation(oriented[valid, a], oriented[valid, b])
+            inside = linear_correlation(within[valid, a], within[valid, b])
+            print(f"{names[a]} vs {names[b]}: Pearson {overall:+.3f} overall, {inside:+.3f} within prompts")
+
+
+if __name__ == "__main__":
+    main()
