@@ -46,38 +46,41 @@ def mean_sd(values: list[float]) -> str:
 
 
 def summarise(out: Path, algorithms: list[str], seeds: list[int]) -> str:
-    lines = []
+    """One row per algorithm: mean ± sd over seeds of the first (step 0) and last evaluation."""
     objectives: list[str] = []
     rows = []
     for algorithm in algorithms:
-        start, final, control, probe, correlation = [], [], {}, {}, []  # type: ignore[var-annotated]
+        values: dict[str, list[float]] = {}
         for seed in seeds:
             run_dir = out / f"{algorithm}-seed{seed}"
             evaluations = read_jsonl(run_dir / "evaluations.jsonl")
-            if not evaluations or evaluations[-1]["step"] == 0:
+            if len(evaluations) < 2:
                 continue
-            correlation += [
-                row["value"]
-                for row in read_jsonl(run_dir / "metrics.jsonl")
-                if row["key"].startswith("calibration/correlation/")
-            ][:1]
-            objectives = evaluations[-1]["objectives"]
-            if evaluations[0]["step"] == 0:
-                start.append(evaluations[0]["hypervolume"])
-            final.append(evaluations[-1]["hypervolume"])
+            first, last = evaluations[0], evaluations[-1]
+            objectives = last["objectives"]
+            correlation = [
+                r["value"] for r in read_jsonl(run_dir / "metrics.jsonl") if "calibration/correlation/" in r["key"]
+            ]
+            found = {
+                "base corr.": correlation[0] if correlation else float("nan"),
+                "HV step 0": first["hypervolume"],
+                "HV final": last["hypervolume"],
+                "ΔHV": last["hypervolume"] - first["hypervolume"],
+            }
             for name in objectives:
-                control.setdefault(name, []).append(evaluations[-1]["controllability"][name])
-                probe.setdefault(name, []).append(evaluations[-1]["probe"].get(name, 0.0))
-        rows.append((algorithm, len(final), correlation, start, final, control, probe))
-    header = ["algorithm", "seeds", "base corr.", "HV step 0", "HV final", "ΔHV"]
-    header += [f"control {n}" for n in objectives] + [f"probe {n}" for n in objectives]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "---|" * len(header))
-    for algorithm, count, correlation, start, final, control, probe in rows:
-        delta = [f - s for s, f in zip(start, final, strict=False)]
-        cells = [algorithm, str(count), mean_sd(correlation), mean_sd(start), mean_sd(final), mean_sd(delta)]
-        cells += [mean_sd(control.get(n, [])) for n in objectives] + [mean_sd(probe.get(n, [])) for n in objectives]
-        lines.append("| " + " | ".join(cells) + " |")
+                found[f"control {name} step 0"] = first["controllability"][name]
+                found[f"control {name} final"] = last["controllability"][name]
+            # With K = 2 the probe of both objectives is the same contrast, so one column per evaluation suffices.
+            found["probe step 0"] = first["probe"].get(objectives[0], float("nan"))
+            found["probe final"] = last["probe"].get(objectives[0], float("nan"))
+            for column, value in found.items():
+                values.setdefault(column, []).append(value)
+        rows.append((algorithm, values))
+    columns = list(next((v for _, v in rows if v), {}).keys())
+    lines = ["| algorithm | seeds | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 2)]
+    for algorithm, values in rows:
+        count = len(values.get("HV final", []))
+        lines.append(f"| {algorithm} | {count} | " + " | ".join(mean_sd(values.get(c, [])) for c in columns) + " |")
     return "\n".join(lines)
 
 
