@@ -76,6 +76,10 @@ def register_up(sub: argparse._SubParsersAction) -> Handler:  # type: ignore[typ
     return up
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def up(args: argparse.Namespace) -> int:
     """Migrate, then run `meal web` and `meal worker` as child processes; Ctrl-C stops both."""
     from app.migrate import upgrade
@@ -97,7 +101,8 @@ def up(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Installed explicitly: a process started in the background by a script inherits SIGINT as ignored.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
@@ -105,12 +110,13 @@ def up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         for child in children:
             if child.poll() is None:
-                child.send_signal(signal.SIGINT)
+                child.terminate()  # uvicorn and Celery both shut down gracefully on SIGTERM
         for child in children:
             try:
-                child.wait(timeout=15)
+                child.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 child.kill()
