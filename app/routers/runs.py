@@ -29,16 +29,30 @@ def config_errors_as_422(error: ConfigError) -> HTTPException:
     return HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
 
 
-def run_out(session: SessionDep, run: Run, positions: dict[int, int] | None = None, cursor: bool = False) -> RunOut:
+def latest_rewards(session: SessionDep, run_ids: list[int]) -> dict[int, dict[str, float]]:
+    """Latest value of every reward metric, for many runs in one query."""
+    found: dict[int, dict[str, float]] = {run_id: {} for run_id in run_ids}
+    rows = session.execute(
+        select(MetricLatest.run_id, MetricLatest.key, MetricLatest.value).where(
+            MetricLatest.run_id.in_(run_ids), MetricLatest.key.startswith(REWARD_PREFIX)
+        )
+    )
+    for run_id, key, value in rows:
+        found[run_id][key] = value
+    return found
+
+
+def run_out(
+    session: SessionDep,
+    run: Run,
+    positions: dict[int, int] | None = None,
+    latest: dict[str, float] | None = None,
+    cursor: bool = False,
+) -> RunOut:
     out = RunOut.model_validate(run)
     positions = positions if positions is not None else run_state.queue_positions(session)
     out.queue_position = positions.get(run.id)
-    rows = session.execute(
-        select(MetricLatest.key, MetricLatest.value).where(
-            MetricLatest.run_id == run.id, MetricLatest.key.startswith(REWARD_PREFIX)
-        )
-    )
-    out.latest = {key: value for key, value in rows}
+    out.latest = latest if latest is not None else latest_rewards(session, [run.id])[run.id]
     if cursor:
         out.event_cursor = current_cursor(session, run.id).encode()
     return out
@@ -79,8 +93,10 @@ def list_runs(
     query = select(Run).order_by(Run.id.desc()).limit(settings.max_runs_listed)
     if status_filter:
         query = query.where(Run.status == status_filter)
+    runs = list(session.scalars(query))
     positions = run_state.queue_positions(session)
-    return [run_out(session, run, positions) for run in session.scalars(query)]
+    latest = latest_rewards(session, [run.id for run in runs])  # one query for the table, not one per row
+    return [run_out(session, run, positions, latest[run.id]) for run in runs]
 
 
 @router.get("/{run_id}", response_model=RunOut)
