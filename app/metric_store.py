@@ -42,21 +42,34 @@ def ingest(session: Session, run_id: int, points: Sequence[Point]) -> int:
     finite = {(p.key, p.step): p for p in points if math.isfinite(p.value)}
     if not finite:
         return 0
+    # metric_latest holds each key's last stored step, written in the same transaction as the points. A point after
+    # it is new for certain and goes in with a plain INSERT; only the rest (a re-sent batch, a late point) need the
+    # slower INSERT … ON CONFLICT DO NOTHING, and only those come back to say whether they were new.
+    stored = session.execute(select(MetricLatest.key, MetricLatest.step).where(MetricLatest.run_id == run_id))
+    last_stored = {key: step for key, step in stored}
+    ahead = [p for p in finite.values() if p.key not in last_stored or p.step > last_stored[p.key]]
+    behind = [p for p in finite.values() if p.key in last_stored and p.step <= last_stored[p.key]]
     seq = (session.scalar(select(func.max(MetricPoint.seq)).where(MetricPoint.run_id == run_id)) or 0) + 1
-    rows = [
-        {"run_id": run_id, "key": p.key, "step": p.step, "value": p.value, "wall_time": p.wall_time, "seq": seq}
-        for p in finite.values()
-    ]
     table = MetricPoint.__table__
-    statement, params = insert_rows(session, table, rows)
-    statement = statement.on_conflict_do_nothing(index_elements=["run_id", "key", "step"]).returning(
-        table.c.key, table.c.step
-    )
-    new = [finite[(key, step)] for key, step in session.execute(statement, params)]
+    new = list(ahead)
+    if behind:
+        statement, params = insert_rows(session, table, _point_rows(run_id, seq, behind))
+        statement = statement.on_conflict_do_nothing(index_elements=["run_id", "key", "step"])
+        returned = session.execute(statement.returning(table.c.key, table.c.step), params)
+        new += [finite[(key, step)] for key, step in returned]
+    if ahead:
+        session.execute(*insert_rows(session, table, _point_rows(run_id, seq, ahead)))
     if new:
         _update_latest(session, run_id, new)
-        _update_rollups(session, run_id, new)
+        _update_rollups(session, run_id, new, last_stored)
     return len(new)
+
+
+def _point_rows(run_id: int, seq: int, points: list[Point]) -> list[dict[str, Any]]:
+    return [
+        {"run_id": run_id, "key": p.key, "step": p.step, "value": p.value, "wall_time": p.wall_time, "seq": seq}
+        for p in points
+    ]
 
 
 def _update_latest(session: Session, run_id: int, points: list[Point]) -> None:
@@ -79,22 +92,18 @@ def _update_latest(session: Session, run_id: int, points: list[Point]) -> None:
     session.execute(statement, params)
 
 
-def _update_rollups(session: Session, run_id: int, points: list[Point]) -> None:
+def _update_rollups(session: Session, run_id: int, points: list[Point], last_stored: dict[str, int]) -> None:
     # Level 1 from the points, then each level from the one below: a bucket of level L+1 is ROLLUP_BASE buckets of
     # level L, so the work is about 4/3 of the points instead of ROLLUP_LEVELS times them.
     buckets: dict[tuple[str, int], list[float]] = {}  # (key, bucket) → [min, max, last_step, last]
     for p in points:
-        slot = buckets.get((p.key, p.step // ROLLUP_BASE))
-        if slot is None:
-            buckets[(p.key, p.step // ROLLUP_BASE)] = [p.value, p.value, p.step, p.value]
-            continue
-        slot[0], slot[1] = min(slot[0], p.value), max(slot[1], p.value)
-        if p.step > slot[2]:
-            slot[2], slot[3] = p.step, p.value
-    rows: list[dict[str, Any]] = []
+        _merge(buckets, (p.key, p.step // ROLLUP_BASE), p.value, p.value, p.step, p.value)
+    fresh: list[dict[str, Any]] = []  # buckets that start after the key's last stored step: no row exists yet
+    seams: list[dict[str, Any]] = []  # buckets that may already hold stored points: merged into the row
     for level in range(1, ROLLUP_LEVELS + 1):
-        rows += [
-            {
+        width = ROLLUP_BASE**level
+        for (key, bucket), (lo, hi, last_step, last) in buckets.items():
+            row = {
                 "run_id": run_id,
                 "key": key,
                 "level": level,
@@ -104,28 +113,30 @@ def _update_rollups(session: Session, run_id: int, points: list[Point]) -> None:
                 "last_step": int(last_step),
                 "last_value": last,
             }
-            for (key, bucket), (lo, hi, last_step, last) in buckets.items()
-        ]
+            (fresh if key not in last_stored or bucket * width > last_stored[key] else seams).append(row)
         if level < ROLLUP_LEVELS:
             parents: dict[tuple[str, int], list[float]] = {}
             for (key, bucket), (lo, hi, last_step, last) in buckets.items():
                 _merge(parents, (key, bucket // ROLLUP_BASE), lo, hi, last_step, last)
             buckets = parents
-    smaller, larger = _pairwise(session, "min"), _pairwise(session, "max")
     table = MetricRollup.__table__
-    statement, params = insert_rows(session, table, rows)
-    excluded = statement.excluded
-    newer = excluded.last_step >= table.c.last_step
-    statement = statement.on_conflict_do_update(
-        index_elements=["run_id", "key", "level", "bucket"],
-        set_={
-            "min_value": smaller(table.c.min_value, excluded.min_value),
-            "max_value": larger(table.c.max_value, excluded.max_value),
-            "last_value": case((newer, excluded.last_value), else_=table.c.last_value),
-            "last_step": larger(table.c.last_step, excluded.last_step),
-        },
-    )
-    session.execute(statement, params)
+    if fresh:
+        session.execute(*insert_rows(session, table, fresh))
+    if seams:
+        smaller, larger = _pairwise(session, "min"), _pairwise(session, "max")
+        statement, params = insert_rows(session, table, seams)
+        excluded = statement.excluded
+        newer = excluded.last_step >= table.c.last_step
+        statement = statement.on_conflict_do_update(
+            index_elements=["run_id", "key", "level", "bucket"],
+            set_={
+                "min_value": smaller(table.c.min_value, excluded.min_value),
+                "max_value": larger(table.c.max_value, excluded.max_value),
+                "last_value": case((newer, excluded.last_value), else_=table.c.last_value),
+                "last_step": larger(table.c.last_step, excluded.last_step),
+            },
+        )
+        session.execute(statement, params)
 
 
 @dataclass

@@ -96,11 +96,16 @@ class Run(Base):
 
 
 class MetricPoint(Base):
-    """One value of one metric at one step. The primary key makes a re-sent point a no-op."""
+    """One value of one metric at one step. The primary key makes a re-sent point a no-op.
+
+    No foreign key to run, on purpose (nor on MetricRollup): its per-row check was most of the ingest cost. Ingest
+    upserts MetricLatest, which has one, in the same transaction, so points never land for a missing run; whatever
+    deletes a run must delete its points and rollups too.
+    """
 
     __tablename__ = "metric_point"
 
-    run_id: Mapped[int] = mapped_column(ForeignKey("run.id", ondelete="CASCADE"), primary_key=True)
+    run_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     step: Mapped[int] = mapped_column(Integer, primary_key=True)
     value: Mapped[float] = mapped_column(Float)
@@ -129,7 +134,7 @@ class MetricRollup(Base):
 
     __tablename__ = "metric_rollup"
 
-    run_id: Mapped[int] = mapped_column(ForeignKey("run.id", ondelete="CASCADE"), primary_key=True)
+    run_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     level: Mapped[int] = mapped_column(Integer, primary_key=True)
     bucket: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import TableClause, select, text
+from sqlalchemy import column as column_clause
+from sqlalchemy import table as table_clause
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -23,36 +25,46 @@ def dialect_insert(session: Session, table: Any) -> Any:
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
-def insert_rows(session: Session, table: Any, rows: Sequence[dict[str, Any]]) -> tuple[Any, Any]:
+def insert_rows(
+    session: Session, table: Any, rows: Sequence[dict[str, Any]]
+) -> tuple[postgresql.Insert | sqlite.Insert, Any]:
     """An INSERT of many rows (dicts with the same keys) and the parameters to execute it with.
 
-    Add ON CONFLICT / RETURNING to the statement, then `session.execute(statement, parameters)`. PostgreSQL gets one
-    `INSERT … SELECT … FROM unnest(<one array per column>)`: one short statement, however many rows. SQLite gets an
-    executemany, which SQLAlchemy sends as a few multi-row statements (or the driver's executemany) compiled once.
+    Add ON CONFLICT / RETURNING to the statement, then `session.execute(statement, parameters)`, in the same
+    transaction. PostgreSQL: the rows are streamed by binary COPY into a temporary table shaped like `table`, and the
+    statement is an `INSERT … SELECT` from it; COPY's row encoding runs in psycopg's C code, where one parameter per
+    value (or an array per column) would be encoded in Python. SQLite: an executemany, compiled once and cached.
     """
     if not rows:
         raise ValueError("insert_rows needs at least one row")
     if session.get_bind().dialect.name != "postgresql":
         return sqlite.insert(table), list(rows)
-    columns = {name: [row[name] for row in rows] for name in rows[0]}
-    # A column with one value in every row (the run id, an ingest batch number) is sent once, not as an array:
-    # turning Python lists into array literals is most of the client's cost.
-    constant = {name: values[0] for name, values in columns.items() if values.count(values[0]) == len(values)}
-    varying = {name: values for name, values in columns.items() if name not in constant}
-    selected: dict[str, Any] = {
-        name: bindparam(f"const_{name}", value, type_=table.c[name].type) for name, value in constant.items()
-    }
-    query = select()
-    if varying:
-        arrays = [
-            bindparam(f"unnest_{name}", values, type_=postgresql.ARRAY(table.c[name].type))
-            for name, values in varying.items()
-        ]
-        source = func.unnest(*arrays).table_valued(*varying).render_derived(name="source")
-        selected |= {name: source.c[name] for name in varying}
-        query = query.select_from(source)
-    query = query.add_columns(*(selected[name] for name in columns))
-    return postgresql.insert(table).from_select(list(columns), query), None
+    columns = list(rows[0])
+    stage = _fill_stage(session, table, columns, rows)
+    query = select(*(stage.c[name] for name in columns))
+    return postgresql.insert(table).from_select(columns, query), None
+
+
+def _fill_stage(session: Session, table: Any, columns: list[str], rows: Sequence[dict[str, Any]]) -> TableClause:
+    """Empty this connection's staging table for `table`, then COPY `rows` into it."""
+    name = f"stage_{table.name}"
+    # LIKE copies the columns and NOT NULL, not the keys or indexes: the rows land without index maintenance.
+    # The table lives as long as the connection; ON COMMIT DELETE ROWS keeps it from holding a batch after it.
+    session.execute(text(f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} (LIKE {table.name}) ON COMMIT DELETE ROWS"))
+    session.execute(text(f"TRUNCATE {name}"))
+    attributes = session.execute(
+        text("SELECT attname, atttypid::int FROM pg_attribute WHERE attrelid = CAST(:name AS regclass) AND attnum > 0"),
+        {"name": name},
+    )
+    type_oids = {column: oid for column, oid in attributes}
+    statement = f"COPY {name} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+    connection = session.connection().connection.driver_connection
+    assert connection is not None, "a session's connection is checked out while it is in use"
+    with connection.cursor() as cursor, cursor.copy(statement) as copy:
+        copy.set_types([type_oids[column] for column in columns])
+        for row in rows:
+            copy.write_row([row[column] for column in columns])
+    return table_clause(name, *(column_clause(c) for c in columns))
 
 
 def insert_ignoring_duplicates(session: Session, table: Any, rows: Sequence[dict[str, Any]], unique: list[str]) -> None:

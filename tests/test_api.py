@@ -18,6 +18,7 @@ import redis
 from conftest import tiny_run_config
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from app import run_state
 from app.db import session_scope
@@ -425,11 +426,9 @@ def test_long_series_is_downsampled_exactly(client: TestClient, big_series: tupl
     assert_exact_buckets(series, raw, None, None)
 
 
-def test_rollups_match_a_brute_force_aggregation(
-    settings: Settings, big_series: tuple[int, list[tuple[int, float]]]
-) -> None:
-    run_id, raw = big_series
-    with session_scope(settings.database_url) as session:
+def stored_rollups(url: str, run_id: int, key: str) -> dict[tuple[int, int], tuple[float, float, int, float]]:
+    """(level, bucket) → (min, max, last step, last value), as stored."""
+    with session_scope(url) as session:
         rows = session.execute(
             select(
                 MetricRollup.level,
@@ -438,16 +437,53 @@ def test_rollups_match_a_brute_force_aggregation(
                 MetricRollup.max_value,
                 MetricRollup.last_step,
                 MetricRollup.last_value,
-            ).where(MetricRollup.run_id == run_id, MetricRollup.key == BIG_KEY)
+            ).where(MetricRollup.run_id == run_id, MetricRollup.key == key)
         ).all()
-    stored = {(level, bucket): (lo, hi, last_step, last) for level, bucket, lo, hi, last_step, last in rows}
+    return {(level, bucket): (lo, hi, last_step, last) for level, bucket, lo, hi, last_step, last in rows}
+
+
+def brute_force_rollups(raw: list[tuple[int, float]]) -> dict[tuple[int, int], tuple[float, float, int, float]]:
+    """The rollups of `raw` (points in step order), computed from scratch."""
     expected: dict[tuple[int, int], tuple[float, float, int, float]] = {}
     for level in range(1, ROLLUP_LEVELS + 1):
         width = ROLLUP_BASE**level
         for step, value in raw:  # raw is in step order: the last point seen is the bucket's last
             lo, hi, _, _ = expected.get((level, step // width), (value, value, step, value))
             expected[(level, step // width)] = (min(lo, value), max(hi, value), step, value)
-    assert stored == expected
+    return expected
+
+
+def test_rollups_match_a_brute_force_aggregation(
+    settings: Settings, big_series: tuple[int, list[tuple[int, float]]]
+) -> None:
+    run_id, raw = big_series
+    assert stored_rollups(settings.database_url, run_id, BIG_KEY) == brute_force_rollups(raw)
+
+
+def test_rollups_stay_exact_when_batches_split_buckets(client: TestClient, settings: Settings) -> None:
+    """The recorder's pattern: batches of consecutive steps, of any size, so a batch often starts inside a bucket
+    that already holds stored points (and a bucket of every level is split somewhere)."""
+    url, rng = settings.database_url, random.Random(7)
+    run_id = new_run_id(url)
+    raw = [(step, rng.uniform(-5.0, 5.0)) for step in range(0, 30_000, 3)]
+    start = 0
+    while start < len(raw):
+        size = rng.choice([1, 2, 5, 37, 400, 2_500])
+        batch = raw[start : start + size]
+        assert ingest_points(url, run_id, [Point("seam", s, v, 0.0) for s, v in batch]) == len(batch)
+        start += size
+    assert stored_rollups(url, run_id, "seam") == brute_force_rollups(raw)
+    assert_exact_buckets(series_of(client, run_id, "seam", max_points=300), raw, None, None)
+
+
+def test_points_for_a_missing_run_are_refused_whole(settings: Settings) -> None:
+    """The point and rollup tables have no foreign key (for speed); ingest's metric_latest upsert guards them."""
+    url = settings.database_url
+    with pytest.raises(IntegrityError), session_scope(url) as session:
+        ingest(session, 987_654, [Point("x", step, 1.0, 0.0) for step in range(50)])
+    with session_scope(url) as session:
+        for model in (MetricPoint, MetricRollup, MetricLatest):
+            assert session.scalar(select(func.count()).where(model.run_id == 987_654)) == 0, model.__name__
 
 
 @pytest.mark.parametrize(
