@@ -76,6 +76,9 @@ def register_up(sub: argparse._SubParsersAction) -> Handler:  # type: ignore[typ
     return up
 
 
+SHUTDOWN_WAIT_S = 300  # longest a worker gets to finish its iteration on Ctrl-C (CPU iterations take tens of seconds)
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -110,13 +113,32 @@ def up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        _stop_children(children)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _stop_children(children: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM, then wait: uvicorn closes its connections, and a worker that is training ends its current iteration
+    and saves a checkpoint (the run becomes `stopped`, resumable). A second Ctrl-C kills them at once."""
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    if any(child.poll() is None for child in children):
+        print(
+            "\nStopping: a run in training finishes its current iteration and saves a checkpoint first "
+            f"(up to {SHUTDOWN_WAIT_S} s; Ctrl-C again to kill now).",
+            file=sys.stderr,
+            flush=True,
+        )
+    deadline = time.monotonic() + SHUTDOWN_WAIT_S
+    try:
+        for child in children:
+            child.wait(timeout=max(deadline - time.monotonic(), 0.1))
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        pass  # killed below
+    finally:
         for child in children:
             if child.poll() is None:
-                child.terminate()  # uvicorn and Celery both shut down gracefully on SIGTERM
-        for child in children:
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
                 child.kill()
+                child.wait()

@@ -13,6 +13,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.models import Run, RunStatus, utcnow
+from app.sql import storable_text
 
 
 class TransitionError(RuntimeError):
@@ -123,8 +124,9 @@ def finish(
             .where(Run.id == run_id, Run.worker == worker, Run.status.in_((RunStatus.RUNNING, RunStatus.STOPPING)))
             .values(
                 status=status,
-                error=error,
-                traceback=traceback,
+                # Exception texts can quote model output.
+                error=storable_text(error) if error is not None else None,
+                traceback=storable_text(traceback) if traceback is not None else None,
                 finished_at=utcnow(),
                 eta_seconds=None,
                 stop_requested=False,

@@ -15,6 +15,12 @@ from sqlalchemy.orm import Session
 CHUNK_ROWS = 1000
 
 
+def storable_text(text: str) -> str:
+    """`text` with NUL characters replaced by U+FFFD: PostgreSQL's text and JSONB cannot hold NUL, and model output
+    (even a tiny test model's) sometimes contains it. SQLite could store it; both get the same text."""
+    return text.replace("\x00", "\ufffd")
+
+
 def chunked(rows: Sequence[Any], size: int = CHUNK_ROWS) -> list[Sequence[Any]]:
     return [rows[start : start + size] for start in range(0, len(rows), size)]
 

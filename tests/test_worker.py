@@ -293,3 +293,31 @@ def test_train_stop_resume_and_finish(live: Setup, tiny_model_dir: Path) -> None
     final = live.run(run_id)
     assert (final["status"], final["attempts"], final["iteration"]) == ("succeeded", 2, TOTAL)
     assert final["event_cursor"] == live.run(run_id)["event_cursor"]
+
+
+def test_worker_shutdown_stops_the_run_with_a_checkpoint(live: Setup, tiny_model_dir: Path) -> None:
+    """SIGTERM to the worker (what `meal up` sends on Ctrl-C, and `docker compose stop`): the run stops after its
+    current iteration with a checkpoint, the worker exits cleanly, and a new worker resumes the run from there."""
+    total = 40  # enough that the run cannot finish before the signal lands
+    config = tiny_run_config(tiny_model_dir, iterations=total, checkpoint__every=0, eval__every=0, **CHEAP)
+    run_id = launch(live, config.model_dump(mode="json"), "worker-shutdown")["id"]
+    live.wait_run(run_id, lambda r: r["iteration"] >= 1, 120, "past iteration 1")
+    process = live.worker.process
+    assert process is not None
+    with_signal(process.pid, signal.SIGTERM)
+    assert process.wait(timeout=120) == 0, live.worker.output()[-3000:]
+
+    stopped = live.run(run_id)
+    assert stopped["status"] == "stopped", stopped
+    stop_at = stopped["iteration"]
+    assert 1 <= stop_at < total
+    assert stopped["error"] == f"the worker shut down after iteration {stop_at}; resume to continue"
+    latest = latest_checkpoint(live.runs_dir / f"run-{run_id}")
+    assert latest is not None and latest.name == f"iter-{stop_at:06d}", "checkpoint.every is 0: the stop saved it"
+
+    live.worker.start()
+    live.worker.wait_for(" ready.", timeout=120)
+    assert live.post(f"/api/runs/{run_id}/resume").status_code == 200
+    done = live.wait_run(run_id, lambda r: r["status"] in ("succeeded", "failed"), 300, "finished")
+    assert (done["status"], done["iteration"], done["attempts"], done["error"]) == ("succeeded", total, 2, None)
+    assert live.series(run_id, KEY)["steps"] == list(range(1, total + 1))

@@ -1,7 +1,8 @@
 """A Recorder that writes a run's events to the database from a background thread.
 
 The training loop only appends to in-memory buffers; a thread flushes them in one transaction at least every
-`flush_s` seconds (idempotent upserts, so a retried flush changes nothing) and sends heartbeats.
+`flush_s` seconds (idempotent upserts, so a retried flush changes nothing) and sends heartbeats in transactions of
+their own, so that a write that keeps failing is not mistaken for a vanished worker: the run fails with its error.
 """
 
 from __future__ import annotations
@@ -17,19 +18,35 @@ from app import run_state
 from app.db import session_scope
 from app.metric_store import Point, ingest
 from app.models import Evaluation, Sample
-from app.sql import insert_ignoring_duplicates
+from app.sql import insert_ignoring_duplicates, storable_text
 from meal_core.evaluation import EvaluationResult
 from meal_core.recorder import SampleRecord
 
 log = logging.getLogger(__name__)
 
 
+class RecorderError(RuntimeError):
+    """The run's records could not be stored for longer than the recorder waits: the run should fail."""
+
+
 class DatabaseRecorder:
     def __init__(
-        self, database_url: str, run_id: int, worker: str, flush_s: float = 0.5, heartbeat_s: float = 5.0
+        self,
+        database_url: str,
+        run_id: int,
+        worker: str,
+        flush_s: float = 0.5,
+        heartbeat_s: float = 5.0,
+        also_stop_when: threading.Event | None = None,
+        give_up_s: float = 60.0,
     ) -> None:
+        """`also_stop_when`: besides a stop requested through the panel, stop the run once this is set.
+        `give_up_s`: once writes have failed for this long, `should_stop` raises RecorderError."""
         self.database_url, self.run_id, self.worker = database_url, run_id, worker
-        self.flush_s, self.heartbeat_s = flush_s, heartbeat_s
+        self.flush_s, self.heartbeat_s, self.give_up_s = flush_s, heartbeat_s, give_up_s
+        self.also_stop_when = also_stop_when
+        self._failing_since: float | None = None  # monotonic time of the first of the failed writes in a row
+        self._last_error = ""
         self._lock = threading.Lock()
         self._points: list[Point] = []
         self._samples: list[dict[str, object]] = []
@@ -48,7 +65,17 @@ class DatabaseRecorder:
             self._points += [Point(key, step, float(value), now) for key, value in values.items()]
 
     def samples(self, step: int, samples: list[SampleRecord]) -> None:
-        rows = [{**asdict(s), "run_id": self.run_id, "position": i} for i, s in enumerate(samples)]
+        rows = [
+            {
+                **asdict(s),
+                "prompt_id": storable_text(s.prompt_id),
+                "prompt": storable_text(s.prompt),
+                "response": storable_text(s.response),
+                "run_id": self.run_id,
+                "position": i,
+            }
+            for i, s in enumerate(samples)
+        ]
         with self._lock:
             self._samples += rows
 
@@ -64,6 +91,14 @@ class DatabaseRecorder:
             self._progress = (done, total, eta_seconds)
 
     def should_stop(self) -> bool:
+        failing_since = self._failing_since
+        if failing_since is not None and time.monotonic() - failing_since > self.give_up_s:
+            raise RecorderError(
+                f"run {self.run_id}: its records could not be stored for {time.monotonic() - failing_since:.0f} s; "
+                f"last error: {self._last_error}"
+            )
+        if self.also_stop_when is not None and self.also_stop_when.is_set():
+            return True
         with session_scope(self.database_url) as session:
             return run_state.stop_requested(session, self.run_id)
 
@@ -77,24 +112,27 @@ class DatabaseRecorder:
                 log.exception("run %s: flush failed, will retry", self.run_id)
 
     def flush(self) -> None:
+        if time.monotonic() - self._last_heartbeat >= self.heartbeat_s:
+            with session_scope(self.database_url) as session:
+                run_state.heartbeat(session, self.run_id, self.worker)
+            self._last_heartbeat = time.monotonic()
         with self._lock:
             points, samples, evaluations, progress = self._points, self._samples, self._evaluations, self._progress
             self._points, self._samples, self._evaluations, self._progress = [], [], [], None
-        beat = time.monotonic() - self._last_heartbeat >= self.heartbeat_s
-        if not (points or samples or evaluations or progress or beat):
+        if not (points or samples or evaluations or progress):
             return
         try:
             with session_scope(self.database_url) as session:
                 self._write(session, points, samples, evaluations, progress)
-                if beat:
-                    run_state.heartbeat(session, self.run_id, self.worker)
-        except Exception:
+        except Exception as error:
             with self._lock:  # put them back in front, in order, for the next attempt
                 self._points[:0], self._samples[:0], self._evaluations[:0] = points, samples, evaluations
                 self._progress = self._progress or progress
+            self._last_error = f"{type(error).__name__}: {error}"
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
             raise
-        if beat:
-            self._last_heartbeat = time.monotonic()
+        self._failing_since = None
 
     def _write(
         self,

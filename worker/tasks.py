@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import traceback
+
+from celery.signals import worker_shutting_down
 
 from app import run_state
 from app.db import session_scope
@@ -17,6 +20,16 @@ from worker.celery_app import celery_app
 from worker.recorder import DatabaseRecorder
 
 log = logging.getLogger(__name__)
+
+# Set when this worker is told to shut down (Ctrl-C, SIGTERM). The run it is training then stops after the current
+# iteration with a checkpoint, as if stopped from the panel, and can be resumed; without this the solo pool would
+# train on until killed, and the run would only be failed once its heartbeat was overdue.
+shutdown_requested = threading.Event()
+
+
+@worker_shutting_down.connect
+def _stop_training_on_shutdown(**_: object) -> None:
+    shutdown_requested.set()
 
 
 def worker_name() -> str:
@@ -35,7 +48,12 @@ def train_run(run_id: int) -> str:
         assert run is not None
         stored_config = run.config
     recorder = DatabaseRecorder(
-        settings.database_url, run_id, name, settings.recorder_flush_s, settings.heartbeat_interval_s
+        settings.database_url,
+        run_id,
+        name,
+        settings.recorder_flush_s,
+        settings.heartbeat_interval_s,
+        also_stop_when=shutdown_requested,
     )
     status, error, trace = RunStatus.FAILED, None, None
     try:
@@ -44,11 +62,19 @@ def train_run(run_id: int) -> str:
         if trainer.resume():
             log.info("run %s: resuming from iteration %s", run_id, trainer.iteration)
         status = trainer.train(config.iterations)
+        if status == RunStatus.STOPPED and shutdown_requested.is_set():
+            error = f"the worker shut down after iteration {trainer.iteration}; resume to continue"
     except Exception as exc:  # the run page shows the error and its traceback; the worker carries on
         log.exception("run %s failed", run_id)
         error, trace = f"{type(exc).__name__}: {exc}", traceback.format_exc()
     finally:
-        recorder.close()
+        try:
+            recorder.close()
+        except Exception as exc:  # the run's last records are lost: say so, rather than leave the run running
+            log.exception("run %s: could not store its last records", run_id)
+            if status != RunStatus.FAILED:
+                status, error, trace = RunStatus.FAILED, f"could not store the run's records: {exc}", None
+            trace = trace or traceback.format_exc()
         with session_scope(settings.database_url) as session:
             run_state.finish(session, run_id, name, status, error, trace)
     return status
