@@ -39,7 +39,11 @@ class RelevanceScorer(Objective):
 
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
         return np.asarray(
-            self._encoder.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True),
+            # No progress bar: sentence-transformers shows one whenever logging is at INFO, as in the worker,
+            # where it became two log lines per call.
+            self._encoder.encode(
+                list(texts), batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=False
+            ),
             dtype=np.float64,
         )
 
