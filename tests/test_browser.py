@@ -379,5 +379,14 @@ def test_run_page_keeps_zoom_escapes_text_and_compares(
     assert page.evaluate("document.querySelector('#compare-rewards .chart-box').uplot.data.length") == 3
     assert page.text_content("#run-legend").count(HOSTILE) == 1
 
+    # The other run is still queued, so active: the page follows it without a click.
+    assert "updating every" in page.text_content("#live-note")
+    write_metrics(url, other_id, range(30, 40), objectives)
+    page.wait_for_function(
+        "(() => { const d = document.querySelector('#compare-rewards .chart-box').uplot.data;"
+        " const i = d[0].indexOf(39); return i >= 0 && d[2][i] != null; })()",
+        timeout=20_000,
+    )
+
     assert page.evaluate("window.__pwned") is None
     assert not page_errors, page_errors

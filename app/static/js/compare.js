@@ -138,11 +138,33 @@ async function load() {
   renderDiff();
 }
 
+// While any compared run is still active, reload every few seconds; the charts keep their zoom.
+const LIVE_MS = 5000;
+const ACTIVE = ["queued", "running", "stopping"];
+let timer = null;
+let loading = null;
+
+function refresh() {
+  loading ??= load()
+    .catch((error) => ($("compare-error").textContent = errorText(error)))
+    .finally(() => (loading = null));
+  return loading;
+}
+
+async function follow() {
+  clearTimeout(timer);
+  if (!document.hidden) await refresh();
+  const live = runs.some((entry) => ACTIVE.includes(entry.run.status));
+  $("live-note").textContent = live ? `updating every ${LIVE_MS / 1000} s while a run is active` : "";
+  clearTimeout(timer); // a click may have started another follow() meanwhile
+  if (live) timer = setTimeout(follow, LIVE_MS);
+}
+
 $("hide-identical").addEventListener("change", renderDiff);
-$("refresh-button").addEventListener("click", () => load());
+$("refresh-button").addEventListener("click", follow);
 $("smoothing").addEventListener("input", (e) => {
   smoothing = Number(e.target.value);
   $("smoothing-value").textContent = smoothing.toFixed(2);
   render();
 });
-load();
+follow();
