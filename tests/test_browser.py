@@ -339,6 +339,16 @@ def test_run_page_keeps_zoom_escapes_text_and_compares(
     assert "0.900" in page.text_content("#eval-table")
     assert x_scale(page) == (0, 49)
 
+    # Any recorded key can be charted, including those without a chart of their own.
+    options = page.eval_on_selector_all("#metric-picker option", "options => options.map(o => o.value)")
+    assert {"accept_rate", "loss/policy", "pref_weight_std/brevity"} <= set(options), options
+    page.select_option("#metric-picker", "pref_weight_std/brevity")
+    page.wait_for_function(
+        "(() => { const u = document.querySelector('#chart-any').uplot;"
+        " return u && u.series[1].label === 'pref_weight_std/brevity'"
+        " && u.data[1].filter((v) => v === 0.05).length === 50; })()"
+    )
+
     # Zoom into the weights chart by dragging, then let new points stream in: the zoom stays.
     box = page.locator("#chart-weights .u-over").bounding_box()
     y = box["y"] + box["height"] / 2

@@ -123,6 +123,11 @@ function buildCharts() {
     series: [{ label: "hypervolume", color: color(5) }],
     sync,
   });
+  charts.any = new LineChart($("chart-any"), { series: [anySeries("")], sync });
+  $("metric-picker").addEventListener("change", () => {
+    charts.any.setSeries([anySeries($("metric-picker").value)]);
+    render();
+  });
   charts.front = new ScatterChart($("chart-front"), { height: 320 });
   for (const input of document.querySelectorAll("input[name=reward-scale], input[name=reward-set]")) {
     input.addEventListener("change", () => {
@@ -131,6 +136,21 @@ function buildCharts() {
     });
   }
   buildFrontAxes();
+}
+
+function anySeries(key) {
+  return { label: key || "–", color: color(6), key };
+}
+
+/** The picker lists every key recorded so far; it starts on the first step timing, if any. */
+function renderMetricPicker() {
+  const picker = $("metric-picker");
+  const keys = store.keys().sort();
+  if (picker.options.length === keys.length) return;
+  const chosen = picker.value || keys.find((key) => key.startsWith("time/")) || keys[0];
+  setChildren(picker, keys.map((key) => el("option", { value: key }, key)));
+  picker.value = chosen;
+  if (charts.any.defs[0].key !== chosen) charts.any.setSeries([anySeries(chosen)]);
 }
 
 /** Data of a chart whose series each name a metric key, smoothed. */
@@ -164,7 +184,8 @@ function render() {
   charts.weights.update(weights);
   $("chart-weights").dataset.points = String(weights[0].length);
   for (const chart of charts.rewards) chart.update(keyedData(chart));
-  for (const chart of [charts.losses, charts.accept, charts.throughput]) chart.update(keyedData(chart));
+  renderMetricPicker();
+  for (const chart of [charts.losses, charts.accept, charts.throughput, charts.any]) chart.update(keyedData(chart));
   charts.hypervolume.update([evaluations.map((e) => e.step), evaluations.map((e) => e.hypervolume)]);
   renderEvaluations();
 }
