@@ -121,18 +121,18 @@ def up(args: argparse.Namespace) -> int:
 def _stop_children(children: list[subprocess.Popen[bytes]]) -> None:
     """SIGTERM, then wait: uvicorn closes its connections, and a worker that is training ends its current iteration
     and saves a checkpoint (the run becomes `stopped`, resumable). A second Ctrl-C kills them at once."""
-    for child in children:
-        if child.poll() is None:
-            child.terminate()
-    if any(child.poll() is None for child in children):
-        print(
-            "\nStopping: a run in training finishes its current iteration and saves a checkpoint first "
-            f"(up to {SHUTDOWN_WAIT_S} s; Ctrl-C again to kill now).",
-            file=sys.stderr,
-            flush=True,
-        )
     deadline = time.monotonic() + SHUTDOWN_WAIT_S
     try:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        if any(child.poll() is None for child in children):
+            print(
+                "\nStopping: a run in training finishes its current iteration and saves a checkpoint first "
+                f"(up to {SHUTDOWN_WAIT_S} s; Ctrl-C again to kill now).",
+                file=sys.stderr,
+                flush=True,
+            )
         for child in children:
             child.wait(timeout=max(deadline - time.monotonic(), 0.1))
     except (subprocess.TimeoutExpired, KeyboardInterrupt):

@@ -16,7 +16,7 @@ from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import Session
 
 from app.models import MetricLatest, MetricPoint, MetricRollup
-from app.sql import insert_rows
+from app.sql import DialectInsert, insert_rows
 
 ROLLUP_BASE = 4
 ROLLUP_LEVELS = 9  # bucket widths 4, 16, …, 262144 steps
@@ -53,12 +53,17 @@ def ingest(session: Session, run_id: int, points: Sequence[Point]) -> int:
     table = MetricPoint.__table__
     new = list(ahead)
     if behind:
-        statement, params = insert_rows(session, table, _point_rows(run_id, seq, behind))
-        statement = statement.on_conflict_do_nothing(index_elements=["run_id", "key", "step"])
-        returned = session.execute(statement.returning(table.c.key, table.c.step), params)
-        new += [finite[(key, step)] for key, step in returned]
+        returned = insert_rows(
+            session,
+            table,
+            _point_rows(run_id, seq, behind),
+            lambda insert: insert.on_conflict_do_nothing(index_elements=["run_id", "key", "step"]).returning(
+                table.c.key, table.c.step
+            ),
+        )
+        new += [finite[(row.key, row.step)] for row in returned]
     if ahead:
-        session.execute(*insert_rows(session, table, _point_rows(run_id, seq, ahead)))
+        insert_rows(session, table, _point_rows(run_id, seq, ahead))
     if new:
         _update_latest(session, run_id, new)
         _update_rollups(session, run_id, new, last_stored)
@@ -82,14 +87,16 @@ def _update_latest(session: Session, run_id: int, points: list[Point]) -> None:
         for p in newest.values()
     ]
     table = MetricLatest.__table__
-    statement, params = insert_rows(session, table, rows)
-    excluded = statement.excluded
-    statement = statement.on_conflict_do_update(
-        index_elements=["run_id", "key"],
-        set_={"step": excluded.step, "value": excluded.value, "wall_time": excluded.wall_time},
-        where=excluded.step >= table.c.step,
+    insert_rows(
+        session,
+        table,
+        rows,
+        lambda insert: insert.on_conflict_do_update(
+            index_elements=["run_id", "key"],
+            set_={"step": insert.excluded.step, "value": insert.excluded.value, "wall_time": insert.excluded.wall_time},
+            where=insert.excluded.step >= table.c.step,
+        ),
     )
-    session.execute(statement, params)
 
 
 def _update_rollups(session: Session, run_id: int, points: list[Point], last_stored: dict[str, int]) -> None:
@@ -121,22 +128,24 @@ def _update_rollups(session: Session, run_id: int, points: list[Point], last_sto
             buckets = parents
     table = MetricRollup.__table__
     if fresh:
-        session.execute(*insert_rows(session, table, fresh))
+        insert_rows(session, table, fresh)
     if seams:
         smaller, larger = _pairwise(session, "min"), _pairwise(session, "max")
-        statement, params = insert_rows(session, table, seams)
-        excluded = statement.excluded
-        newer = excluded.last_step >= table.c.last_step
-        statement = statement.on_conflict_do_update(
-            index_elements=["run_id", "key", "level", "bucket"],
-            set_={
-                "min_value": smaller(table.c.min_value, excluded.min_value),
-                "max_value": larger(table.c.max_value, excluded.max_value),
-                "last_value": case((newer, excluded.last_value), else_=table.c.last_value),
-                "last_step": larger(table.c.last_step, excluded.last_step),
-            },
-        )
-        session.execute(statement, params)
+
+        def merge(insert: DialectInsert) -> DialectInsert:
+            excluded = insert.excluded
+            newer = excluded.last_step >= table.c.last_step
+            return insert.on_conflict_do_update(
+                index_elements=["run_id", "key", "level", "bucket"],
+                set_={
+                    "min_value": smaller(table.c.min_value, excluded.min_value),
+                    "max_value": larger(table.c.max_value, excluded.max_value),
+                    "last_value": case((newer, excluded.last_value), else_=table.c.last_value),
+                    "last_step": larger(table.c.last_step, excluded.last_step),
+                },
+            )
+
+        insert_rows(session, table, seams, merge)
 
 
 @dataclass

@@ -99,8 +99,9 @@ class MetricPoint(Base):
     """One value of one metric at one step. The primary key makes a re-sent point a no-op.
 
     No foreign key to run, on purpose (nor on MetricRollup): its per-row check was most of the ingest cost. Ingest
-    upserts MetricLatest, which has one, in the same transaction, so points never land for a missing run; whatever
-    deletes a run must delete its points and rollups too.
+    upserts MetricLatest, which has one, in the same transaction, so points never land for a missing run. Whatever
+    deletes a run must delete its points and rollups too (nothing in the app deletes runs yet): SQLite may give the
+    id of the newest run to the next one, which would then meet the orphans and fail to store its metrics.
     """
 
     __tablename__ = "metric_point"

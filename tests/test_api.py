@@ -476,6 +476,19 @@ def test_rollups_stay_exact_when_batches_split_buckets(client: TestClient, setti
     assert_exact_buckets(series_of(client, run_id, "seam", max_points=300), raw, None, None)
 
 
+def test_batches_in_one_transaction_are_all_stored(client: TestClient, settings: Settings) -> None:
+    """On PostgreSQL each batch passes through the same staging table: the second must not see the first's rows."""
+    url = settings.database_url
+    run_id = new_run_id(url)
+    raw = [(step, float(step % 7)) for step in range(300)]
+    with session_scope(url) as session:
+        for start in (0, 100, 50, 200):  # ahead, ahead, behind (duplicates and new), ahead
+            batch = raw[start : start + 100] if start != 50 else raw[50:100] + raw[250:260]
+            ingest(session, run_id, [Point("t", s, v, 0.0) for s, v in batch])
+    assert stored_rollups(url, run_id, "t") == brute_force_rollups(raw[:300])
+    assert_exact_buckets(series_of(client, run_id, "t", max_points=40), raw, None, None)
+
+
 def test_points_for_a_missing_run_are_refused_whole(settings: Settings) -> None:
     """The point and rollup tables have no foreign key (for speed); ingest's metric_latest upsert guards them."""
     url = settings.database_url

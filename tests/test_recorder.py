@@ -85,7 +85,7 @@ def test_a_stop_event_stops_the_run(database_url: str) -> None:
 
 def test_writes_that_keep_failing_fail_the_run_while_heartbeats_go_on(database_url: str) -> None:
     run_id = claimed_run(database_url)
-    recorder = DatabaseRecorder(database_url, run_id, WORKER, flush_s=0.05, heartbeat_s=0.05, give_up_s=0.5)
+    recorder = DatabaseRecorder(database_url, run_id, WORKER, flush_s=0.05, heartbeat_s=0.05, give_up_s=3.0)
     recorder.samples(1, [sample(1, "refused", accepted=None)])  # the database refuses it: NOT NULL
     first_beat = None
     deadline = time.monotonic() + 30
@@ -95,10 +95,22 @@ def test_writes_that_keep_failing_fail_the_run_while_heartbeats_go_on(database_u
     assert first_beat is not None
     assert recorder.should_stop() is False, "failing for less than give_up_s: keep training, the flush retries"
 
-    time.sleep(1.0)
+    time.sleep(3.5)
     with pytest.raises(RecorderError, match=r"could not be stored for \d+ s; last error: IntegrityError"):
         recorder.should_stop()
     later_beat = heartbeat_at(database_url, run_id)
     assert later_beat is not None and later_beat > first_beat, "the worker is alive: it keeps saying so"
     with pytest.raises(Exception, match="accepted"):
         recorder.close()  # the last flush fails the same way, and says so
+
+
+def test_an_unreachable_database_is_tolerated_for_give_up_s_then_fails_the_run() -> None:
+    unreachable = "postgresql+psycopg://postgres@127.0.0.1:1/nothing"  # nothing listens on port 1
+    recorder = DatabaseRecorder(unreachable, 1, WORKER, flush_s=0.05, heartbeat_s=0.05, give_up_s=2.0)
+    recorder.metrics(1, {"loss/policy": 1.0})
+    assert recorder.should_stop() is False, "a blip: training goes on"
+    time.sleep(2.5)
+    with pytest.raises(RecorderError, match="last error: OperationalError"):
+        recorder.should_stop()
+    with pytest.raises(Exception, match="127.0.0.1"):
+        recorder.close()

@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import asdict
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app import run_state
@@ -91,48 +92,69 @@ class DatabaseRecorder:
             self._progress = (done, total, eta_seconds)
 
     def should_stop(self) -> bool:
+        if self.also_stop_when is not None and self.also_stop_when.is_set():
+            return True
+        try:
+            with session_scope(self.database_url) as session:
+                stop = run_state.stop_requested(session, self.run_id)
+        except SQLAlchemyError as error:  # a database blip: train on; give_up_s decides when it is not a blip
+            self._failed(error)
+            stop = False
         failing_since = self._failing_since
         if failing_since is not None and time.monotonic() - failing_since > self.give_up_s:
             raise RecorderError(
                 f"run {self.run_id}: its records could not be stored for {time.monotonic() - failing_since:.0f} s; "
                 f"last error: {self._last_error}"
             )
-        if self.also_stop_when is not None and self.also_stop_when.is_set():
-            return True
-        with session_scope(self.database_url) as session:
-            return run_state.stop_requested(session, self.run_id)
+        return stop
 
     # -- flushing -----------------------------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        failures = 0
         while not self._closing.wait(self.flush_s):
             try:
                 self.flush()
+                failures = 0
             except Exception:  # keep training; the next flush retries the same rows, idempotently
-                log.exception("run %s: flush failed, will retry", self.run_id)
+                failures += 1
+                if failures == 1:
+                    log.exception("run %s: flush failed, will retry", self.run_id)
+                elif failures % 20 == 0:
+                    log.error("run %s: flush failed %d times in a row: %s", self.run_id, failures, self._last_error)
 
     def flush(self) -> None:
-        if time.monotonic() - self._last_heartbeat >= self.heartbeat_s:
-            with session_scope(self.database_url) as session:
-                run_state.heartbeat(session, self.run_id, self.worker)
-            self._last_heartbeat = time.monotonic()
-        with self._lock:
-            points, samples, evaluations, progress = self._points, self._samples, self._evaluations, self._progress
-            self._points, self._samples, self._evaluations, self._progress = [], [], [], None
-        if not (points or samples or evaluations or progress):
-            return
+        """Heartbeat if one is due, then write what is buffered. Raises if either fails (nothing is lost)."""
+        touched = False  # only a write that reached the database shows that failures are over
         try:
-            with session_scope(self.database_url) as session:
-                self._write(session, points, samples, evaluations, progress)
+            if time.monotonic() - self._last_heartbeat >= self.heartbeat_s:
+                with session_scope(self.database_url) as session:
+                    run_state.heartbeat(session, self.run_id, self.worker)
+                self._last_heartbeat = time.monotonic()
+                touched = True
+            with self._lock:
+                points, samples, evaluations, progress = self._points, self._samples, self._evaluations, self._progress
+                self._points, self._samples, self._evaluations, self._progress = [], [], [], None
+            if points or samples or evaluations or progress:
+                try:
+                    with session_scope(self.database_url) as session:
+                        self._write(session, points, samples, evaluations, progress)
+                    touched = True
+                except Exception:
+                    with self._lock:  # put them back in front, in order, for the next attempt
+                        self._points[:0], self._samples[:0], self._evaluations[:0] = points, samples, evaluations
+                        self._progress = self._progress or progress
+                    raise
         except Exception as error:
-            with self._lock:  # put them back in front, in order, for the next attempt
-                self._points[:0], self._samples[:0], self._evaluations[:0] = points, samples, evaluations
-                self._progress = self._progress or progress
-            self._last_error = f"{type(error).__name__}: {error}"
-            if self._failing_since is None:
-                self._failing_since = time.monotonic()
+            self._failed(error)
             raise
-        self._failing_since = None
+        if touched:
+            self._failing_since = None
+
+    def _failed(self, error: Exception) -> None:
+        self._last_error = f"{type(error).__name__}: {error}"
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
 
     def _write(
         self,

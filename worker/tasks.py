@@ -55,13 +55,16 @@ def train_run(run_id: int) -> str:
         settings.heartbeat_interval_s,
         also_stop_when=shutdown_requested,
     )
-    status, error, trace = RunStatus.FAILED, None, None
+    # What the run ends as if training is cut short by something other than an exception (a cold shutdown).
+    status, trace = RunStatus.FAILED, None
+    error: str | None = "the worker was terminated while training; resume to continue"
     try:
         config = parse_config(stored_config)
         trainer = Trainer(config, settings.runs_dir / f"run-{run_id}", recorder)
         if trainer.resume():
             log.info("run %s: resuming from iteration %s", run_id, trainer.iteration)
         status = trainer.train(config.iterations)
+        error = None
         if status == RunStatus.STOPPED and shutdown_requested.is_set():
             error = f"the worker shut down after iteration {trainer.iteration}; resume to continue"
     except Exception as exc:  # the run page shows the error and its traceback; the worker carries on
@@ -73,7 +76,7 @@ def train_run(run_id: int) -> str:
         except Exception as exc:  # the run's last records are lost: say so, rather than leave the run running
             log.exception("run %s: could not store its last records", run_id)
             if status != RunStatus.FAILED:
-                status, error, trace = RunStatus.FAILED, f"could not store the run's records: {exc}", None
+                status, error = RunStatus.FAILED, f"could not store the run's records: {exc}"
             trace = trace or traceback.format_exc()
         with session_scope(settings.database_url) as session:
             run_state.finish(session, run_id, name, status, error, trace)
