@@ -341,7 +341,7 @@ class Trainer:
             self.meta_optimizer.zero_grad()
             loss.backward()
             self.meta_optimizer.step()
-            first_loss = float(loss) if first_loss is None else first_loss
+            first_loss = loss.item() if first_loss is None else first_loss
         return first_loss
 
     # -- 7. base step (inner) -----------------------------------------------------------------------------------
@@ -376,7 +376,7 @@ class Trainer:
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), self.algo.max_grad_norm)
                 self.policy_optimizer.step()
-                losses.append(float(loss))
+                losses.append(loss.item())
         return float(np.mean(losses)) if losses else math.nan
 
     # -- 8. record ----------------------------------------------------------------------------------------------
