@@ -86,3 +86,29 @@ def test_console_script_is_installed() -> None:
         [str(Path(sys.executable).parent / "meal"), "--help"], capture_output=True, text=True, check=True
     )
     assert "train" in result.stdout and "generate" in result.stdout
+
+
+def test_meal_up_stops_its_children_and_kills_those_that_linger(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`meal up`'s shutdown: SIGTERM to each child, then SIGKILL for one still running when the wait is over."""
+    import signal
+
+    from app import cli
+
+    monkeypatch.setattr(cli, "SHUTDOWN_WAIT_S", 2)
+    ready = "import signal, sys, time; {}; print('ready', flush=True); time.sleep(120)"
+    obliging = subprocess.Popen([sys.executable, "-c", ready.format("pass")], stdout=subprocess.PIPE)
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c", ready.format("signal.signal(signal.SIGTERM, signal.SIG_IGN)")], stdout=subprocess.PIPE
+    )
+    for child in (obliging, stubborn):  # their signal handling is in place before the shutdown starts
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+    try:
+        cli._stop_children([obliging, stubborn])
+        assert obliging.returncode == -signal.SIGTERM
+        assert stubborn.returncode == -signal.SIGKILL
+    finally:
+        for child in (obliging, stubborn):
+            child.kill()
+            child.wait()
+            assert child.stdout is not None
+            child.stdout.close()
