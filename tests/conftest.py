@@ -8,106 +8,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
-
-from meal_core.config import RunConfig, parse_config  # noqa: E402
-from meal_core.data import load_prompts  # noqa: E402
+from helpers import build_tiny_causal_lm  # noqa: E402
 
 # Real PostgreSQL / SQLite databases and brokers for the control panel's tests (tests/db_fixtures.py).
 pytest_plugins = ["db_fixtures"]
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def build_tiny_tokenizer(directory: Path) -> Any:
-    """A byte-level BPE tokenizer trained on the shipped prompts, with a chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    corpus = [p.text for p in load_prompts("builtin:train")] + [p.text for p in load_prompts("builtin:eval")]
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tokenizer.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token="<|im_start|>"
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(directory)
-    return fast
-
-
-def tiny_llama_config(tokenizer: Any, **extra: Any) -> Any:
-    """A two-layer, 32-wide Llama config over `tokenizer`: small enough to train in a test."""
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        **extra,
-    )
-
-
-def build_tiny_causal_lm(directory: Path, seed: int = 0) -> Path:
-    import torch
-    from transformers import LlamaForCausalLM
-
-    tokenizer = build_tiny_tokenizer(directory)
-    torch.manual_seed(seed)
-    config = tiny_llama_config(tokenizer, tie_word_embeddings=True)
-    LlamaForCausalLM(config).save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm"))
-
-
-def tiny_run_config(model_dir: Path, **overrides: Any) -> RunConfig:
-    """A whole run that takes seconds on a CPU: cheap objectives, few prompts, short responses."""
-    data: dict[str, Any] = {
-        "model": {"name_or_path": str(model_dir), "device": "cpu"},
-        "lora": {"r": 4, "alpha": 8},
-        "objectives": [{"name": "positivity", "type": "sentiment"}, {"name": "readability", "type": "readability"}],
-        "data": {"prompts_per_iteration": 4, "max_train_prompts": 12},
-        "algorithm": {
-            "samples_per_prompt": 3,
-            "max_new_tokens": 12,
-            "calibration_prompts": 4,
-            "policy_lr": 5e-3,
-            "micro_batch_size": 4,
-            "max_policy_steps": 3,
-            "weight_lr": 1.0,
-            "meta_lr": 1e-2,
-            "max_repeated_ngram_share": 1.0,
-        },
-        "eval": {"every": 2, "prompts": 2, "grid_points": 3, "probe_pairs": 3},
-        "checkpoint": {"every": 2, "keep_last": 3},
-        "iterations": 4,
-        "seed": 7,
-    }
-    for dotted, value in overrides.items():
-        *path, leaf = dotted.split("__")
-        node = data
-        for part in path:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return parse_config(data)

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import tiny_run_config
+from helpers import tiny_run_config
 from live_server import Event, EventStream, live_server
 from sqlalchemy import delete, select
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import tiny_run_config
 from db_fixtures import REDIS_DB_WORKER, redis_broker_url
+from helpers import tiny_run_config
 from live_server import Event, EventStream, live_server
 
 from app.queue import enqueue_training
