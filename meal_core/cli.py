@@ -8,10 +8,15 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from meal_core.config import ConfigError, RunConfig, load_config, parse_config
+
+if TYPE_CHECKING:
+    from meal_core.evaluation import EvaluationResult
 
 EXIT_USAGE = 2
 
@@ -83,20 +88,34 @@ def _load_trained(run_dir: Path) -> object:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from meal_core.recorder import JsonlRecorder
+    """Evaluate the latest checkpoint on the weight grid; reads the run, writes nothing to it."""
+    from meal_core.data import load_prompts
     from meal_core.trainer import Trainer
 
-    run_dir = Path(args.run_dir)
-    trainer = _load_trained(run_dir)
+    trainer = _load_trained(Path(args.run_dir))
     assert isinstance(trainer, Trainer)
-    recorder = JsonlRecorder(run_dir)
-    trainer.recorder = recorder
-    result = trainer.evaluate(trainer.iteration)
-    recorder.close()
-    print(f"iteration {result.step}: hypervolume {result.hypervolume:.4f}")
+    if args.samples_per_weight is not None and args.samples_per_weight < 1:
+        raise CLIError("--samples-per-weight: must be at least 1")
+    prompts = load_prompts(args.prompts) if args.prompts else trainer.eval_prompts[: trainer.config.eval.prompts]
+    samples = args.samples_per_weight or trainer.config.eval.samples_per_weight
+    result = trainer.evaluation(prompts, samples, trainer.iteration)
+    if args.json:
+        print(json.dumps(eval_summary(result)))
+        return 0
+    print(
+        f"iteration {result.step}: hypervolume {result.hypervolume:.4f} on {len(prompts)} prompts, "
+        f"{result.responses} responses, degenerate {100 * result.degenerate_share:.1f} %"
+    )
+    print("  controllability (Spearman of asked weight and reward): per response | over the grid | null p95 | probe")
     for name in result.objectives:
         print(
-            f"  {name}: controllability {result.controllability[name]:+.3f}  probe {result.probe.get(name, 0.0):+.3f}"
+            f"  {name}: {result.controllability[name]:+.3f} | {result.controllability_grid[name]:+.3f} | "
+            f"{result.controllability_null[name]:.3f} | {result.probe.get(name, 0.0):+.3f}"
+        )
+    if result.auto_weights:
+        print(
+            f"  auto weights on these prompts: KL(achieved ‖ net) {result.auto_weights['kl_net']:.4f} vs "
+            f"KL(achieved ‖ uniform) {result.auto_weights['kl_uniform']:.4f}"
         )
     print("  weights -> mean normalised rewards" + " ".join(f" | {n}" for n in result.objectives))
     for point in result.points:
@@ -106,9 +125,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def eval_summary(result: EvaluationResult) -> dict[str, Any]:
+    """What `meal eval --json` prints: one object."""
+    return {
+        "step": result.step,
+        "objectives": result.objectives,
+        "hypervolume": result.hypervolume,
+        "controllability": result.controllability,
+        "controllability_grid": result.controllability_grid,
+        "controllability_null": result.controllability_null,
+        "degenerate_share": result.degenerate_share,
+        "responses": result.responses,
+        "probe": result.probe,
+        "auto_weights": result.auto_weights,
+        "points": [asdict(point) for point in result.points],
+    }
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
     from meal_core.conditioning import parse_weight_list
     from meal_core.data import Prompt
+    from meal_core.policy import Sampling
     from meal_core.trainer import Trainer
 
     trainer = _load_trained(Path(args.run_dir))
@@ -121,16 +160,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
             weights = parse_weight_list(args.weights, trainer.names)
         except ValueError as error:
             raise CLIError(f"--weights: {error}") from None
-    text = trainer.conditioned(prompt.text, weights)
-    out = trainer.policy.generate(
-        [text],
-        args.samples,
-        args.max_new_tokens or trainer.algo.max_new_tokens,
-        temperature=trainer.algo.temperature,
-        top_p=trainer.algo.top_p,
-        do_sample=not args.greedy,
-    )
-    responses = out.texts[0]
+    sampling = Sampling.of(trainer.algo, max_new_tokens=args.max_new_tokens, do_sample=not args.greedy)
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    responses = trainer.sample([prompt.text], weights[None, :], args.samples, sampling).texts
     raw, _ = trainer.oriented_scores([prompt.text] * len(responses), responses)
     print("weights: " + ", ".join(f"{n}={w:.2f}" for n, w in zip(trainer.names, weights, strict=True)))
     for response, scores in zip(responses, raw, strict=True):
@@ -150,8 +183,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     train.add_argument("--iterations", type=int, help="override the config's iteration count")
     train.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
 
-    evaluate = sub.add_parser("eval", help="evaluate a run's latest checkpoint on the weight grid")
+    evaluate = sub.add_parser(
+        "eval", help="evaluate a run's latest checkpoint on the weight grid (writes nothing to the run)"
+    )
     evaluate.add_argument("run_dir")
+    evaluate.add_argument("--prompts", help="a .jsonl file (a 'prompt' field per line) or a .txt file (a line each)")
+    evaluate.add_argument("--samples-per-weight", type=int, help="responses per prompt and weight")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
     generate = sub.add_parser("generate", help="sample from a run's latest checkpoint under given weights")
     generate.add_argument("run_dir")
@@ -160,6 +198,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     generate.add_argument("--samples", type=int, default=1)
     generate.add_argument("--max-new-tokens", type=int)
     generate.add_argument("--greedy", action="store_true")
+    generate.add_argument("--seed", type=int, help="seed the sampling, for repeatable output")
 
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "train": cmd_train,

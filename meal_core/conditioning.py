@@ -64,20 +64,23 @@ def parse_weight_list(text: str, names: Sequence[str]) -> np.ndarray:
     return values / values.sum()
 
 
-def build_prompt(tokenizer: Any, prompt: str, tag: str, use_chat_template: bool = True) -> str:
-    """The text the policy sees: the tag as a system message inside the chat template when there is one."""
+def build_prompt(tokenizer: Any, prompt: str, tag: str | None, use_chat_template: bool = True) -> str:
+    """The text the policy sees: the tag (if any) as a system message inside the chat template when there is one."""
     if use_chat_template and getattr(tokenizer, "chat_template", None):
-        for messages in (
-            [{"role": "system", "content": tag}, {"role": "user", "content": prompt}],
-            # Some templates reject a system role: put the tag in front of the user turn instead.
-            [{"role": "user", "content": f"{tag}\n{prompt}"}],
-        ):
+        user = [{"role": "user", "content": prompt}]
+        candidates = (
+            [[{"role": "system", "content": tag}, *user], [{"role": "user", "content": f"{tag}\n{prompt}"}]]
+            if tag is not None
+            # Some templates reject a system role: the second form puts the tag in front of the user turn instead.
+            else [user]
+        )
+        for messages in candidates:
             try:
                 text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             except Exception:  # noqa: BLE001 - jinja raises TemplateError or plain exceptions from templates
                 continue
             return str(text)
-    return f"{tag}\n{prompt}\n"
+    return f"{tag}\n{prompt}\n" if tag is not None else f"{prompt}\n"
 
 
 def conditioned_prompt(

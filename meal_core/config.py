@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -31,6 +31,12 @@ class ModelConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights and compute dtype.")
     device: str = Field("auto", description="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', …")
     use_chat_template: bool = Field(True, description="Wrap prompts in the tokenizer's chat template if it has one.")
+    conditioning: Literal["tag", "experts", "tag+experts"] = Field(
+        "experts",
+        description="How the policy is told the weights. tag: written into the prompt as text, one adapter learns "
+        "to read them. experts: one LoRA adapter per objective, mixed per row by the weights "
+        "(Δ(w) = Σ_k w_k B_k A_k, plus a shared adapter if lora.shared). tag+experts: both.",
+    )
     max_prompt_tokens: int = Field(192, ge=8, description="Longer conditioned prompts are truncated from the left.")
     cpu_threads: int | None = Field(
         None,
@@ -48,6 +54,11 @@ class LoraConfig(Section):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         min_length=1,
         description="Module names that receive adapters.",
+    )
+    shared: bool = Field(
+        False,
+        description="experts conditioning: add an adapter that every sample trains, whatever its weights "
+        "(Δ(w) = B₀A₀ + Σ_k w_k B_k A_k). Off: each objective's improvement lives only in its own expert.",
     )
 
 
@@ -70,6 +81,13 @@ class ReadabilityObjective(ObjectiveBase):
 class BrevityObjective(ObjectiveBase):
     type: Literal["brevity"] = "brevity"
     unit: Literal["words", "characters"] = "words"
+
+
+class CoverageObjective(ObjectiveBase):
+    type: Literal["coverage"] = "coverage"
+    min_letters: int = Field(
+        3, ge=1, le=20, description="Words shorter than this do not count (nor do common function words)."
+    )
 
 
 class RelevanceObjective(ObjectiveBase):
@@ -115,6 +133,7 @@ ObjectiveConfig = Annotated[
     SentimentObjective
     | ReadabilityObjective
     | BrevityObjective
+    | CoverageObjective
     | RelevanceObjective
     | HFClassifierObjective
     | PythonObjective,
@@ -125,7 +144,12 @@ ObjectiveConfig = Annotated[
 class DataConfig(Section):
     train_prompts: str = Field("builtin:train", description="'builtin:train' or a .jsonl/.txt file of prompts.")
     eval_prompts: str = Field("builtin:eval", description="'builtin:eval' or a .jsonl/.txt file of prompts.")
-    max_train_prompts: int | None = Field(None, ge=1, description="Use only the first N training prompts.")
+    max_train_prompts: int | None = Field(
+        16,
+        ge=1,
+        description="Cycle only the first N training prompts (empty: all of them). A small pool is revisited, so "
+        "each prompt's learned weights take several hindsight steps within a short run, as the demo's 16 do.",
+    )
     prompts_per_iteration: int = Field(8, ge=1, le=1024, description="Prompts per iteration (B).")
 
 
@@ -136,16 +160,27 @@ class AlgorithmConfig(Section):
         "meal_no_meta: learnable weights only; meal_no_learnable: the net trained on hindsight targets directly.",
     )
     # Generation
-    samples_per_prompt: int = Field(4, ge=2, le=64, description="Candidates generated per prompt (M).")
+    samples_per_prompt: int = Field(6, ge=2, le=64, description="Candidates generated per prompt (M).")
     max_new_tokens: int = Field(48, ge=1, le=4096)
     temperature: float = Field(1.0, gt=0.0, le=5.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, description="0 disables top-k filtering.")
     # Proposal and exploration
     exploration_share: float = Field(
-        0.5, ge=0.0, le=1.0, description="Share of each batch conditioned on Dirichlet draws instead of z_x."
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="Share of the batch's non-corner rows conditioned on Dirichlet draws instead of the proposal.",
     )
     dirichlet_alpha: float = Field(1.0, gt=0.0, description="Concentration of exploration and static draws.")
+    corner_share: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Share of each batch generated under a corner weight e_k (the objectives in turn) and kept "
+        "by its best response on k: each objective's improvement compounds on-policy (Rewarded Soups' "
+        "separate runs inside one loop). The rest of the batch is proposals and exploration draws.",
+    )
     # Scoring and selection
     normalization: Literal["group", "calibrated"] = Field(
         "group", description="group: z-score within each prompt's candidates; calibrated: base-policy statistics."
@@ -166,6 +201,12 @@ class AlgorithmConfig(Section):
         description="Extra Dirichlet weights per prompt group, each keeping its own best candidate: "
         "weight-contrastive training pairs from the same generations.",
     )
+    labels: Literal["own", "corners"] = Field(
+        "own",
+        description="Which weights a group's responses are trained under. own: the winner under the weight the "
+        "group was generated with (plus extra_labels_per_group draws). corners: besides, every group's best "
+        "response on each objective k is labelled e_k and its best on the mean is labelled uniform.",
+    )
     max_repeated_ngram_share: float = Field(
         0.3,
         gt=0.0,
@@ -182,16 +223,24 @@ class AlgorithmConfig(Section):
     meta_lr: float = Field(1e-3, gt=0.0, description="β, Adam learning rate of the preference-weight-net.")
     meta_steps: int = Field(5, ge=0, description="Meta (outer) steps per iteration.")
     # Policy update
-    policy_lr: float = Field(3e-4, gt=0.0, description="α, AdamW learning rate of the LoRA adapter.")
+    policy_lr: float = Field(5e-4, gt=0.0, description="α, AdamW learning rate of the LoRA adapters.")
     policy_epochs: int = Field(2, ge=0, description="Passes over the replay buffer per iteration.")
     max_policy_steps: int = Field(4, ge=1, description="Upper bound on policy optimizer steps per iteration.")
     micro_batch_size: int = Field(8, ge=1)
     replay_size: int = Field(256, ge=1, description="Accepted samples kept for the base step.")
     max_grad_norm: float = Field(1.0, gt=0.0)
+    base_loss: Literal["sft", "pairwise", "sft+pairwise"] = Field(
+        "sft",
+        description="sft: likelihood of accepted responses under their weights. pairwise: conditional DPO on "
+        "pairs from one group whose order flips between corners (the best on k preferred under e_k over the "
+        "best on j, and the reverse under e_j), reference = the adapter-free base. sft+pairwise: the sum.",
+    )
+    pairwise_beta: float = Field(0.1, gt=0.0, le=10.0, description="β of the pairwise loss.")
     warm_start_prompts: int = Field(
-        16,
+        0,
         ge=0,
-        description="Offline stage before the loop: hindsight-labelled base-model samples for this many prompts.",
+        description="Offline stage before the loop: hindsight-labelled base-model samples for this many prompts "
+        "(with experts their soft labels train every expert alike, so the demo has none).",
     )
     warm_start_epochs: int = Field(1, ge=1)
 
@@ -203,10 +252,15 @@ class AlgorithmConfig(Section):
 
 
 class EvalConfig(Section):
-    every: int = Field(10, ge=0, description="Evaluate every E iterations (0: only at the end).")
+    every: int = Field(0, ge=0, description="Evaluate every E iterations (0: only at the end).")
     at_start: bool = Field(True, description="Also evaluate the untrained policy (step 0): the baseline front.")
-    prompts: int = Field(8, ge=1, description="Held-out prompts per evaluation.")
-    samples_per_weight: int = Field(1, ge=1, description="Responses per prompt and weight.")
+    prompts: int = Field(12, ge=1, description="Held-out prompts per evaluation.")
+    samples_per_weight: int = Field(
+        2,
+        ge=1,
+        description="Responses per prompt and weight. Per-response controllability needs a few hundred responses "
+        "(prompts × grid points × this) to stand out from chance.",
+    )
     grid_points: int = Field(11, ge=2, le=101, description="K=2: weights w1 = 0, 1/(n-1), …, 1.")
     lattice_divisions: int = Field(4, ge=1, le=20, description="K≥3: simplex lattice with this many divisions.")
     temperature: float = Field(0.7, gt=0.0)
@@ -218,13 +272,14 @@ class EvalConfig(Section):
 
 
 class CheckpointConfig(Section):
-    every: int = Field(5, ge=0, description="Checkpoint every N iterations (0: only at the end).")
+    every: int = Field(4, ge=0, description="Checkpoint every N iterations (0: only at the end).")
     keep_last: int = Field(2, ge=1)
 
 
 def _demo_objectives() -> list[ObjectiveConfig]:
-    # The pair that conflicts on the offline default model's own responses (FINDINGS.md, docs/results.md).
-    return [ReadabilityObjective(name="readability"), RelevanceObjective(name="relevance")]
+    # The offline pair that conflicts most on the base model's own responses at the demo's length: within a prompt,
+    # fewer words means fewer distinct content words (docs/results.md, "A demo pair that conflicts").
+    return [BrevityObjective(name="brevity"), CoverageObjective(name="coverage")]
 
 
 class RunConfig(Section):
@@ -242,7 +297,7 @@ class RunConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     seed: int = Field(0, ge=0)
-    iterations: int = Field(30, ge=1, le=100_000)
+    iterations: int = Field(16, ge=1, le=100_000)
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -259,7 +314,10 @@ class RunConfig(Section):
         return [o.name for o in self.objectives]
 
 
-_OBJECTIVE_TYPES = {"sentiment", "readability", "brevity", "relevance", "hf_classifier", "python"}
+# Every objective type, read off the config union: the one list of them.
+OBJECTIVE_TYPES: tuple[str, ...] = tuple(
+    member.model_fields["type"].default for member in get_args(get_args(ObjectiveConfig)[0])
+)
 
 
 class ConfigError(ValueError):
@@ -276,7 +334,7 @@ def field_errors(error: ValidationError) -> list[tuple[str, str]]:
         # Drop the union tag pydantic adds inside discriminated lists (objectives.0.sentiment.x → objectives.0.x).
         # Only there: a user's unknown key that happens to be called e.g. "python" must still be named.
         loc = [str(p) for p in item["loc"]]
-        if len(loc) >= 3 and loc[0] == "objectives" and loc[2] in _OBJECTIVE_TYPES:
+        if len(loc) >= 3 and loc[0] == "objectives" and loc[2] in OBJECTIVE_TYPES:
             del loc[2]
         found.append((".".join(loc) or "config", item["msg"].removeprefix("Value error, ")))
     return found

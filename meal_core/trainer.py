@@ -3,6 +3,13 @@
 One iteration: propose → generate → score → reject → hindsight → meta step → base step → record.
 Every step is a method below; the algorithms `meal`, `static`, `meal_no_meta` and `meal_no_learnable` differ
 only inside propose, hindsight and meta step. docs/algorithm.md explains each choice.
+
+Each row of a batch is of one kind, and each accepted response carries the kind of the label it won under:
+- `corner`: generated under (or, with `algorithm.labels: corners`, the group's best for) a corner weight e_k or
+  the uniform weight; the label is exact, so it is trained under as it is.
+- `proposal`: generated under Meal's proposal softmax(z_x); its winners refine z_x and train under the refined w*.
+- `draw`: generated under (or labelled with) a Dirichlet draw; trained under the draw moved toward its hindsight
+  target (`static`: under the draw itself).
 """
 
 from __future__ import annotations
@@ -10,7 +17,8 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,26 +27,36 @@ import numpy as np
 import torch
 
 from meal_core import checkpoint
-from meal_core.conditioning import conditioned_prompt
 from meal_core.config import RunConfig, dump_config
 from meal_core.data import Prompt, load_prompts
-from meal_core.evaluation import EvaluationResult, linear_correlation, summarize, weight_grid
+from meal_core.evaluation import (
+    EvaluationResult,
+    auto_weight_fit,
+    linear_correlation,
+    rank_correlation,
+    summarize,
+    weight_grid,
+)
 from meal_core.normalization import Normalizer
 from meal_core.objectives import Objective, build_objectives
-from meal_core.policy import Policy
+from meal_core.policy import Policy, Sampling
 from meal_core.recorder import NullRecorder, Recorder, SampleRecord
 from meal_core.selection import is_degenerate, select
 from meal_core.weights import LearnableWeights, PreferenceNet, entropy, hindsight_target, kl_to_net
 
 USES_NET = {"meal", "meal_no_learnable"}
 USES_LEARNABLE = {"meal", "meal_no_meta"}
+# Row and label kinds (see the module docstring).
+CORNER, PROPOSAL, DRAW = "corner", "proposal", "draw"
+# Seeds of the random streams that must not depend on what ran before them (so that they pair across algorithms).
+CALIBRATION_STREAM, PROBE_STREAM, EVALUATION_STREAM = 1, 2, 100_003
 
 
 @dataclass
 class ProposedBatch:
     prompts: list[Prompt]
     weights: np.ndarray  # (B, K): the weights each prompt's candidates are generated under
-    explored: np.ndarray  # (B,) True where the weight is a Dirichlet draw rather than the learned proposal
+    kinds: list[str]  # (B,) CORNER, PROPOSAL or DRAW
     net_weights: np.ndarray | None  # (B, K): f_φ(x), where the algorithm has a net
 
 
@@ -62,7 +80,7 @@ class Acceptance:
     group: int  # prompt index in the batch
     candidate: int  # flat candidate index
     label: np.ndarray  # the weight under which the candidate won
-    explored: bool  # label is a Dirichlet draw (exploration row or extra label), not the proposal
+    kind: str  # CORNER, PROPOSAL or DRAW: where the label comes from
     target: np.ndarray = field(default_factory=lambda: np.empty(0))  # hindsight trade-off t, set by hindsight
     refined: np.ndarray = field(default_factory=lambda: np.empty(0))  # w*: what the base step conditions on
 
@@ -74,6 +92,35 @@ class ReplayItem:
     response_ids: list[int]
     weights: list[float]
     step: int
+
+
+@dataclass
+class PairItem:
+    """Two responses to one prompt: `chosen` is preferred over `rejected` under `weights` (a corner)."""
+
+    prompt_id: str
+    prompt: str
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    weights: list[float]
+    step: int
+
+
+@dataclass
+class FitResult:
+    loss: float  # mean total loss per optimizer step
+    sft: float  # mean SFT part (nan if not used)
+    pairwise: float  # mean pairwise part (nan if not used)
+    margin: float  # mean pairwise margin (nan if not used)
+    steps: int
+
+
+@contextmanager
+def random_stream(seed: int, device: torch.device) -> Iterator[None]:
+    """torch draws inside come from their own stream, seeded here; the global stream is left as it was."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 @dataclass
@@ -110,7 +157,7 @@ class Trainer:
 
         self.train_prompts = load_prompts(config.data.train_prompts, config.data.max_train_prompts)
         self.eval_prompts = load_prompts(config.data.eval_prompts)
-        self.policy = policy or Policy(config.model, config.lora)
+        self.policy = policy or Policy(config.model, config.lora, self.names)
         self.objectives = objectives or build_objectives(config.objectives, str(self.policy.device))
         self.policy_optimizer = torch.optim.AdamW(self.policy.trainable_parameters(), lr=self.algo.policy_lr)
 
@@ -124,11 +171,13 @@ class Trainer:
         self.learnable = LearnableWeights(self.k) if self.algo.name in USES_LEARNABLE else None
 
         self.replay: deque[ReplayItem] = deque(maxlen=self.algo.replay_size)
+        self.pair_replay: deque[PairItem] = deque(maxlen=self.algo.replay_size)
         self.normalizer: Normalizer | None = None
         self.probe_set: ProbeSet | None = None
         self.iteration = 0
         self._order: list[int] = []
         self._cursor = 0
+        self._corner_turn = 0  # which objective the next corner row goes to
 
     # -- the loop -----------------------------------------------------------------------------------------------
 
@@ -157,11 +206,11 @@ class Trainer:
             accepted = self.reject(batch, scores)
             weight_loss = self.hindsight(batch, scores, accepted)
             meta_loss = self.meta_step(batch, accepted)
-            policy_loss = self.base_step(step, batch, candidates, accepted)
+            fitted = self.base_step(step, batch, candidates, scores, accepted)
             t3 = time.monotonic()
             self.iteration = step
             timings = {"time/generate": t1 - t0, "time/score": t2 - t1, "time/update": t3 - t2}
-            self.record(step, batch, candidates, scores, accepted, weight_loss, meta_loss, policy_loss, timings)
+            self.record(step, batch, candidates, scores, accepted, weight_loss, meta_loss, fitted, timings)
             if self.config.eval.every and step % self.config.eval.every == 0:
                 self.evaluate(step)
             if self.config.checkpoint.every and step % self.config.checkpoint.every == 0:
@@ -205,6 +254,7 @@ class Trainer:
         return self.net(self.embed(prompts)).exp().double().numpy()
 
     def propose(self) -> ProposedBatch:
+        """Weights for the next B prompts: corners first, then exploration draws and the learned proposals."""
         prompts = self.next_prompts()
         b = len(prompts)
         net_weights = self.net_weights(prompts) if self.net is not None else None
@@ -216,34 +266,34 @@ class Trainer:
             weights = net_weights.copy()
         else:
             weights = np.full((b, self.k), 1 / self.k)
+        kinds = [PROPOSAL] * b
+        corners = int(round(self.algo.corner_share * b))
+        for row in range(corners):
+            kinds[row] = CORNER
+            weights[row] = np.eye(self.k)[(self._corner_turn + row) % self.k]
+        self._corner_turn = (self._corner_turn + corners) % self.k
+        rest = np.arange(corners, b)
         explore_share = 1.0 if self.algo.name == "static" else self.algo.exploration_share
-        explored = np.zeros(b, dtype=bool)
-        explored[self.rng.permutation(b)[: int(round(explore_share * b))]] = True
         draws = self.rng.dirichlet(np.full(self.k, self.algo.dirichlet_alpha), size=b)
-        weights = np.where(explored[:, None], draws, weights)
-        return ProposedBatch(prompts, weights, explored, net_weights)
+        for row in rest[self.rng.permutation(len(rest))[: int(round(explore_share * len(rest)))]]:
+            kinds[row] = DRAW
+            weights[row] = draws[row]
+        return ProposedBatch(prompts, weights, kinds, net_weights)
 
     # -- 2. generate --------------------------------------------------------------------------------------------
 
-    def conditioned(self, prompt: str, weights: np.ndarray) -> str:
-        return conditioned_prompt(
-            self.policy.tokenizer, prompt, self.names, weights, self.config.model.use_chat_template
-        )
-
-    def generate(self, batch: ProposedBatch) -> Candidates:
-        texts = [self.conditioned(p.text, w) for p, w in zip(batch.prompts, batch.weights, strict=True)]
-        out = self.policy.generate(
-            texts,
-            num_return_sequences=self.algo.samples_per_prompt,
-            max_new_tokens=self.algo.max_new_tokens,
-            temperature=self.algo.temperature,
-            top_p=self.algo.top_p,
-            top_k=self.algo.top_k,
-        )
+    def sample(self, prompts: list[str], weights: np.ndarray, samples: int, sampling: Sampling) -> Candidates:
+        """`samples` responses per prompt under its weights, flattened prompt-major."""
+        out = self.policy.generate(prompts, weights, samples, sampling)
         return Candidates(
             texts=[t for group in out.texts for t in group],
             token_ids=[ids for group in out.token_ids for ids in group],
             new_tokens=out.new_tokens,
+        )
+
+    def generate(self, batch: ProposedBatch) -> Candidates:
+        return self.sample(
+            [p.text for p in batch.prompts], batch.weights, self.algo.samples_per_prompt, Sampling.of(self.algo)
         )
 
     # -- 3. score -----------------------------------------------------------------------------------------------
@@ -276,23 +326,35 @@ class Trainer:
     # -- 4. reject ----------------------------------------------------------------------------------------------
 
     def reject(self, batch: ProposedBatch, scores: Scores) -> list[Acceptance]:
-        """Per prompt: keep the winners under its own weight, and under each extra Dirichlet label."""
+        """Per prompt: the winners under the weight it was generated with, and under each further label.
+
+        A corner row keeps only its own corner's winner: expert k learns from its own samples alone. Other rows
+        add `extra_labels_per_group` Dirichlet draws and, with `labels: corners`, every corner and the uniform
+        weight, each keeping its own winner.
+        """
         m = self.algo.samples_per_prompt
         accepted = []
         for g in range(len(batch.prompts)):
             rows = slice(g * m, (g + 1) * m)
             relative, valid = scores.relative[rows], scores.valid[rows]
-            labels = [(batch.weights[g], bool(batch.explored[g]))]
-            extra = self.rng.dirichlet(
-                np.full(self.k, self.algo.dirichlet_alpha), size=self.algo.extra_labels_per_group
-            )
-            labels += [(w, True) for w in extra]
-            for label, explored in labels:
+            labels = [(batch.weights[g], batch.kinds[g])]
+            if batch.kinds[g] != CORNER:
+                extra = self.rng.dirichlet(
+                    np.full(self.k, self.algo.dirichlet_alpha), size=self.algo.extra_labels_per_group
+                )
+                labels += [(w, DRAW) for w in extra]
+                if self.algo.labels == "corners":
+                    labels += [(corner, CORNER) for corner in self.corner_labels()]
+            for label, kind in labels:
                 kept = select(
                     relative @ label, relative, valid, self.algo.selection, self.algo.top_q, self.algo.ric_quantile
                 )
-                accepted += [Acceptance(g, g * m + int(i), label, explored) for i in kept]
+                accepted += [Acceptance(g, g * m + int(i), label, kind) for i in kept]
         return accepted
+
+    def corner_labels(self) -> list[np.ndarray]:
+        """e_1 … e_K and the uniform weight."""
+        return [*np.eye(self.k), np.full(self.k, 1 / self.k)]
 
     # -- 5. hindsight (policy → preference) ----------------------------------------------------------------------
 
@@ -300,22 +362,20 @@ class Trainer:
         """Set each acceptance's target t and refined weight w*; move z_x toward t. Returns the mean KL."""
         for a in accepted:
             a.target = hindsight_target(scores.relative[a.candidate], self.algo.hindsight_temperature)
-        if self.algo.name == "static":
-            for a in accepted:
-                a.refined = a.label  # the rigid target: train on the weight that was drawn
-            return 0.0
         kls = []
         if self.learnable is not None:
             for g, prompt in enumerate(batch.prompts):
-                own = [a.target for a in accepted if a.group == g and not a.explored]
+                own = [a.target for a in accepted if a.group == g and a.kind == PROPOSAL]
                 if own:
                     kls.append(self.learnable.update(prompt.id, np.mean(own, axis=0), self.algo.weight_lr))
         mix = self.algo.hindsight_mix
         for a in accepted:
-            if a.explored or self.learnable is None:
-                a.refined = (1 - mix) * a.label + mix * a.target
-            else:
+            if a.kind == CORNER or self.algo.name == "static":
+                a.refined = a.label  # a corner label is exact; static keeps the rigid target it drew
+            elif a.kind == PROPOSAL and self.learnable is not None:
                 a.refined = self.learnable.weights([batch.prompts[a.group].id])[0]
+            else:
+                a.refined = (1 - mix) * a.label + mix * a.target
         return float(np.mean(kls)) if kls else 0.0
 
     # -- 6. meta step (outer) -----------------------------------------------------------------------------------
@@ -329,7 +389,7 @@ class Trainer:
             prompts = [by_id[i] for i in self.learnable.logits]
             targets = self.learnable.weights([p.id for p in prompts])
         else:
-            own = [a for a in accepted if not a.explored]
+            own = [a for a in accepted if a.kind == PROPOSAL]
             if not own:
                 return None
             prompts = [batch.prompts[a.group] for a in own]
@@ -346,8 +406,10 @@ class Trainer:
 
     # -- 7. base step (inner) -----------------------------------------------------------------------------------
 
-    def base_step(self, step: int, batch: ProposedBatch, candidates: Candidates, accepted: list[Acceptance]) -> float:
-        """SFT on this iteration's acceptances plus as many replayed earlier ones, conditioned on w*."""
+    def base_step(
+        self, step: int, batch: ProposedBatch, candidates: Candidates, scores: Scores, accepted: list[Acceptance]
+    ) -> FitResult:
+        """This iteration's acceptances (and corner pairs) plus as many replayed earlier ones, conditioned on w*."""
         fresh = [
             ReplayItem(
                 batch.prompts[a.group].id,
@@ -358,26 +420,95 @@ class Trainer:
             )
             for a in accepted
         ]
-        older = list(self.replay)
-        replayed = [older[i] for i in self.rng.permutation(len(older))[: len(fresh)]]
+        items = fresh + self.replayed(self.replay, len(fresh))
         self.replay.extend(fresh)
-        return self.fit(fresh + replayed, self.algo.policy_epochs, self.algo.max_policy_steps)
+        pairs: list[PairItem] = []
+        if "pairwise" in self.algo.base_loss:
+            new_pairs = self.corner_pairs(step, batch, candidates, scores)
+            pairs = new_pairs + self.replayed(self.pair_replay, len(new_pairs))
+            self.pair_replay.extend(new_pairs)
+        if self.algo.base_loss == "pairwise":
+            items = []
+        return self.fit(items, pairs, self.algo.policy_epochs, self.algo.max_policy_steps)
 
-    def fit(self, items: list[ReplayItem], epochs: int, max_steps: int) -> float:
-        losses: list[float] = []
-        for _ in range(epochs):
+    def replayed(self, buffer: deque[Any], count: int) -> list[Any]:
+        older = list(buffer)
+        return [older[i] for i in self.rng.permutation(len(older))[:count]]
+
+    def corner_pairs(self, step: int, batch: ProposedBatch, candidates: Candidates, scores: Scores) -> list[PairItem]:
+        """Per group and pair of objectives (k, j): the best on k preferred under e_k over the best on j, and
+        the reverse under e_j, when the two are different responses."""
+        m, eye = self.algo.samples_per_prompt, np.eye(self.k)
+        pairs = []
+        for g, prompt in enumerate(batch.prompts):
+            rows = slice(g * m, (g + 1) * m)
+            relative, valid = scores.relative[rows], scores.valid[rows]
+            if valid.sum() < 2:
+                continue
+            best = [g * m + int(select(relative[:, k], relative, valid, "best")[0]) for k in range(self.k)]
+            for k in range(self.k):
+                for j in range(k + 1, self.k):
+                    if best[k] == best[j]:
+                        continue
+                    for winner, loser, corner in ((best[k], best[j], k), (best[j], best[k], j)):
+                        pairs.append(
+                            PairItem(
+                                prompt.id,
+                                prompt.text,
+                                candidates.token_ids[winner],
+                                candidates.token_ids[loser],
+                                eye[corner].tolist(),
+                                step,
+                            )
+                        )
+        return pairs
+
+    def fit(self, items: list[ReplayItem], pairs: list[PairItem], epochs: int, max_steps: int) -> FitResult:
+        """Up to `max_steps` AdamW steps, each on one micro-batch of items (SFT) and one of pairs (pairwise)."""
+        item_batches = self.micro_batches(items, epochs, max_steps)
+        pair_batches = self.micro_batches(pairs, epochs, max_steps)
+        sft_losses, pair_losses, margins, totals = [], [], [], []
+        for index in range(max(len(item_batches), len(pair_batches))):
+            loss = torch.zeros((), device=self.policy.device)
+            if index < len(item_batches):
+                chunk = item_batches[index]
+                sft = self.policy.sft_loss(
+                    [item.prompt for item in chunk],
+                    np.array([item.weights for item in chunk]),
+                    [item.response_ids for item in chunk],
+                )
+                sft_losses.append(sft.item())
+                loss = loss + sft
+            if index < len(pair_batches):
+                chunk = pair_batches[index]
+                pairwise, margin = self.policy.pairwise_loss(
+                    [pair.prompt for pair in chunk],
+                    np.array([pair.weights for pair in chunk]),
+                    [pair.chosen_ids for pair in chunk],
+                    [pair.rejected_ids for pair in chunk],
+                    self.algo.pairwise_beta,
+                )
+                pair_losses.append(pairwise.item())
+                margins.append(margin.item())
+                loss = loss + pairwise
+            self.policy_optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), self.algo.max_grad_norm)
+            self.policy_optimizer.step()
+            totals.append(loss.item())
+
+        def mean(values: list[float]) -> float:
+            return float(np.mean(values)) if values else math.nan
+
+        return FitResult(mean(totals), mean(sft_losses), mean(pair_losses), mean(margins), len(totals))
+
+    def micro_batches(self, items: list[Any], epochs: int, max_steps: int) -> list[list[Any]]:
+        """`epochs` reshuffled passes over `items` in micro-batches, at most `max_steps` of them."""
+        batches: list[list[Any]] = []
+        for _ in range(epochs if items else 0):
             order = [items[i] for i in self.rng.permutation(len(items))]
-            for chunk in _chunks(order, self.algo.micro_batch_size):
-                if len(losses) >= max_steps:
-                    break
-                prompts = [self.conditioned(item.prompt, np.asarray(item.weights)) for item in chunk]
-                loss = self.policy.sft_loss(prompts, [item.response_ids for item in chunk])
-                self.policy_optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), self.algo.max_grad_norm)
-                self.policy_optimizer.step()
-                losses.append(loss.item())
-        return float(np.mean(losses)) if losses else math.nan
+            batches += list(_chunks(order, self.algo.micro_batch_size))
+        return batches[:max_steps]
 
     # -- 8. record ----------------------------------------------------------------------------------------------
 
@@ -390,19 +521,29 @@ class Trainer:
         accepted: list[Acceptance],
         weight_loss: float,
         meta_loss: float | None,
-        policy_loss: float,
+        fitted: FitResult,
         timings: dict[str, float],
     ) -> None:
         kept = sorted({a.candidate for a in accepted})
         values: dict[str, float] = {
             "accept_rate": len(kept) / len(candidates.texts),
             "degenerate_rate": float(1 - scores.valid.mean()),
-            "loss/policy": policy_loss,
+            "loss/policy": fitted.loss,
+            "loss/sft": fitted.sft,
+            "loss/pairwise": fitted.pairwise,
+            "train/pairwise_margin": fitted.margin,
+            "train/policy_steps": float(fitted.steps),
+            "train/generated_responses": float(len(candidates.texts)),
+            "train/generated_tokens": float(candidates.new_tokens),
             "loss/weights": weight_loss,
             "replay_size": float(len(self.replay)),
             "throughput/tokens_per_s": candidates.new_tokens / max(timings["time/generate"], 1e-9),
             **timings,
         }
+        values.update(self.label_advantage_correlation(scores, accepted))
+        if self.learnable is not None and self.learnable.logits:
+            values["pref_weight_moved"] = self.learnable.mean_movement()
+            values["pref_weight_updates"] = self.learnable.mean_updates()
         if meta_loss is not None:
             values["loss/meta"] = meta_loss
         learned = self.learnable.weights([p.id for p in batch.prompts]) if self.learnable is not None else None
@@ -443,20 +584,26 @@ class Trainer:
             ],
         )
 
+    def label_advantage_correlation(self, scores: Scores, accepted: list[Acceptance]) -> dict[str, float]:
+        """Per objective k: Spearman, over this iteration's training labels, between the weight w*_k a response is
+        trained under and its advantage on k (relative r_k minus the mean of the others). Near 0: the labels
+        carry no information about w, and nothing can teach the policy to follow it."""
+        if len(accepted) < 3:
+            return {}
+        labels = np.stack([a.refined for a in accepted])
+        relative = scores.relative[[a.candidate for a in accepted]]
+        values = {}
+        for k, name in enumerate(self.names):
+            advantage = relative[:, k] - np.delete(relative, k, axis=1).mean(axis=1)
+            values[f"train/label_advantage_corr/{name}"] = rank_correlation(labels[:, k], advantage)
+        return values
+
     # -- before the loop: calibration, probe set, warm start -------------------------------------------------------
 
     def sample_base(self, prompts: list[Prompt], samples: int) -> tuple[Candidates, np.ndarray, np.ndarray]:
         """Responses under uniform weights, with (raw, oriented) scores."""
-        uniform = ProposedBatch(
-            prompts, np.full((len(prompts), self.k), 1 / self.k), np.zeros(len(prompts), bool), None
-        )
-        texts = [self.conditioned(p.text, w) for p, w in zip(prompts, uniform.weights, strict=True)]
-        out = self.policy.generate(
-            texts, samples, self.algo.max_new_tokens, self.algo.temperature, self.algo.top_p, self.algo.top_k
-        )
-        candidates = Candidates(
-            [t for g in out.texts for t in g], [i for g in out.token_ids for i in g], out.new_tokens
-        )
+        uniform = np.full((len(prompts), self.k), 1 / self.k)
+        candidates = self.sample([p.text for p in prompts], uniform, samples, Sampling.of(self.algo))
         raw, oriented = self.oriented_scores([p.text for p in prompts for _ in range(samples)], candidates.texts)
         return candidates, raw, oriented
 
@@ -464,7 +611,9 @@ class Trainer:
         """μ, σ of each objective on the base policy's own responses; also how the objectives correlate there."""
         count = min(self.algo.calibration_prompts, len(self.train_prompts))
         prompts = [self.train_prompts[i] for i in self.rng.permutation(len(self.train_prompts))[:count]]
-        candidates, _, oriented = self.sample_base(prompts, self.algo.samples_per_prompt)
+        # Its own random stream: the same seed calibrates on the same samples whatever the algorithm.
+        with random_stream(self.config.seed * 7919 + CALIBRATION_STREAM, self.policy.device):
+            candidates, _, oriented = self.sample_base(prompts, self.algo.samples_per_prompt)
         valid = np.array([not is_degenerate(t, self.algo.max_repeated_ngram_share) for t in candidates.texts])
         basis = oriented[valid] if valid.sum() >= 2 else oriented
         self.normalizer = Normalizer.calibrate(self.names, basis, self.algo.clip)
@@ -483,7 +632,8 @@ class Trainer:
         if pairs == 0:
             return
         prompts = [pool[i % len(pool)] for i in range(pairs)]
-        candidates, _, oriented = self.sample_base(prompts, 2)
+        with random_stream(self.config.seed * 7919 + PROBE_STREAM, self.policy.device):
+            candidates, _, oriented = self.sample_base(prompts, 2)
         assert self.normalizer is not None
         self.probe_set = ProbeSet(
             [p.text for p in prompts for _ in range(2)], candidates.token_ids, self.normalizer(oriented)
@@ -508,44 +658,49 @@ class Trainer:
                 )
         self.replay.extend(items)
         steps = math.ceil(len(items) / self.algo.micro_batch_size) * self.algo.warm_start_epochs
-        loss = self.fit(items, self.algo.warm_start_epochs, steps)
+        loss = self.fit(items, [], self.algo.warm_start_epochs, steps).loss
         self.recorder.metrics(0, {"warm_start/samples": float(len(items)), "warm_start/loss": loss})
 
     # -- evaluation ---------------------------------------------------------------------------------------------
 
     def evaluate(self, step: int) -> EvaluationResult:
-        """Grid of weights × held-out prompts → front, hypervolume, controllability, plus the probe.
+        """Evaluate on the run's held-out prompts and record the result."""
+        cfg = self.config.eval
+        result = self.evaluation(self.eval_prompts[: cfg.prompts], cfg.samples_per_weight, step)
+        self.recorder.evaluation(result)
+        self.recorder.metrics(step, result.metrics())
+        return result
 
-        Runs on its own seeded RNG stream so that evaluating does not change the training that follows.
+    def evaluation(self, prompts: list[Prompt], samples_per_weight: int, step: int) -> EvaluationResult:
+        """Grid of weights × prompts → front, hypervolume, controllability (per response, over the grid, and a
+        shuffled-weights null), degenerate share, the probe, and how well the net's auto weights fit.
+
+        Runs on its own seeded random stream, so that evaluating does not change the training that follows and
+        the same seed and step sample alike whatever the algorithm. Records nothing.
         """
         assert self.normalizer is not None
         cfg = self.config.eval
         grid = weight_grid(self.k, cfg.grid_points, cfg.lattice_divisions)
-        prompts = self.eval_prompts[: cfg.prompts]
         jobs = [(p, w) for w in grid for p in prompts]
-        with torch.random.fork_rng(devices=[self.policy.device] if self.policy.device.type == "cuda" else []):
-            torch.manual_seed(self.config.seed * 100_003 + step)
-            texts: list[str] = []
+        sampling = Sampling.of(self.algo, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+        texts: list[str] = []
+        with random_stream(self.config.seed * EVALUATION_STREAM + step, self.policy.device):
             for chunk in _chunks(jobs, 64):
-                out = self.policy.generate(
-                    [self.conditioned(p.text, w) for p, w in chunk],
-                    cfg.samples_per_weight,
-                    cfg.max_new_tokens or self.algo.max_new_tokens,
-                    cfg.temperature,
-                    self.algo.top_p,
-                    self.algo.top_k,
-                )
-                texts += [t for group in out.texts for t in group]
-        n = cfg.samples_per_weight
+                texts += self.sample(
+                    [p.text for p, _ in chunk], np.stack([w for _, w in chunk]), samples_per_weight, sampling
+                ).texts
+        n = samples_per_weight
         asked = np.repeat(np.stack([w for _, w in jobs]), n, axis=0)
         raw, oriented = self.oriented_scores([p.text for p, _ in jobs for _ in range(n)], texts)
+        normalized = self.normalizer(oriented)
+        valid = np.array([not is_degenerate(t, self.algo.max_repeated_ngram_share) for t in texts])
         reference = np.asarray(cfg.reference_point or [-self.algo.clip] * self.k, dtype=np.float64)
-        result = summarize(step, self.names, grid, asked, self.normalizer(oriented), raw, reference, self.probe())
-        self.recorder.evaluation(result)
-        metrics = {"eval/hypervolume": result.hypervolume}
-        metrics.update({f"eval/controllability/{n}": v for n, v in result.controllability.items()})
-        metrics.update({f"eval/probe/{n}": v for n, v in result.probe.items()})
-        self.recorder.metrics(step, metrics)
+        result = summarize(step, self.names, grid, asked, normalized, raw, reference, self.probe(), valid, seed=step)
+        if self.net is not None:
+            prompt_rows = np.tile(np.repeat(np.arange(len(prompts)), n), len(grid))
+            result.auto_weights = auto_weight_fit(
+                normalized, prompt_rows, self.net_weights(prompts), self.algo.hindsight_temperature
+            )
         return result
 
     def probe(self) -> dict[str, float]:
@@ -563,8 +718,8 @@ class Trainer:
             low = (1 - high) / (self.k - 1)
             shift = np.zeros(len(probe.prompts))
             for sign, weights in ((1.0, high), (-1.0, low)):
-                texts = [self.conditioned(p, weights) for p in probe.prompts]
-                shift += sign * np.asarray(self.policy.score_logprobs(texts, probe.response_ids))
+                rows = np.tile(weights, (len(probe.prompts), 1))
+                shift += sign * np.asarray(self.policy.score_logprobs(probe.prompts, rows, probe.response_ids))
             others = np.delete(probe.relative, k, axis=1).mean(axis=1)
             advantage = probe.relative[:, k] - others
             result[name] = linear_correlation(shift[0::2] - shift[1::2], advantage[0::2] - advantage[1::2])
@@ -581,6 +736,8 @@ class Trainer:
             "learnable": self.learnable.state_dict() if self.learnable is not None else None,
             "normalizer": self.normalizer.state_dict() if self.normalizer is not None else None,
             "replay": [asdict(item) for item in self.replay],
+            "pair_replay": [asdict(pair) for pair in self.pair_replay],
+            "corner_turn": self._corner_turn,
             # Batch composition changes padding and so the last bits of an embedding: keep them for exact resume.
             "embeddings": self._embeddings,
             "probe_set": asdict(self.probe_set) if self.probe_set is not None else None,
@@ -606,6 +763,10 @@ class Trainer:
         self.normalizer = Normalizer.from_state_dict(state["normalizer"]) if state["normalizer"] else None
         self._embeddings = dict(state["embeddings"])
         self.replay = deque((ReplayItem(**item) for item in state["replay"]), maxlen=self.algo.replay_size)
+        self.pair_replay = deque(
+            (PairItem(**pair) for pair in state.get("pair_replay", [])), maxlen=self.algo.replay_size
+        )
+        self._corner_turn = int(state.get("corner_turn", 0))
         probe = state["probe_set"]
         self.probe_set = (
             ProbeSet(probe["prompts"], probe["response_ids"], np.asarray(probe["relative"])) if probe else None

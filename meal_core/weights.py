@@ -63,6 +63,8 @@ class LearnableWeights:
     def __init__(self, num_objectives: int) -> None:
         self.num_objectives = num_objectives
         self.logits: dict[str, np.ndarray] = {}
+        self.initial: dict[str, np.ndarray] = {}  # softmax(z_x) when x was first seen
+        self.updates: dict[str, int] = {}  # hindsight steps z_x has taken
 
     def __contains__(self, prompt_id: str) -> bool:
         return prompt_id in self.logits
@@ -70,6 +72,8 @@ class LearnableWeights:
     def ensure(self, prompt_id: str, initial_weights: np.ndarray) -> None:
         if prompt_id not in self.logits:
             self.logits[prompt_id] = np.log(np.clip(initial_weights, 1e-6, None))
+            self.initial[prompt_id] = softmax(self.logits[prompt_id])
+            self.updates[prompt_id] = 0
 
     def weights(self, prompt_ids: Sequence[str]) -> np.ndarray:
         return softmax(np.stack([self.logits[p] for p in prompt_ids]))
@@ -80,10 +84,29 @@ class LearnableWeights:
         current = softmax(z)
         kl = float((target * (np.log(np.clip(target, 1e-12, None)) - np.log(current))).sum())
         self.logits[prompt_id] = z - lr * (current - target)
+        self.updates[prompt_id] += 1
         return kl
 
+    def mean_movement(self) -> float:
+        """How far the learned weights have moved from where they started: mean total-variation distance
+        ½‖softmax(z_x) − softmax(z_x⁰)‖₁ over the prompts that took at least one hindsight step."""
+        moved = [p for p, n in self.updates.items() if n]
+        if not moved:
+            return 0.0
+        return float(np.mean([0.5 * np.abs(softmax(self.logits[p]) - self.initial[p]).sum() for p in moved]))
+
+    def mean_updates(self) -> float:
+        """Hindsight steps per prompt seen."""
+        return float(np.mean(list(self.updates.values()))) if self.updates else 0.0
+
     def state_dict(self) -> dict[str, Any]:
-        return {"logits": {k: v.tolist() for k, v in self.logits.items()}}
+        return {
+            "logits": {k: v.tolist() for k, v in self.logits.items()},
+            "initial": {k: v.tolist() for k, v in self.initial.items()},
+            "updates": dict(self.updates),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.logits = {k: np.asarray(v, dtype=np.float64) for k, v in state["logits"].items()}
+        self.initial = {k: np.asarray(v, dtype=np.float64) for k, v in state["initial"].items()}
+        self.updates = {k: int(v) for k, v in state["updates"].items()}

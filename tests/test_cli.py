@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_run_config
+from helpers import tiny_run_config
 
 from meal_core.cli import main
 from meal_core.recorder import read_jsonl
@@ -30,16 +30,41 @@ def test_train_eval_generate(tiny_model_dir: Path, tmp_path: Path, capsys: pytes
     assert {"step", "key", "value", "time"} == set(rows[0])
     assert "2/2 iterations" in capsys.readouterr().err
 
+    recorded = {name: (run / name).read_bytes() for name in ("metrics.jsonl", "samples.jsonl", "evaluations.jsonl")}
     assert main(["eval", str(run)]) == 0
     out = capsys.readouterr().out
-    assert "hypervolume" in out and "controllability" in out
-    assert [e["step"] for e in read_jsonl(run / "evaluations.jsonl")] == [0, 2, 2]
+    assert "hypervolume" in out and "controllability" in out and "null p95" in out
+
+    # Any prompt file, as JSON: one object with every figure; the run's records are left as they were.
+    prompts = tmp_path / "mine.txt"
+    prompts.write_text("Describe a quiet morning.\n\nWhy is the sea salty?\n")
+    assert main(["eval", str(run), "--prompts", str(prompts), "--samples-per-weight", "2", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    keys = {"hypervolume", "controllability", "controllability_grid", "controllability_null", "degenerate_share"}
+    assert keys | {"points"} <= set(summary)
+    assert summary["responses"] == 2 * 3 * 2  # prompts × grid points × samples
+    assert set(summary["controllability_null"]) == {"positivity", "readability"}
+    assert [p["weights"] for p in summary["points"]] == [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]
+    assert {name: (run / name).read_bytes() for name in recorded} == recorded
+    jsonl = tmp_path / "mine.jsonl"
+    jsonl.write_text('{"prompt": "Name a fruit."}\n')
+    assert main(["eval", str(run), "--prompts", str(jsonl), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["responses"] == 1 * 3 * 2  # eval.samples_per_weight: 2
+    assert main(["eval", str(run), "--prompts", str(tmp_path / "missing.txt")]) == 2
+    assert "prompt file not found" in capsys.readouterr().err
+    assert main(["eval", str(run), "--samples-per-weight", "0"]) == 2
+    assert "--samples-per-weight: must be at least 1" in capsys.readouterr().err
 
     assert main(["generate", str(run), "--prompt", "Describe a quiet morning.", "--weights", "0.3,0.7"]) == 0
     out = capsys.readouterr().out
     assert "weights: positivity=0.30, readability=0.70" in out
     assert main(["generate", str(run), "--prompt", "Describe rain.", "--weights", "auto", "--samples", "2"]) == 0
     assert capsys.readouterr().out.count("---") == 2
+    seeded = ["generate", str(run), "--prompt", "Describe rain.", "--weights", "1,0", "--seed", "3", "--samples", "2"]
+    assert main(seeded) == 0
+    first = capsys.readouterr().out
+    assert main(seeded) == 0
+    assert capsys.readouterr().out == first
 
 
 def test_resume_extends_a_run(tiny_model_dir: Path, tmp_path: Path) -> None:

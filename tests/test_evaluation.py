@@ -10,10 +10,12 @@ import pytest
 
 from meal_core.evaluation import (
     EvaluationResult,
+    auto_weight_fit,
     hypervolume,
     linear_correlation,
     pareto_mask,
     rank_correlation,
+    shuffled_null,
     summarize,
     weight_grid,
 )
@@ -216,3 +218,51 @@ def test_summarize_three_objectives_lattice() -> None:
         np.testing.assert_allclose(point.rewards, w * 2 - 1, atol=0.02)
     assert all(v > 0.8 for v in result.controllability.values())
     assert result.hypervolume > 0
+
+
+def test_controllability_three_ways_on_a_policy_that_follows_and_one_that_does_not() -> None:
+    grid = weight_grid(2, 11, 4)
+    asked = np.repeat(grid, 24, axis=0)  # 24 responses per grid point: 264, as the demo evaluates
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0.0, 1.0, size=(len(asked), 2))
+    follows = asked * 2.0 + noise  # reward rises with the weight asked for it
+    blind = noise  # the weights change nothing
+    valid = np.ones(len(asked), dtype=bool)
+    valid[:13] = False
+    ref = np.array([-3.0, -3.0])
+    steering = summarize(5, ["a", "b"], grid, asked, follows, follows, ref, {}, valid, seed=1)
+    for name in ("a", "b"):
+        assert steering.controllability[name] > 0.4
+        assert steering.controllability_grid[name] > 0.9
+        assert 0.05 < steering.controllability_null[name] < 0.2  # chance level on 264 responses
+    assert steering.degenerate_share == pytest.approx(13 / 264)
+    assert steering.responses == 264
+    weight_blind = summarize(5, ["a", "b"], grid, asked, blind, blind, ref, {}, valid, seed=1)
+    for name in ("a", "b"):
+        assert abs(weight_blind.controllability[name]) < weight_blind.controllability_null[name]
+    metrics = steering.metrics()
+    expected = {"eval/hypervolume", "eval/degenerate_share", "eval/controllability/a", "eval/controllability_grid/b"}
+    assert expected | {"eval/controllability_null/a"} <= set(metrics)
+    assert metrics["eval/controllability_grid/a"] == steering.controllability_grid["a"]
+
+
+def test_shuffled_null_is_seeded_and_an_upper_quantile() -> None:
+    asked = np.linspace(0, 1, 100)
+    obtained = np.random.default_rng(3).normal(size=100)
+    first, again = shuffled_null(asked, obtained, seed=4), shuffled_null(asked, obtained, seed=4)
+    assert first == again
+    assert 0.1 < first < 0.3  # |ρ| of 100 unrelated pairs: 95th percentile near 1.96 / √99 ≈ 0.2
+
+
+def test_auto_weight_fit_hand_computed() -> None:
+    # Two prompts, two responses each: prompt 0's responses do better on objective 0, prompt 1's on objective 1.
+    normalized = np.array([[1.0, -1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, 1.0]])
+    rows = np.array([0, 0, 1, 1])
+    target = np.exp([2.0, 0.0]) / np.exp([2.0, 0.0]).sum()  # softmax((1, -1) / 1)
+    net = np.array([[0.8, 0.2], [0.2, 0.8]])
+    fit = auto_weight_fit(normalized, rows, net, temperature=1.0)
+    kl_uniform = float((target * np.log(target / 0.5)).sum())
+    kl_net = float((target * np.log(target / net[0])).sum())
+    assert fit["kl_uniform"] == pytest.approx(kl_uniform)
+    assert fit["kl_net"] == pytest.approx(kl_net)
+    assert fit["kl_net"] < fit["kl_uniform"]  # a net that leans the right way beats uniform

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_tokenizer, tiny_llama_config
+from helpers import build_tiny_tokenizer, tiny_llama_config
 
 from meal_core.config import RelevanceObjective, parse_config
 from meal_core.objectives import Objective, ObjectiveError, build_objective, build_objectives
@@ -18,7 +18,7 @@ from meal_core.objectives.base import Objective as BaseObjective
 from meal_core.objectives.hf_classifier import HFClassifierScorer, parse_output_spec
 from meal_core.objectives.python_function import PythonScorer, import_function
 from meal_core.objectives.relevance import RelevanceScorer
-from meal_core.objectives.text_scorers import BrevityScorer, ReadabilityScorer, SentimentScorer
+from meal_core.objectives.text_scorers import BrevityScorer, CoverageScorer, ReadabilityScorer, SentimentScorer
 
 PROMPTS = [
     "How do I cook rice so it comes out fluffy?",
@@ -129,6 +129,33 @@ def test_brevity_words_and_characters() -> None:
     assert words.tolist() == [-3.0, -2.0, -0.0, -4.0]
     chars = BrevityScorer("short", unit="characters").score(["p"] * 4, responses)
     assert chars.tolist() == [-13.0, -16.0, -0.0, -7.0]
+
+
+def test_coverage_counts_distinct_content_words() -> None:
+    responses = [
+        "Water the basil daily; basil loves sun and water.",
+        "It is what it is, and so on.",
+        "",
+        "Use a pot, a pot, a POT!",
+    ]
+    scores = CoverageScorer("coverage").score(["p"] * 4, responses)
+    # water, basil, daily, loves, sun — each once; "the", "and" are function words.
+    assert scores.tolist() == [5.0, 0.0, 0.0, 2.0]  # use, pot
+    assert CoverageScorer("coverage", min_letters=4).score(["p"], responses[:1]).tolist() == [4.0]  # not "sun"
+
+
+def test_objective_types_come_from_the_config_union() -> None:
+    from typing import get_args
+
+    from meal_core.config import OBJECTIVE_TYPES, ObjectiveConfig
+
+    members = get_args(get_args(ObjectiveConfig)[0])
+    assert len(OBJECTIVE_TYPES) == len(members) and "coverage" in OBJECTIVE_TYPES
+    for kind in OBJECTIVE_TYPES:  # every type the config accepts builds (python needs a function)
+        if kind in ("hf_classifier", "python", "relevance"):
+            continue
+        pair = [{"name": "a", "type": kind}, {"name": "b", "type": kind}]
+        assert build_objective(parse_config({"objectives": pair}).objectives[0]).name == "a"
 
 
 # -- relevance (real MiniLM, offline) ------------------------------------------------------------------------------

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from helpers import randomize_lora
 
-from meal_core.conditioning import conditioned_prompt
 from meal_core.config import LoraConfig, ModelConfig
-from meal_core.policy import Generation, ModelLoadError, Policy, resolve_device, resolve_model_path
+from meal_core.policy import Generation, ModelLoadError, Policy, Sampling, resolve_device, resolve_model_path
 
 NAMES = ["positivity", "readability"]
 QUESTIONS = [
@@ -20,21 +21,17 @@ QUESTIONS = [
 ]
 
 
+WEIGHTS = np.array([[0.3, 0.7], [1.0, 0.0], [0.5, 0.5], [0.05, 0.95]])
+
+
 def _policy(model_dir: Path, **model_options: object) -> Policy:
-    return Policy(ModelConfig(name_or_path=str(model_dir), device="cpu", **model_options), LoraConfig(r=4, alpha=8))
+    """The text-tag policy: one adapter reads the weights from the prompt (experts: tests/test_steering.py)."""
+    options = {"conditioning": "tag", **model_options}
+    return Policy(ModelConfig(name_or_path=str(model_dir), device="cpu", **options), LoraConfig(r=4, alpha=8), NAMES)
 
 
-def _randomize_lora(policy: Policy, seed: int) -> None:
-    """LoRA B starts at zero (a no-op adapter); give every adapter weight random values so it matters."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in policy.model.named_parameters():
-            if "lora_" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
-
-
-def _logits(policy: Policy, text: str) -> torch.Tensor:
-    ids = torch.tensor([policy.encode_prompt(text)])
+def _logits(policy: Policy, prompt: str, weights: np.ndarray = WEIGHTS[0]) -> torch.Tensor:
+    ids = torch.tensor([policy.encode_prompt(policy.prompt_text(prompt, weights))])
     policy.model.eval()
     with torch.no_grad():
         return policy.model(input_ids=ids).logits[0]
@@ -51,14 +48,17 @@ def lively(tiny_model_dir: Path) -> Policy:
     """Random adapter weights: greedy continuations then depend on the prompt (the bare tiny model repeats one
     token whatever it is given, which would make comparisons of generations trivially true)."""
     policy = _policy(tiny_model_dir)
-    _randomize_lora(policy, seed=5)
+    randomize_lora(policy, seed=5)
     return policy
 
 
 @pytest.fixture(scope="module")
-def prompts(policy: Policy) -> list[str]:
-    weights = [[0.3, 0.7], [1.0, 0.0], [0.5, 0.5], [0.05, 0.95]]
-    return [conditioned_prompt(policy.tokenizer, q, NAMES, w) for q, w in zip(QUESTIONS, weights, strict=True)]
+def prompts() -> list[str]:
+    return list(QUESTIONS)
+
+
+def greedy(tokens: int) -> Sampling:
+    return Sampling(max_new_tokens=tokens, do_sample=False)
 
 
 # -- loading -----------------------------------------------------------------------------------------------------
@@ -91,7 +91,7 @@ def test_folder_without_config_json(tmp_path: Path) -> None:
 
 def test_unreachable_hub_id_offline() -> None:
     with pytest.raises(ModelLoadError, match=r"^model\.name_or_path: cannot load 'no-such-org/no-such-model'"):
-        Policy(ModelConfig(name_or_path="no-such-org/no-such-model", device="cpu"), LoraConfig())
+        Policy(ModelConfig(name_or_path="no-such-org/no-such-model", device="cpu"), LoraConfig(), NAMES)
 
 
 def test_resolve_model_path_passes_hub_ids_through(tiny_model_dir: Path) -> None:
@@ -104,6 +104,7 @@ def test_bad_lora_target_modules(tiny_model_dir: Path) -> None:
         Policy(
             ModelConfig(name_or_path=str(tiny_model_dir), device="cpu"),
             LoraConfig(target_modules=["q_proj", "attn_c", "nope"]),
+            NAMES,
         )
 
 
@@ -140,11 +141,11 @@ def test_encode_response_appends_eos(policy: Policy) -> None:
 
 
 def test_batched_greedy_generation_equals_one_at_a_time(lively: Policy, prompts: list[str]) -> None:
-    lengths = [len(lively.encode_prompt(p)) for p in prompts]
+    lengths = [len(lively.encode_prompt(lively.prompt_text(p, w))) for p, w in zip(prompts, WEIGHTS, strict=True)]
     assert len(set(lengths)) == len(lengths), "prompts of different lengths exercise left padding"
-    batched = lively.generate(prompts, num_return_sequences=1, max_new_tokens=16, do_sample=False)
+    batched = lively.generate(prompts, WEIGHTS, 1, greedy(16))
     for i, prompt in enumerate(prompts):
-        alone = lively.generate([prompt], num_return_sequences=1, max_new_tokens=16, do_sample=False)
+        alone = lively.generate([prompt], WEIGHTS[i : i + 1], 1, greedy(16))
         assert batched.token_ids[i] == alone.token_ids[0], f"prompt {i} (length {lengths[i]})"
         assert batched.texts[i] == alone.texts[0]
     # Different prompts lead somewhere different, and continuations vary: the comparison is not trivially true.
@@ -154,8 +155,8 @@ def test_batched_greedy_generation_equals_one_at_a_time(lively: Policy, prompts:
 
 def test_greedy_with_several_return_sequences_repeats_the_one_decode(lively: Policy, prompts: list[str]) -> None:
     # Regression: transformers refuses num_return_sequences > 1 without sampling (`meal generate --greedy`).
-    out = lively.generate(prompts[:3], num_return_sequences=2, max_new_tokens=8, do_sample=False)
-    single = lively.generate(prompts[:3], num_return_sequences=1, max_new_tokens=8, do_sample=False)
+    out = lively.generate(prompts[:3], WEIGHTS[:3], 2, greedy(8))
+    single = lively.generate(prompts[:3], WEIGHTS[:3], 1, greedy(8))
     assert len(out.token_ids) == 3
     for group, texts, reference in zip(out.token_ids, out.texts, single.token_ids, strict=True):
         assert group == [reference[0], reference[0]]
@@ -165,7 +166,7 @@ def test_greedy_with_several_return_sequences_repeats_the_one_decode(lively: Pol
 
 def test_generate_returns_b_groups_of_m(policy: Policy, prompts: list[str]) -> None:
     torch.manual_seed(0)
-    out = policy.generate(prompts[:3], num_return_sequences=4, max_new_tokens=6, temperature=1.5, top_p=1.0)
+    out = policy.generate(prompts[:3], WEIGHTS[:3], 4, Sampling(max_new_tokens=6, temperature=1.5, top_p=1.0))
     assert isinstance(out, Generation)
     assert len(out.texts) == 3 and all(len(group) == 4 for group in out.texts)
     assert len(out.token_ids) == 3 and all(len(group) == 4 for group in out.token_ids)
@@ -194,7 +195,7 @@ def test_token_ids_end_at_eos_when_produced(tiny_model_dir: Path, prompts: list[
     policy = _eos_prone_policy(tiny_model_dir)
     eos, pad = policy.tokenizer.eos_token_id, policy.tokenizer.pad_token_id
     torch.manual_seed(3)
-    out = policy.generate(prompts, num_return_sequences=6, max_new_tokens=12)
+    out = policy.generate(prompts, WEIGHTS, 6, Sampling(max_new_tokens=12))
     stopped_early = 0
     for texts, group in zip(out.texts, out.token_ids, strict=True):
         for text, ids in zip(texts, group, strict=True):
@@ -213,7 +214,7 @@ def test_token_ids_end_at_eos_when_produced(tiny_model_dir: Path, prompts: list[
 def test_min_new_tokens_suppresses_eos(tiny_model_dir: Path, prompts: list[str]) -> None:
     policy = _eos_prone_policy(tiny_model_dir)
     torch.manual_seed(3)
-    out = policy.generate(prompts[:2], num_return_sequences=3, max_new_tokens=10, min_new_tokens=10)
+    out = policy.generate(prompts[:2], WEIGHTS[:2], 3, Sampling(max_new_tokens=10, min_new_tokens=10))
     assert all(len(ids) == 10 for group in out.token_ids for ids in group)
     assert out.new_tokens == 2 * 3 * 10
 
@@ -221,9 +222,9 @@ def test_min_new_tokens_suppresses_eos(tiny_model_dir: Path, prompts: list[str])
 # -- likelihood ---------------------------------------------------------------------------------------------------
 
 
-def _manual_logprobs(policy: Policy, prompt: str, response: list[int]) -> tuple[float, int]:
+def _manual_logprobs(policy: Policy, prompt: str, weights: np.ndarray, response: list[int]) -> tuple[float, int]:
     """Sum of log p(response token | everything before it), computed on the unpadded sequence alone."""
-    prompt_ids = policy.encode_prompt(prompt)
+    prompt_ids = policy.encode_prompt(policy.prompt_text(prompt, weights))
     ids = torch.tensor([prompt_ids + response])
     with torch.no_grad():
         logprobs = torch.log_softmax(policy.model(input_ids=ids).logits[0].float(), dim=-1)
@@ -236,26 +237,26 @@ def _manual_logprobs(policy: Policy, prompt: str, response: list[int]) -> tuple[
 
 def test_sft_loss_counts_only_response_tokens(tiny_model_dir: Path, prompts: list[str]) -> None:
     policy = _policy(tiny_model_dir)
-    _randomize_lora(policy, seed=1)
+    randomize_lora(policy, seed=1)
     responses = [
         policy.encode_response("Rinse the rice first."),
         policy.encode_response("Plants use light."),
         policy.encode_response("Yes"),
     ]
     batch_prompts = prompts[:3]
-    manual = [_manual_logprobs(policy, p, r) for p, r in zip(batch_prompts, responses, strict=True)]
+    manual = [_manual_logprobs(policy, p, w, r) for p, w, r in zip(batch_prompts, WEIGHTS, responses, strict=False)]
     expected = -sum(t for t, _ in manual) / sum(n for _, n in manual)
 
-    loss = policy.sft_loss(batch_prompts, responses)
+    loss = policy.sft_loss(batch_prompts, WEIGHTS[:3], responses)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
-    sums, counts = policy.completion_logprobs(batch_prompts, responses)
+    sums, counts = policy.completion_logprobs(batch_prompts, WEIGHTS[:3], responses)
     assert counts.tolist() == [len(r) for r in responses]
     for value, (total, _) in zip(sums.tolist(), manual, strict=True):
         assert value == pytest.approx(total, rel=1e-5)
 
     # Counting prompt tokens too would give a different number.
-    full_ids = torch.tensor([policy.encode_prompt(batch_prompts[0]) + responses[0]])
+    full_ids = torch.tensor([policy.encode_prompt(policy.prompt_text(batch_prompts[0], WEIGHTS[0])) + responses[0]])
     with torch.no_grad():
         everything = policy.model(input_ids=full_ids, labels=full_ids).loss.item()
     assert everything != pytest.approx(-manual[0][0] / manual[0][1], rel=1e-3)
@@ -264,7 +265,7 @@ def test_sft_loss_counts_only_response_tokens(tiny_model_dir: Path, prompts: lis
 def test_sft_loss_backward_reaches_only_lora(tiny_model_dir: Path, prompts: list[str]) -> None:
     policy = _policy(tiny_model_dir)
     responses = [policy.encode_response("Rinse the rice first."), policy.encode_response("Plants use light.")]
-    loss = policy.sft_loss(prompts[:2], responses)
+    loss = policy.sft_loss(prompts[:2], WEIGHTS[:2], responses)
     loss.backward()
     lora_b_grads = []
     for name, parameter in policy.model.named_parameters():
@@ -284,7 +285,7 @@ def test_sft_step_lowers_the_loss(tiny_model_dir: Path, prompts: list[str]) -> N
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-2)
     losses = []
     for _ in range(5):
-        loss = policy.sft_loss(prompts[:2], responses)
+        loss = policy.sft_loss(prompts[:2], WEIGHTS[:2], responses)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -294,11 +295,11 @@ def test_sft_step_lowers_the_loss(tiny_model_dir: Path, prompts: list[str]) -> N
 
 def test_score_logprobs_matches_completion_logprobs_in_any_batch(policy: Policy, prompts: list[str]) -> None:
     responses = [policy.encode_response(t) for t in ("A", "Rinse the rice first.", "Plants use light.", "Yes")]
-    one_by_one = policy.score_logprobs(prompts, responses, batch_size=1)
-    together = policy.score_logprobs(prompts, responses, batch_size=16)
+    one_by_one = policy.score_logprobs(prompts, WEIGHTS, responses, batch_size=1)
+    together = policy.score_logprobs(prompts, WEIGHTS, responses, batch_size=16)
     assert together == pytest.approx(one_by_one, rel=1e-5)
-    for value, prompt, response in zip(together, prompts, responses, strict=True):
-        assert value == pytest.approx(_manual_logprobs(policy, prompt, response)[0], rel=1e-5)
+    for value, prompt, weights, response in zip(together, prompts, WEIGHTS, responses, strict=True):
+        assert value == pytest.approx(_manual_logprobs(policy, prompt, weights, response)[0], rel=1e-5)
     assert all(v < 0 for v in together)
 
 
@@ -319,7 +320,7 @@ def test_embed_prompts_ignores_lora(tiny_model_dir: Path, prompts: list[str]) ->
     policy = _policy(tiny_model_dir)
     before = policy.embed_prompts(prompts, batch_size=2)
     logits_before = _logits(policy, prompts[1])
-    _randomize_lora(policy, seed=2)
+    randomize_lora(policy, seed=2)
     # The adapter now changes the model's outputs…
     assert not torch.allclose(_logits(policy, prompts[1]), logits_before, atol=1e-3)
     # …but not the embeddings, which use the base model with adapters off.
@@ -334,9 +335,9 @@ def test_embed_prompts_ignores_lora(tiny_model_dir: Path, prompts: list[str]) ->
 
 def test_save_and_load_adapter_round_trip(tiny_model_dir: Path, tmp_path: Path, prompts: list[str]) -> None:
     trained = _policy(tiny_model_dir)
-    _randomize_lora(trained, seed=3)
+    randomize_lora(trained, seed=3)
     expected = _logits(trained, prompts[2])
-    greedy = trained.generate(prompts[:2], 1, 8, do_sample=False).token_ids
+    greedy_ids = trained.generate(prompts[:2], WEIGHTS[:2], 1, greedy(8)).token_ids
     trained.save_adapter(tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
@@ -345,7 +346,7 @@ def test_save_and_load_adapter_round_trip(tiny_model_dir: Path, tmp_path: Path, 
     assert not torch.allclose(_logits(fresh, prompts[2]), expected, atol=1e-3)
     fresh.load_adapter(tmp_path / "adapter")
     torch.testing.assert_close(_logits(fresh, prompts[2]), expected, atol=1e-6, rtol=1e-6)
-    assert fresh.generate(prompts[:2], 1, 8, do_sample=False).token_ids == greedy
+    assert fresh.generate(prompts[:2], WEIGHTS[:2], 1, greedy(8)).token_ids == greedy_ids
     # Still trainable after loading.
     assert all("lora_" in n for n, p in fresh.model.named_parameters() if p.requires_grad)
     assert len(fresh.trainable_parameters()) == len(trained.trainable_parameters())

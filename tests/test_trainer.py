@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_run_config
+from helpers import tiny_run_config
 
 from meal_core.recorder import JsonlRecorder, NullRecorder, read_jsonl
-from meal_core.trainer import Trainer
+from meal_core.trainer import CORNER, DRAW, PROPOSAL, Trainer
 from meal_core.weights import softmax
 
 NONDETERMINISTIC_KEYS = ("time/", "throughput/")
@@ -43,7 +43,7 @@ def test_hindsight_moves_learnable_weights_toward_targets(prepared: Trainer) -> 
     prepared.hindsight(batch, scores, accepted)
     moved = 0
     for g, prompt in enumerate(batch.prompts):
-        own = [a.target for a in accepted if a.group == g and not a.explored]
+        own = [a.target for a in accepted if a.group == g and a.kind == PROPOSAL]
         if not own:
             continue
         target = np.mean(own, axis=0)
@@ -77,13 +77,14 @@ def test_base_step_lowers_the_nll_of_accepted_samples(prepared: Trainer) -> None
     prepared.hindsight(batch, scores, accepted)
 
     def accepted_nll() -> float:
-        prompts = [prepared.conditioned(batch.prompts[a.group].text, a.refined) for a in accepted]
+        prompts = [batch.prompts[a.group].text for a in accepted]
+        weights = np.stack([a.refined for a in accepted])
         responses = [candidates.token_ids[a.candidate] for a in accepted]
-        return -float(np.mean(prepared.policy.score_logprobs(prompts, responses)))
+        return -float(np.mean(prepared.policy.score_logprobs(prompts, weights, responses)))
 
     before = accepted_nll()
-    loss = prepared.base_step(1, batch, candidates, accepted)
-    assert np.isfinite(loss)
+    fitted = prepared.base_step(1, batch, candidates, scores, accepted)
+    assert np.isfinite(fitted.loss) and fitted.steps > 0
     assert accepted_nll() < before
     assert len(prepared.replay) == len(accepted)
 
@@ -111,15 +112,22 @@ def test_static_trains_on_the_drawn_weight(prepared: Trainer, tiny_model_dir: Pa
     trainer = Trainer(tiny_run_config(tiny_model_dir, algorithm__name="static"), tmp_path / "static")
     trainer.calibrate()
     batch = trainer.propose()
-    assert batch.explored.all()
+    corners = batch.kinds.count(CORNER)
+    assert corners == round(trainer.algo.corner_share * len(batch.prompts))
+    assert batch.kinds[corners:] == [DRAW] * (len(batch.prompts) - corners)
     scores = trainer.score(trainer.generate(batch), batch)
     accepted = trainer.reject(batch, scores)
     trainer.hindsight(batch, scores, accepted)
     assert all(np.array_equal(a.refined, a.label) for a in accepted)
 
 
-def test_resume_is_exact(tiny_model_dir: Path, tmp_path: Path) -> None:
-    config = tiny_run_config(tiny_model_dir)
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"model__conditioning": "tag"}, {"algorithm__base_loss": "sft+pairwise", "lora__shared": True}],
+    ids=["experts", "tag", "pairwise-shared"],
+)
+def test_resume_is_exact(tiny_model_dir: Path, tmp_path: Path, overrides: dict[str, object]) -> None:
+    config = tiny_run_config(tiny_model_dir, **overrides)
     straight = tmp_path / "straight"
     Trainer(config, straight, JsonlRecorder(straight)).train(4)
 
@@ -131,7 +139,10 @@ def test_resume_is_exact(tiny_model_dir: Path, tmp_path: Path) -> None:
 
     assert deterministic_metrics(split) == deterministic_metrics(straight)
     assert read_jsonl(split / "samples.jsonl") == read_jsonl(straight / "samples.jsonl")
-    assert (split / "checkpoints" / "iter-000004" / "adapter" / "adapter_config.json").is_file()
+    adapter = split / "checkpoints" / "iter-000004" / "adapter"
+    assert (adapter / "mixing.json").is_file()
+    folders = [adapter] if config.model.conditioning == "tag" else [adapter / a for a in resumed.policy.adapters]
+    assert all((folder / "adapter_config.json").is_file() for folder in folders)
 
 
 class StopAfter(NullRecorder):

@@ -7,7 +7,7 @@ from meal_core.objectives.base import Objective, ObjectiveError
 from meal_core.objectives.hf_classifier import HFClassifierScorer
 from meal_core.objectives.python_function import PythonScorer
 from meal_core.objectives.relevance import RelevanceScorer
-from meal_core.objectives.text_scorers import BrevityScorer, ReadabilityScorer, SentimentScorer
+from meal_core.objectives.text_scorers import BrevityScorer, CoverageScorer, ReadabilityScorer, SentimentScorer
 
 __all__ = ["Objective", "ObjectiveError", "build_objective", "build_objectives"]
 
@@ -21,6 +21,8 @@ def build_objective(config: ObjectiveConfig, device: str = "cpu") -> Objective:
             return ReadabilityScorer(**options)
         case "brevity":
             return BrevityScorer(**options)
+        case "coverage":
+            return CoverageScorer(**options)
         case "relevance":
             return RelevanceScorer(**options, device=device)
         case "hf_classifier":
