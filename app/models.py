@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -175,6 +176,11 @@ class Evaluation(Base):
     reference_point: Mapped[list[float]] = mapped_column(JsonColumn)
     controllability: Mapped[dict[str, float]] = mapped_column(JsonColumn)
     probe: Mapped[dict[str, float]] = mapped_column(JsonColumn)
+    controllability_grid: Mapped[dict[str, float]] = mapped_column(JsonColumn, server_default=text("'{}'"))
+    controllability_null: Mapped[dict[str, float]] = mapped_column(JsonColumn, server_default=text("'{}'"))
+    degenerate_share: Mapped[float | None] = mapped_column(Float)
+    responses: Mapped[int | None] = mapped_column(Integer)
+    auto_weights: Mapped[dict[str, float]] = mapped_column(JsonColumn, server_default=text("'{}'"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (UniqueConstraint("run_id", "step", name="uq_evaluation_run_step"),)

@@ -67,4 +67,9 @@ class EvaluationOut(BaseModel):
     reference_point: list[float]
     controllability: dict[str, float]
     probe: dict[str, float]
+    controllability_grid: dict[str, float]
+    controllability_null: dict[str, float]
+    degenerate_share: float | None
+    responses: int | None
+    auto_weights: dict[str, float]
     created_at: datetime

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import tiny_run_config
 from fastapi.testclient import TestClient
+from helpers import tiny_run_config
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
@@ -679,4 +679,7 @@ def test_evaluations(client: TestClient, settings: Settings) -> None:
     assert body[1]["hypervolume"] == 6.0
     assert body[1]["points"] == rows[0]["points"]
     assert body[0]["controllability"] == {"positivity": 0.2, "readability": -0.1}
+    # Figures an evaluation did not report come back empty, not missing.
+    assert body[0]["controllability_grid"] == {} and body[0]["controllability_null"] == {}
+    assert body[0]["degenerate_share"] is None and body[0]["auto_weights"] == {}
     assert body[0]["created_at"].endswith(("Z", "+00:00"))

@@ -171,8 +171,8 @@ def test_launch_watch_and_stop_a_run(meal_up: str, page: Any, page_errors: list[
     # The form is generated from the schema and pre-filled with the defaults.
     page.goto(f"{meal_up}/runs/new")
     page.wait_for_selector("#run-form[data-ready='1']")
-    assert page.input_value("[name='iterations']") == "30"
-    assert page.input_value("[name='objectives.0.type']") == "readability"
+    assert page.input_value("[name='iterations']") == "16"
+    assert page.input_value("[name='objectives.0.type']") == "brevity"
 
     page.click("#expand-all")
     page.fill("[name='name']", name)
@@ -309,21 +309,31 @@ def test_run_page_keeps_zoom_escapes_text_and_compares(
                 accepted=True,
             )
         )
-        session.add(
-            Evaluation(
-                run_id=run_id,
-                step=0,
-                objectives=objectives,
-                hypervolume=1.5,
-                reference_point=[-3.0, -3.0],
-                points=[
-                    {"weights": [w, 1 - w], "rewards": [w, 1 - w], "raw_rewards": [w, 1 - w], "on_front": True}
-                    for w in (0.0, 0.5, 1.0)
-                ],
-                controllability={"positivity": 0.9, "brevity": 0.8},
-                probe={"positivity": 0.4, "brevity": 0.3},
+        for step, gain in ((0, 1.0), (10, 2.0)):
+            session.add(
+                Evaluation(
+                    run_id=run_id,
+                    step=step,
+                    objectives=objectives,
+                    hypervolume=1.5 * gain,
+                    reference_point=[-3.0, -3.0],
+                    points=[
+                        {
+                            "weights": [w, 1 - w],
+                            "rewards": [gain * w, gain * (1 - w)],
+                            "raw_rewards": [w, 1 - w],
+                            "on_front": True,
+                        }
+                        for w in (0.0, 0.5, 1.0)
+                    ],
+                    controllability={"positivity": 0.9, "brevity": 0.8},
+                    probe={"positivity": 0.4, "brevity": 0.3},
+                    controllability_grid={"positivity": 1.0, "brevity": 0.75},
+                    controllability_null={"positivity": 0.125, "brevity": 0.25},
+                    degenerate_share=0.0,
+                    responses=66,
+                )
             )
-        )
     write_metrics(url, run_id, range(50), objectives)
     write_metrics(url, other_id, range(30), objectives)
 
@@ -336,7 +346,15 @@ def test_run_page_keeps_zoom_escapes_text_and_compares(
     assert cells.nth(1).text_content() == f"<b>bold?</b> {HOSTILE}"
     assert page.locator("#samples-body img, #samples-body b").count() == 0
     page.wait_for_function("document.querySelector('#eval-table') !== null")
-    assert "0.900" in page.text_content("#eval-table")
+    table = page.text_content("#eval-table")
+    assert "0.900" in table and "0.750" in table and "0.125" in table  # per response, grid, null
+
+    # Steering: one chart per objective, one line per evaluation, reward against the weight asked for it.
+    page.wait_for_function("document.querySelector('#chart-steering').dataset.evaluations === '2'")
+    steering = page.eval_on_selector_all(
+        ".sub-charts#chart-steering .chart-box", "boxes => boxes.map(b => b.uplot.data)"
+    )
+    assert steering == [[[0, 0.5, 1], [0, 0.5, 1], [0, 1, 2]]] * 2
     assert x_scale(page) == (0, 49)
 
     # Any recorded key can be charted, including those without a chart of their own.

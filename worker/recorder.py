@@ -179,6 +179,11 @@ class DatabaseRecorder:
                     "reference_point": e.reference_point,
                     "controllability": e.controllability,
                     "probe": e.probe,
+                    "controllability_grid": e.controllability_grid,
+                    "controllability_null": e.controllability_null,
+                    "degenerate_share": e.degenerate_share,
+                    "responses": e.responses,
+                    "auto_weights": e.auto_weights,
                 }
                 for e in evaluations
             ]

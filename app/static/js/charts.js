@@ -92,15 +92,17 @@ function axisValues(_u, splits) {
 /**
  * A uPlot line chart over steps. `series`: [{label, color, dash, width, legend (false hides its legend row),
  * fill}], `bands`: [{series: [upperIdx, lowerIdx], fill}] with 1-based series indexes as uPlot counts them.
+ * The x axis counts iterations (whole-step ticks) unless `xIncrements` is null (uPlot's own ticks, e.g. weights).
  * update(data) keeps the x/y scales the user zoomed to; double-click resets and follows new data again.
  */
 export class LineChart {
-  constructor(box, { series, bands = [], yRange = null, height = 220, sync = null, xLabel = "iteration" } = {}) {
+  constructor(box, { series, bands = [], yRange = null, height = 220, sync = null, xLabel = "iteration", xIncrements = STEP_INCREMENTS } = {}) {
     this.box = box;
     this.height = height;
     this.yRange = yRange;
     this.sync = sync;
     this.xLabel = xLabel;
+    this.xIncrements = xIncrements;
     this.zoomed = false;
     this.data = null;
     this.u = null;
@@ -144,7 +146,7 @@ export class LineChart {
       ],
       bands,
       axes: [
-        { stroke: "#667085", grid: { stroke: "#eef0f3" }, ticks: { stroke: "#eef0f3" }, incrs: STEP_INCREMENTS },
+        { stroke: "#667085", grid: { stroke: "#eef0f3" }, ticks: { stroke: "#eef0f3" }, ...(this.xIncrements ? { incrs: this.xIncrements } : {}) },
         { stroke: "#667085", grid: { stroke: "#eef0f3" }, ticks: { stroke: "#eef0f3" }, size: 52, values: axisValues },
       ],
       cursor: { drag: { x: true, y: false }, ...(this.sync ? { sync: { key: this.sync } } : {}) },

@@ -2,6 +2,7 @@
 // Charts are updated in place with setData: no page reload, and a zoomed chart keeps its zoom.
 import { LineChart, MetricStore, ScatterChart } from "./charts.js";
 import { alpha, api, color, el, ema, errorText, fmtAgo, fmtNum, fmtTime, progressView, setChildren } from "./common.js";
+import { steeringData, steeringSeries } from "./steering.js";
 
 const root = document.getElementById("run-root");
 const runId = root.dataset.runId;
@@ -129,6 +130,12 @@ function buildCharts() {
     render();
   });
   charts.front = new ScatterChart($("chart-front"), { height: 320 });
+  const steeringBox = $("chart-steering");
+  charts.steering = objectives.map((name) => {
+    const box = el("div", { className: "chart-box" });
+    steeringBox.append(el("div", {}, el("h3", {}, name), box));
+    return new LineChart(box, { series: [], height: 200, xLabel: `asked weight`, xIncrements: null });
+  });
   for (const input of document.querySelectorAll("input[name=reward-scale], input[name=reward-set]")) {
     input.addEventListener("change", () => {
       charts.rewards.forEach((chart, k) => chart.setSeries(rewardSeries(k)));
@@ -188,6 +195,15 @@ function render() {
   for (const chart of [charts.losses, charts.accept, charts.throughput, charts.any]) chart.update(keyedData(chart));
   charts.hypervolume.update([evaluations.map((e) => e.step), evaluations.map((e) => e.hypervolume)]);
   renderEvaluations();
+  renderSteering();
+}
+
+function renderSteering() {
+  charts.steering.forEach((chart, k) => {
+    if (chart.defs.length !== evaluations.length) chart.setSeries(steeringSeries(evaluations, color(k)));
+    chart.update(steeringData(evaluations, k));
+  });
+  $("chart-steering").dataset.evaluations = String(evaluations.length);
 }
 
 function scheduleRender() {
@@ -272,9 +288,36 @@ function renderEvaluations() {
   const table = el(
     "table",
     { className: "data", style: { width: "auto" }, id: "eval-table" },
-    el("thead", {}, el("tr", {}, el("th", {}, "objective"), el("th", {}, "controllability (ρ)"), el("th", {}, "probe"))),
-    el("tbody", {}, names.map((o) => el("tr", {}, el("td", {}, o), el("td", { className: "num" }, fmtNum(e.controllability?.[o])), el("td", { className: "num" }, fmtNum(e.probe?.[o]))))),
+    el(
+      "thead",
+      {},
+      el(
+        "tr",
+        {},
+        el("th", {}, "objective"),
+        el("th", { title: "Spearman over every response of the asked weight and the obtained reward" }, "controllability ρ per response"),
+        el("th", { title: "Spearman over the grid of the asked weight and the mean reward there" }, "over the grid"),
+        el("th", { title: "95th percentile of |ρ| with the asked weights shuffled: what a weight-blind policy reaches by chance" }, "null (p95)"),
+        el("th", {}, "probe"),
+      ),
+    ),
+    el(
+      "tbody",
+      {},
+      names.map((o) =>
+        el(
+          "tr",
+          {},
+          el("td", {}, o),
+          el("td", { className: "num" }, fmtNum(e.controllability?.[o])),
+          el("td", { className: "num" }, fmtNum(e.controllability_grid?.[o])),
+          el("td", { className: "num" }, fmtNum(e.controllability_null?.[o])),
+          el("td", { className: "num" }, fmtNum(e.probe?.[o])),
+        ),
+      ),
+    ),
   );
+  const auto = e.auto_weights || {};
   const extraProbe = Object.keys(e.probe || {}).filter((k) => !names.includes(k));
   setChildren(
     box,
@@ -285,6 +328,10 @@ function renderEvaluations() {
       el("div", {}, "hypervolume ", el("b", { className: "mono" }, fmtNum(e.hypervolume, 4))),
       el("div", { className: "muted" }, `reference point ${(e.reference_point || []).map((v) => fmtNum(v, 2)).join(", ")}`),
       el("div", { className: "muted" }, `${evaluations.length} evaluation${evaluations.length === 1 ? "" : "s"}; ${(e.points || []).filter((p) => p.on_front).length} of ${(e.points || []).length} weights on the front`),
+      e.responses ? el("div", { className: "muted" }, `${e.responses} responses, ${fmtNum(100 * (e.degenerate_share || 0), 1)} % degenerate`) : null,
+      "kl_net" in auto
+        ? el("div", { className: "muted", title: "KL from the trade-off each held-out prompt's responses achieve: lower fits better" }, `auto weights: KL ${fmtNum(auto.kl_net, 4)} (net) vs ${fmtNum(auto.kl_uniform, 4)} (uniform)`)
+        : null,
       extraProbe.map((k) => el("div", { className: "muted" }, `probe ${k}: ${fmtNum(e.probe[k])}`)),
     ),
   );
