@@ -12,8 +12,15 @@ Measured in one run, on the same model, prompts, weights and sampling settings:
 
 (b) generation throughput: `Policy.generate` (tokenise, pad, generate through the peft wrapper, strip, decode)
     against a bare `generate` call on the underlying Hugging Face model (`policy.model.get_base_model()`, which
-    carries the same injected LoRA layers) with the same padded input ids and the same settings.
+    carries the same injected LoRA layers, mixed per row the same way) with the same padded input ids and settings.
     Printed: both times and new tokens/s, and ours / bare (target ≥ 0.85).
+
+(c) what steering costs against the text-tag recipe (`model.conditioning: tag`, `algorithm.base_loss: sft`):
+    generation tokens/s of the experts policy (one LoRA per objective, mixed per row) against the tag policy, same
+    prompts, weights and settings (target ≥ 0.8); and the time of one policy step on a micro-batch of 8 generated
+    responses: tag + SFT (the reference), experts + SFT, experts + SFT + pairwise (8 corner pairs as well).
+
+(a) and (b) use the default policy (`ModelConfig()`: experts).
 
 Both sides of each comparison stop only at max_new_tokens (min_new_tokens = max_new_tokens) so that sampling
 cannot make one side do less work; torch is seeded identically before each side; a warm-up call of every code path
@@ -50,7 +57,6 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from meal_core.conditioning import conditioned_prompt  # noqa: E402
 from meal_core.config import (  # noqa: E402
     AlgorithmConfig,
     LoraConfig,
@@ -62,11 +68,12 @@ from meal_core.config import (  # noqa: E402
 from meal_core.data import load_prompts  # noqa: E402
 from meal_core.normalization import Normalizer  # noqa: E402
 from meal_core.objectives import Objective, build_objectives  # noqa: E402
-from meal_core.policy import Policy  # noqa: E402
+from meal_core.policy import Policy, Sampling  # noqa: E402
 from meal_core.selection import is_degenerate, select  # noqa: E402
 
 ROUND_TARGET = 5.0  # reference time / our time
 THROUGHPUT_TARGET = 0.85  # our tokens/s / bare tokens/s
+EXPERTS_TARGET = 0.8  # experts tokens/s / tag tokens/s
 
 
 @dataclass
@@ -74,14 +81,22 @@ class Setup:
     policy: Policy
     objectives: list[Objective]
     names: list[str]
-    prompts: list[str]  # raw prompt texts (what the scorers see), B
-    conditioned: list[str]  # prompt ⊕ cond(w), what the policy sees, B
+    prompts: list[str]  # raw prompt texts (what the scorers and the policy see), B
     weights: np.ndarray  # (B, K)
     samples: int  # M
     max_new_tokens: int
     sampling: dict[str, Any]  # temperature, top_p, top_k
     guard: float  # degeneracy guard threshold
     seed: int
+    model_config: ModelConfig
+
+    def full_length(self) -> Sampling:
+        """The run's sampling, never stopping before max_new_tokens: every side does the same work."""
+        return Sampling(max_new_tokens=self.max_new_tokens, min_new_tokens=self.max_new_tokens, **self.sampling)
+
+    def padded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        texts = [self.policy.prompt_text(p, w) for p, w in zip(self.prompts, self.weights, strict=True)]
+        return self.policy._left_padded([self.policy.encode_prompt(t) for t in texts])
 
 
 @dataclass
@@ -130,13 +145,7 @@ def ours_round(setup: Setup) -> RoundResult:
     torch.manual_seed(setup.seed)
     m = setup.samples
     t0 = time.perf_counter()
-    generation = setup.policy.generate(
-        setup.conditioned,
-        num_return_sequences=m,
-        max_new_tokens=setup.max_new_tokens,
-        min_new_tokens=setup.max_new_tokens,
-        **setup.sampling,
-    )
+    generation = setup.policy.generate(setup.prompts, setup.weights, m, setup.full_length())
     t1 = time.perf_counter()
     responses = [text for group in generation.texts for text in group]
     prompts = [p for p in setup.prompts for _ in range(m)]
@@ -174,19 +183,20 @@ def reference_round(setup: Setup) -> RoundResult:
     new_tokens = 0
     calls = 0
     with torch.no_grad():
-        for text in setup.conditioned:
-            ids = torch.tensor([policy.encode_prompt(text)], device=policy.device)
+        for prompt, weights in zip(setup.prompts, setup.weights, strict=True):
+            ids = torch.tensor([policy.encode_prompt(policy.prompt_text(prompt, weights))], device=policy.device)
             for _ in range(m):
-                output = model.generate(
-                    input_ids=ids,
-                    attention_mask=torch.ones_like(ids),
-                    max_new_tokens=setup.max_new_tokens,
-                    min_new_tokens=setup.max_new_tokens,
-                    do_sample=True,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=eos,
-                    **setup.sampling,
-                )
+                with policy.conditioned_on(weights[None, :]):
+                    output = model.generate(
+                        input_ids=ids,
+                        attention_mask=torch.ones_like(ids),
+                        max_new_tokens=setup.max_new_tokens,
+                        min_new_tokens=setup.max_new_tokens,
+                        do_sample=True,
+                        pad_token_id=tokenizer.pad_token_id,
+                        eos_token_id=eos,
+                        **setup.sampling,
+                    )
                 calls += 1
                 completion = output[0, ids.shape[1] :].tolist()
                 completion = completion[: completion.index(eos) + 1] if eos in completion else completion
@@ -219,16 +229,10 @@ def reference_round(setup: Setup) -> RoundResult:
 # -- (b) generation throughput ------------------------------------------------------------------------------------
 
 
-def ours_generate(setup: Setup) -> tuple[float, int]:
+def ours_generate(setup: Setup, policy: Policy | None = None) -> tuple[float, int]:
     torch.manual_seed(setup.seed)
     t0 = time.perf_counter()
-    generation = setup.policy.generate(
-        setup.conditioned,
-        num_return_sequences=setup.samples,
-        max_new_tokens=setup.max_new_tokens,
-        min_new_tokens=setup.max_new_tokens,
-        **setup.sampling,
-    )
+    generation = (policy or setup.policy).generate(setup.prompts, setup.weights, setup.samples, setup.full_length())
     return time.perf_counter() - t0, generation.new_tokens
 
 
@@ -236,7 +240,7 @@ def bare_generate(setup: Setup, hf_model: Any, ids: torch.Tensor, mask: torch.Te
     tokenizer = setup.policy.tokenizer
     torch.manual_seed(setup.seed)
     t0 = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), setup.policy.conditioned_on(setup.weights, repeat=setup.samples):
         output = hf_model.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -250,6 +254,51 @@ def bare_generate(setup: Setup, hf_model: Any, ids: torch.Tensor, mask: torch.Te
         )
     seconds = time.perf_counter() - t0
     return seconds, int(output.shape[0] * (output.shape[1] - ids.shape[1]))
+
+
+# -- (c) what steering costs ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepBatch:
+    """A micro-batch of 8 generated responses and 8 corner pairs (two responses to one prompt each)."""
+
+    prompts: list[str]
+    weights: np.ndarray
+    responses: list[list[int]]
+    pair_prompts: list[str]
+    corners: np.ndarray
+    chosen: list[list[int]]
+    rejected: list[list[int]]
+
+
+def step_batch(setup: Setup) -> StepBatch:
+    torch.manual_seed(setup.seed)
+    b = min(8, len(setup.prompts))
+    out = setup.policy.generate(setup.prompts[:b], setup.weights[:b], 2, setup.full_length())
+    corners = np.eye(len(setup.names))[np.arange(b) % len(setup.names)]
+    return StepBatch(
+        prompts=setup.prompts[:b],
+        weights=setup.weights[:b],
+        responses=[group[0] for group in out.token_ids],
+        pair_prompts=setup.prompts[:b],
+        corners=corners,
+        chosen=[group[0] for group in out.token_ids],
+        rejected=[group[1] for group in out.token_ids],
+    )
+
+
+def policy_step(policy: Policy, optimizer: torch.optim.Optimizer, batch: StepBatch, pairwise: bool) -> float:
+    """One AdamW step as the trainer takes it: SFT on the micro-batch, plus the pairwise loss on the pairs."""
+    t0 = time.perf_counter()
+    loss = policy.sft_loss(batch.prompts, batch.weights, batch.responses)
+    if pairwise:
+        pair_loss, _ = policy.pairwise_loss(batch.pair_prompts, batch.corners, batch.chosen, batch.rejected, 0.1)
+        loss = loss + pair_loss
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return time.perf_counter() - t0
 
 
 # -- driver -------------------------------------------------------------------------------------------------------
@@ -291,49 +340,46 @@ def build_setup(args: argparse.Namespace) -> Setup:
         raise SystemExit(f"--prompts: only {len(all_prompts)} built-in training prompts")
     prompts = [p.text for p in all_prompts[: args.prompts]]
     model_config = ModelConfig()
-    policy = Policy(model_config, LoraConfig())
     objective_configs: list[ObjectiveConfig] = [
         ReadabilityObjective(name="readability"),
         RelevanceObjective(name="relevance"),
     ]
+    names = [o.name for o in objective_configs]
+    policy = Policy(model_config, LoraConfig(), names)
     objectives = build_objectives(objective_configs, str(policy.device))
-    names = [o.name for o in objectives]
     weights = np.random.default_rng(args.seed).dirichlet(np.ones(len(names)), size=len(prompts))
-    conditioned = [
-        conditioned_prompt(policy.tokenizer, p, names, w, model_config.use_chat_template)
-        for p, w in zip(prompts, weights, strict=True)
-    ]
     algo = AlgorithmConfig()
     return Setup(
         policy=policy,
         objectives=objectives,
         names=names,
         prompts=prompts,
-        conditioned=conditioned,
         weights=weights,
         samples=args.samples,
         max_new_tokens=args.max_new_tokens,
         sampling={"temperature": algo.temperature, "top_p": algo.top_p, "top_k": algo.top_k},
         guard=algo.max_repeated_ngram_share,
         seed=args.seed,
+        model_config=model_config,
     )
 
 
 def warm_up(setup: Setup, hf_model: Any) -> None:
     """Every timed code path once, small: first-call costs (allocations, lazy inits) stay out of the timings."""
     policy, tokenizer = setup.policy, setup.policy.tokenizer
-    policy.generate(setup.conditioned[:2], num_return_sequences=2, max_new_tokens=4, min_new_tokens=4)
-    ids, mask = policy._left_padded([policy.encode_prompt(t) for t in setup.conditioned[:2]])
+    policy.generate(setup.prompts[:2], setup.weights[:2], 2, Sampling(max_new_tokens=4, min_new_tokens=4))
+    ids, mask = setup.padded()
     with torch.no_grad():
-        for model, batch, batch_mask in ((hf_model, ids, mask), (policy.model, ids[:1], mask[:1])):
-            model.generate(
-                input_ids=batch,
-                attention_mask=batch_mask,
-                max_new_tokens=4,
-                do_sample=True,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
+        for model, rows in ((hf_model, 2), (policy.model, 1)):
+            with policy.conditioned_on(setup.weights[:rows]):
+                model.generate(
+                    input_ids=ids[:rows],
+                    attention_mask=mask[:rows],
+                    max_new_tokens=4,
+                    do_sample=True,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
     pairs = (setup.prompts[:2], ["A short warm-up answer.", "Another answer, for warming up."])
     for objective in setup.objectives:
         objective.score(*pairs)
@@ -395,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup = build_setup(args)
     load_s = time.perf_counter() - started
     hf_model = setup.policy.model.get_base_model()
-    ids, mask = setup.policy._left_padded([setup.policy.encode_prompt(t) for t in setup.conditioned])
+    ids, mask = setup.padded()
     b, m, t = len(setup.prompts), setup.samples, setup.max_new_tokens
     print(
         f"engine bench: B={b} prompts × M={m} samples × {t} new tokens, K={len(setup.names)} objectives "
@@ -431,6 +477,35 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"  (other processes used {_pct(run.others)} of the CPUs meanwhile)",
                 flush=True,
             )
+
+    # (c) the tag policy is the reference recipe; the default policy carries the experts.
+    tag = Policy(setup.model_config.model_copy(update={"conditioning": "tag"}), LoraConfig(), setup.names)
+    experts = setup.policy
+    batch = step_batch(setup)
+    optimizers = {
+        name: torch.optim.AdamW(policy.trainable_parameters(), lr=1e-4)
+        for name, policy in (("tag", tag), ("experts", experts))
+    }
+    ours_generate(setup, tag)  # warm-up of the second policy
+    policy_step(tag, optimizers["tag"], batch, False)
+    policy_step(experts, optimizers["experts"], batch, True)
+    steering: dict[str, list[Timed]] = {
+        k: [] for k in ("tag_generate", "experts_generate", "tag_sft", "experts_sft", "experts_pairwise")
+    }
+    for repeat in range(args.repeats):
+        order = ("tag", "experts") if repeat % 2 == 0 else ("experts", "tag")
+        for side in order:
+            run = timed(ours_generate, setup, tag if side == "tag" else experts)
+            steering[f"{side}_generate"].append(run)
+            print(f"  [{repeat + 1}/{args.repeats}] (c) generate {side:<8} {run.value[0]:8.2f} s", flush=True)
+        for key, policy, optimizer, pairwise in (
+            ("tag_sft", tag, optimizers["tag"], False),
+            ("experts_sft", experts, optimizers["experts"], False),
+            ("experts_pairwise", experts, optimizers["experts"], True),
+        ):
+            run = timed(policy_step, policy, optimizer, batch, pairwise)
+            steering[key].append(run)
+            print(f"  [{repeat + 1}/{args.repeats}] (c) step {key:<16} {run.value:8.2f} s", flush=True)
     load_after = os.getloadavg()
 
     # Interference from other work only ever adds time, so the least disturbed repeat (the minimum, as timeit
@@ -465,6 +540,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             "max_other_cpu_share": _share([i.others for i in items]),
         }
 
+    def step_summary(items: list[Timed]) -> dict[str, Any]:
+        seconds = [i.value for i in items]
+        return {
+            "seconds": min(seconds),
+            "median_seconds": float(statistics.median(seconds)),
+            "max_other_cpu_share": _share([i.others for i in items]),
+        }
+
+    tag_b, experts_b = generate_summary(steering["tag_generate"]), generate_summary(steering["experts_generate"])
+    experts_ratio = experts_b["tokens_per_s"] / tag_b["tokens_per_s"]
+    steps = {key: step_summary(steering[key]) for key in ("tag_sft", "experts_sft", "experts_pairwise")}
     ours_a, ref_a = round_summary(runs["ours"]), round_summary(runs["reference"])
     round_ratio = ref_a["seconds"] / ours_a["seconds"]
     round_ratio_median = ref_a["median_seconds"] / ours_a["median_seconds"]
@@ -507,9 +593,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.repeats > 1:
         print(f"    ours / bare on medians: {throughput_ratio_median:.3f}")
     print(f"    {verdict(throughput_ratio, THROUGHPUT_TARGET)} (target ≥ {THROUGHPUT_TARGET:g})")
+    print()
+    print(f"(c) what steering costs against the tag recipe ({stat} {args.repeats})")
+    for label, s in (("tag policy", tag_b), ("experts policy", experts_b)):
+        print(f"    generate, {label:<18}{s['seconds']:8.2f} s {s['tokens_per_s']:8.1f} tokens/s")
+    print(
+        f"    experts / tag tokens/s: {experts_ratio:.3f}  "
+        f"{verdict(experts_ratio, EXPERTS_TARGET)} (target ≥ {EXPERTS_TARGET:g})"
+    )
+    reference_step = steps["tag_sft"]["seconds"]
+    for key, label in (
+        ("tag_sft", "tag + SFT (reference)"),
+        ("experts_sft", "experts + SFT"),
+        ("experts_pairwise", "experts + SFT + pairwise"),
+    ):
+        print(
+            f"    policy step, {label:<28}{steps[key]['seconds']:8.2f} s  "
+            f"({steps[key]['seconds'] / reference_step:.2f}× the reference)"
+        )
     disturbed = [
         s["max_other_cpu_share"]
-        for s in (ours_a, ref_a, ours_b, bare_b)
+        for s in (ours_a, ref_a, ours_b, bare_b, tag_b, experts_b)
         if s["max_other_cpu_share"] is not None and s["max_other_cpu_share"] > 0.1
     ]
     if disturbed:
@@ -551,6 +655,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ratio_median": round(throughput_ratio_median, 3),
             "target": THROUGHPUT_TARGET,
             "target_met": throughput_ratio >= THROUGHPUT_TARGET,
+        },
+        "steering": {
+            "generate_tag": tag_b,
+            "generate_experts": experts_b,
+            "experts_over_tag_tokens_per_s": round(experts_ratio, 3),
+            "target": EXPERTS_TARGET,
+            "target_met": experts_ratio >= EXPERTS_TARGET,
+            "policy_step": steps,
+            "policy_step_over_tag_sft": {k: round(v["seconds"] / reference_step, 3) for k, v in steps.items()},
         },
     }
     print(json.dumps(report, default=float))
