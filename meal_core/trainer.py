@@ -41,7 +41,7 @@ from meal_core.normalization import Normalizer
 from meal_core.objectives import Objective, build_objectives
 from meal_core.policy import Policy, Sampling
 from meal_core.recorder import NullRecorder, Recorder, SampleRecord
-from meal_core.selection import is_degenerate, select
+from meal_core.selection import DegeneracyGuard, select
 from meal_core.weights import LearnableWeights, PreferenceNet, entropy, hindsight_target, kl_to_net
 
 USES_NET = {"meal", "meal_no_learnable"}
@@ -159,6 +159,7 @@ class Trainer:
         self.eval_prompts = load_prompts(config.data.eval_prompts)
         self.policy = policy or Policy(config.model, config.lora, self.names)
         self.objectives = objectives or build_objectives(config.objectives, str(self.policy.device))
+        self.guard = DegeneracyGuard.of(self.algo)
         self.policy_optimizer = torch.optim.AdamW(self.policy.trainable_parameters(), lr=self.algo.policy_lr)
 
         self._embeddings: dict[str, torch.Tensor] = {}
@@ -308,7 +309,7 @@ class Trainer:
         assert self.normalizer is not None
         m = self.algo.samples_per_prompt
         prompts = [p.text for p in batch.prompts for _ in range(m)]
-        valid = np.array([not is_degenerate(t, self.algo.max_repeated_ngram_share) for t in candidates.texts])
+        valid = self.guard.valid(candidates.texts)
         raw, oriented = self.oriented_scores(prompts, candidates.texts)
         calibrated = self.normalizer(oriented)
         if self.algo.normalization == "group":
@@ -614,7 +615,7 @@ class Trainer:
         # Its own random stream: the same seed calibrates on the same samples whatever the algorithm.
         with random_stream(self.config.seed * 7919 + CALIBRATION_STREAM, self.policy.device):
             candidates, _, oriented = self.sample_base(prompts, self.algo.samples_per_prompt)
-        valid = np.array([not is_degenerate(t, self.algo.max_repeated_ngram_share) for t in candidates.texts])
+        valid = self.guard.valid(candidates.texts)
         basis = oriented[valid] if valid.sum() >= 2 else oriented
         self.normalizer = Normalizer.calibrate(self.names, basis, self.algo.clip)
         values = {}
@@ -649,13 +650,17 @@ class Trainer:
         m = self.algo.samples_per_prompt
         candidates, _, oriented = self.sample_base(prompts, m)
         relative = self.normalizer(oriented)
-        items = []
-        for i, text in enumerate(candidates.texts):
-            if not is_degenerate(text, self.algo.max_repeated_ngram_share):
-                target = hindsight_target(relative[i], self.algo.hindsight_temperature)
-                items.append(
-                    ReplayItem(prompts[i // m].id, prompts[i // m].text, candidates.token_ids[i], target.tolist(), 0)
-                )
+        tau = self.algo.hindsight_temperature
+        items = [
+            ReplayItem(
+                prompts[i // m].id,
+                prompts[i // m].text,
+                candidates.token_ids[i],
+                hindsight_target(relative[i], tau).tolist(),
+                0,
+            )
+            for i in np.flatnonzero(self.guard.valid(candidates.texts))
+        ]
         self.replay.extend(items)
         steps = math.ceil(len(items) / self.algo.micro_batch_size) * self.algo.warm_start_epochs
         loss = self.fit(items, [], self.algo.warm_start_epochs, steps).loss
@@ -693,7 +698,7 @@ class Trainer:
         asked = np.repeat(np.stack([w for _, w in jobs]), n, axis=0)
         raw, oriented = self.oriented_scores([p.text for p, _ in jobs for _ in range(n)], texts)
         normalized = self.normalizer(oriented)
-        valid = np.array([not is_degenerate(t, self.algo.max_repeated_ngram_share) for t in texts])
+        valid = self.guard.valid(texts)
         reference = np.asarray(cfg.reference_point or [-self.algo.clip] * self.k, dtype=np.float64)
         result = summarize(step, self.names, grid, asked, normalized, raw, reference, self.probe(), valid, seed=step)
         if self.net is not None:

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 
 from meal_core.config import OBJECTIVE_TYPES, load_config  # noqa: E402
 from meal_core.evaluation import linear_correlation  # noqa: E402
-from meal_core.selection import is_degenerate  # noqa: E402
+from meal_core.selection import DegeneracyGuard  # noqa: E402
 from meal_core.trainer import Trainer  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def main() -> None:
     trainer = Trainer(config, Path(tempfile.mkdtemp(prefix="meal-corr-")))
     prompts = trainer.train_prompts[: args.prompts]
     candidates, _, oriented = trainer.sample_base(prompts, args.samples)
-    valid = np.array([not is_degenerate(t, config.algorithm.max_repeated_ngram_share) for t in candidates.texts])
+    valid = DegeneracyGuard.of(config.algorithm).valid(candidates.texts)
     groups = np.repeat(np.arange(len(prompts)), args.samples)
     within = oriented.copy()
     for g in range(len(prompts)):

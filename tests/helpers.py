@@ -85,7 +85,9 @@ def tiny_run_config(model_dir: Path, **overrides: Any) -> RunConfig:
             "max_policy_steps": 3,
             "weight_lr": 1.0,
             "meta_lr": 1e-2,
+            # The tiny model writes byte soup: the degeneracy guard would reject all of it.
             "max_repeated_ngram_share": 1.0,
+            "max_unknown_word_share": 1.0,
         },
         "eval": {"every": 2, "prompts": 2, "grid_points": 3, "probe_pairs": 3},
         "checkpoint": {"every": 2, "keep_last": 3},

@@ -151,6 +151,7 @@ def tiny_form_values(model_dir: Path) -> dict[str, str]:
         "algorithm.weight_lr": "1.0",
         "algorithm.meta_lr": "0.01",
         "algorithm.max_repeated_ngram_share": "1.0",
+        "algorithm.max_unknown_word_share": "1.0",
         "eval.every": "0",
         "eval.prompts": "2",
         "eval.grid_points": "3",

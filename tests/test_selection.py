@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from meal_core.selection import is_degenerate, repeated_ngram_share, select
+from meal_core.config import AlgorithmConfig
+from meal_core.selection import DegeneracyGuard, is_degenerate, repeated_ngram_share, select, unknown_word_share
 
 PROSE = (
     "Rinse the rice in cold water until it runs clear. Use a little less water than the packet says, bring it "
@@ -160,3 +161,23 @@ def test_random_groups_never_select_invalid() -> None:
 def test_unknown_rule() -> None:
     with pytest.raises(ValueError, match="unknown selection rule 'worst'"):
         select(UTILITIES, NORMALIZED, ALL_VALID, "worst")
+
+
+def test_made_up_words_are_degenerate_plain_prose_is_not() -> None:
+    made_up = "La vagabund, mena alle, per marten, kakiferakan. How can I tell when I'm on holiday?"
+    assert unknown_word_share(made_up) == pytest.approx(3 / 15)  # vagabund, alle, kakiferakan
+    assert is_degenerate(made_up, max_repeated_share=1.0, max_unknown_share=0.15)
+    gibberish = 'La légale absérieuse, malangineé, dapak "Adeleleben" (1925), empange "banannas" in Teléalens.'
+    assert unknown_word_share(gibberish) > 0.5
+    assert is_degenerate(gibberish, max_repeated_share=1.0, max_unknown_share=0.15)
+    assert not is_degenerate(gibberish, max_repeated_share=1.0)  # off unless asked for
+    assert unknown_word_share(PROSE) == 0.0
+    assert not is_degenerate(PROSE, max_repeated_share=0.3, max_unknown_share=0.15)
+    assert unknown_word_share("") == 0.0
+
+
+def test_guard_applies_both_thresholds() -> None:
+    guard = DegeneracyGuard(max_repeated_share=0.3, max_unknown_share=0.15)
+    texts = [PROSE, "yes yes yes yes yes yes", "Blorft zanquix vromble snerk, plinth of glorp."]
+    assert guard.valid(texts).tolist() == [True, False, False]
+    assert DegeneracyGuard.of(AlgorithmConfig()) == DegeneracyGuard(0.3, 0.15)
