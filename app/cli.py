@@ -11,6 +11,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from app.models import Role
+from app.queue import PLAYGROUND_QUEUE
+from app.settings import Settings
+from meal_core.cli import CLIError
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -60,6 +65,8 @@ def web(args: argparse.Namespace) -> int:
     settings = Settings()
     if not args.no_migrate:
         upgrade(settings.database_url)
+    if settings.mode == "deployed":
+        deployed_first_admin(settings)
     uvicorn.run(
         create_app(settings),
         host=args.host or settings.host,
@@ -93,10 +100,13 @@ def up(args: argparse.Namespace) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
     host, port = args.host or settings.host, args.port or settings.port
+    link = embedded_first_admin(settings)
     meal = [sys.executable, "-m", "meal_core.cli"]
     children = [
         subprocess.Popen([*meal, "web", "--no-migrate", "--host", host, "--port", str(port)]),
         subprocess.Popen([*meal, "worker"]),
+        # Its own worker, so that a playground generation never waits behind a training run.
+        subprocess.Popen([*meal, "worker", "--queues", PLAYGROUND_QUEUE, "--name", "playground@%h"]),
     ]
     print(
         f"\nMeal Studio is starting on http://{host}:{port}/  (data in {settings.data_dir.resolve()}; "
@@ -104,6 +114,14 @@ def up(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    if link:
+        # Like Jupyter's token: the first admin logs in by this link, once (then sets a password, adds teammates).
+        print(
+            f"First start: log in as the admin with this one-time link (valid 24 h):\n\n"
+            f"    http://{host}:{port}/login/once/{link}\n",
+            file=sys.stderr,
+            flush=True,
+        )
     # Installed explicitly: a process started in the background by a script inherits SIGINT as ignored.
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -142,3 +160,140 @@ def _stop_children(children: list[subprocess.Popen[bytes]]) -> None:
             if child.poll() is None:
                 child.kill()
                 child.wait()
+
+
+# -- users and tokens -------------------------------------------------------------------------------------------------
+
+
+def register_users(sub: argparse._SubParsersAction) -> Handler:  # type: ignore[type-arg]
+    parser = sub.add_parser("users", help="add and list the users of the panel (the database MEAL_* settings name)")
+    actions = parser.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="add a user; prints a generated password unless --password-stdin")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=[r.value for r in Role])
+    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    actions.add_parser("list", help="list users and their roles")
+    for action in (parser, add):
+        action.add_argument("--data-dir", help="embedded mode's data folder (default: ./data)")
+    return users
+
+
+def users(args: argparse.Namespace) -> int:
+    from app import auth
+    from app.db import session_scope
+    from app.migrate import upgrade
+    from app.models import User
+
+    settings = _settings(args)
+    upgrade(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        if args.action == "list":
+            for user in session.query(User).order_by(User.name):
+                state = " (disabled)" if user.disabled else ""
+                print(f"{user.name}\t{user.role}{state}")
+            return 0
+        password = sys.stdin.readline().rstrip("\n") if args.password_stdin else auth.generate_password()
+        try:
+            auth.create_user(session, args.name, Role(args.role), password)
+        except auth.AuthError as error:
+            raise CLIError(str(error)) from None
+    print(f"added {args.name} ({args.role})", file=sys.stderr)
+    if not args.password_stdin:
+        print(f"password: {password}")
+    return 0
+
+
+def register_tokens(sub: argparse._SubParsersAction) -> Handler:  # type: ignore[type-arg]
+    parser = sub.add_parser("tokens", help="create, list and revoke API tokens (Authorization: Bearer …)")
+    actions = parser.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="a new token for NAME, printed alone on the last line, once")
+    create.add_argument("name")
+    create.add_argument("--label", default="created with meal tokens create")
+    listing = actions.add_parser("list", help="NAME's tokens (ids, labels, when used, whether revoked)")
+    listing.add_argument("name")
+    revoke = actions.add_parser("revoke", help="revoke one of NAME's tokens (--id) or all of them (--all)")
+    revoke.add_argument("name")
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", type=int, help="the token's id (meal tokens list NAME)")
+    which.add_argument("--all", action="store_true")
+    for action in (parser, create, listing, revoke):
+        action.add_argument("--data-dir", help="embedded mode's data folder (default: ./data)")
+    return tokens
+
+
+def tokens(args: argparse.Namespace) -> int:
+    from app import auth
+    from app.db import session_scope
+    from app.migrate import upgrade
+
+    settings = _settings(args)
+    upgrade(settings.database_url)
+    keyring = auth.Keyring(auth.load_secret(settings))
+    with session_scope(settings.database_url) as session:
+        user = auth.find_user(session, args.name)
+        if user is None:
+            raise CLIError(f"no user {args.name!r} (meal users add {args.name} --role …)")
+        if args.action == "list":
+            for row in auth.user_tokens(session, user):
+                used = row.last_used_at.isoformat(timespec="seconds") if row.last_used_at else "never used"
+                state = f"revoked {row.revoked_at.isoformat(timespec='seconds')}" if row.revoked_at else "live"
+                print(f"{row.id}\t{row.label}\t{used}\t{state}")
+            return 0
+        if args.action == "revoke":
+            count = auth.revoke_tokens(session, user, None if args.all else args.id)
+            if not count and not args.all:
+                raise CLIError(f"{args.name} has no live token {args.id}")
+            print(f"revoked {count} token{'s' * (count != 1)} of {args.name}", file=sys.stderr)
+            return 0
+        try:
+            token, row = auth.create_token(session, keyring, user, args.label)
+        except auth.AuthError as error:
+            raise CLIError(str(error)) from None
+    print(f"token {row.id} for {args.name} (shown once; send it as 'Authorization: Bearer <token>'):", file=sys.stderr)
+    print(token)
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    _apply_data_dir(args)
+    return Settings()
+
+
+# -- the first admin ------------------------------------------------------------------------------------------------
+
+
+def embedded_first_admin(settings: Settings) -> str | None:
+    """Embedded mode's first start: an `admin` user with no password and a one-time login link for it (returned);
+    None when users exist already."""
+    from app import auth
+    from app.db import session_scope
+
+    keyring = auth.Keyring(auth.load_secret(settings))
+    with session_scope(settings.database_url) as session:
+        if auth.any_user(session):
+            return None
+        admin = auth.create_user(session, "admin", Role.ADMIN, None)
+        return auth.create_login_link(session, keyring, admin)
+
+
+def deployed_first_admin(settings: Settings) -> None:
+    """Deployed mode refuses a missing or example secret, and creates the first admin from MEAL_ADMIN_NAME and
+    MEAL_ADMIN_PASSWORD when the database has no user yet."""
+    from app import auth
+    from app.db import session_scope
+
+    try:
+        auth.load_secret(settings)
+    except auth.SecretError as error:
+        raise CLIError(str(error)) from None
+    with session_scope(settings.database_url) as session:
+        if auth.any_user(session):
+            return
+        if not settings.admin_name:
+            print("no users yet: set MEAL_ADMIN_NAME and MEAL_ADMIN_PASSWORD, or run `meal users add`", file=sys.stderr)
+            return
+        try:
+            auth.create_user(session, settings.admin_name, Role.ADMIN, settings.admin_password.get_secret_value())
+        except auth.AuthError as error:
+            raise CLIError(f"MEAL_ADMIN_NAME / MEAL_ADMIN_PASSWORD: {error}") from None
+    print(f"created the first admin, {settings.admin_name}", file=sys.stderr)

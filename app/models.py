@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -79,6 +80,8 @@ class Run(Base):
     status: Mapped[str] = mapped_column(String(16), index=True, default=RunStatus.QUEUED)
     config: Mapped[dict[str, Any]] = mapped_column(JsonColumn)  # written once, at creation
     created_by: Mapped[str | None] = mapped_column(String(100))
+    stopped_by: Mapped[str | None] = mapped_column(String(100))
+    resumed_by: Mapped[str | None] = mapped_column(String(100))
     task_id: Mapped[str | None] = mapped_column(String(64))
     worker: Mapped[str | None] = mapped_column(String(200))
     error: Mapped[str | None] = mapped_column(Text)
@@ -184,3 +187,154 @@ class Evaluation(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (UniqueConstraint("run_id", "step", name="uq_evaluation_run_step"),)
+
+
+# -- users, sessions, tokens ------------------------------------------------------------------------------------------
+
+
+class Role(StrEnum):
+    """What a user may do. Each role can do everything the roles below it can."""
+
+    REVIEWER = "reviewer"  # reviews generations in the queues they are shown
+    TRAINER = "trainer"  # launches, stops and resumes runs, uses the playground, builds review queues
+    ADMIN = "admin"  # everything, and manages users
+
+    def allows(self, needed: Role) -> bool:
+        return ROLE_ORDER.index(self) >= ROLE_ORDER.index(needed)
+
+
+ROLE_ORDER = (Role.REVIEWER, Role.TRAINER, Role.ADMIN)
+USER_NAME_PATTERN = r"^[a-z][a-z0-9_.-]{1,31}$"
+
+
+class User(Base):
+    __tablename__ = "app_user"  # "user" is a reserved word in PostgreSQL
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(32), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str | None] = mapped_column(String(255))  # None: logs in by link or token only
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ApiToken(Base):
+    """A script's credential: `Authorization: Bearer <token>`. Only a keyed hash of the token is stored."""
+
+    __tablename__ = "api_token"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("app_user.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class UserSession(Base):
+    """A browser's login: the cookie holds a random id, the table its keyed hash and the CSRF token of its pages."""
+
+    __tablename__ = "user_session"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("app_user.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class LoginLink(Base):
+    """A one-time login link (the first admin's, printed by `meal up`): used once, then dead."""
+
+    __tablename__ = "login_link"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("app_user.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# -- the playground ---------------------------------------------------------------------------------------------------
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class PlaygroundGeneration(Base):
+    """One comparison asked for in the playground, and what it produced: every generation is kept."""
+
+    __tablename__ = "playground_generation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("run.id", ondelete="CASCADE"), index=True)
+    created_by: Mapped[str] = mapped_column(String(100))
+    checkpoint: Mapped[str | None] = mapped_column(String(32))  # None: the latest (resolved when generated)
+    prompt: Mapped[str] = mapped_column(Text)
+    weights: Mapped[list[Any]] = mapped_column(JsonColumn)  # as asked: weight vectors or "auto"
+    seed: Mapped[int] = mapped_column(Integer)
+    temperature: Mapped[float] = mapped_column(Float)
+    max_new_tokens: Mapped[int] = mapped_column(Integer)
+    samples: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
+    outputs: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonColumn)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# -- review -----------------------------------------------------------------------------------------------------------
+
+
+class ReviewQueue(Base):
+    """A set of generations a team reviews: single responses (rated 1–5) or comparisons (A / B / tie)."""
+
+    __tablename__ = "review_queue"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_by: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(16))  # "single" | "comparison"
+    blind: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16), default="open")  # "open" | "closed"
+    objectives: Mapped[list[str]] = mapped_column(JsonColumn)
+    source: Mapped[dict[str, Any]] = mapped_column(JsonColumn)  # how it was built
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ReviewItem(Base):
+    __tablename__ = "review_item"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    queue_id: Mapped[int] = mapped_column(ForeignKey("review_queue.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    prompt: Mapped[str] = mapped_column(Text)
+    # One response (single) or two (comparison, A then B): {text, run_id, step, weights, scores, origin}.
+    responses: Mapped[list[dict[str, Any]]] = mapped_column(JsonColumn)
+    swapped: Mapped[bool] = mapped_column(Boolean, default=False)  # blind queues show B first where True
+
+    __table_args__ = (UniqueConstraint("queue_id", "position", name="uq_review_item_queue_position"),)
+
+
+class Review(Base):
+    """One reviewer's judgement of one item: a draft until submitted, editable until the queue closes."""
+
+    __tablename__ = "review"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("review_item.id", ondelete="CASCADE"), index=True)
+    reviewer: Mapped[str] = mapped_column(String(100))
+    ratings: Mapped[dict[str, Any]] = mapped_column(JsonColumn)  # objective → 1–5, or "A" / "B" / "tie"
+    overall: Mapped[str | None] = mapped_column(String(8))  # "1"…"5", or "A" / "B" / "tie"
+    comment: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16), default="draft")  # "draft" | "submitted"
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (UniqueConstraint("item_id", "reviewer", name="uq_review_item_reviewer"),)

@@ -7,7 +7,9 @@ from functools import lru_cache
 from celery import Celery
 
 TRAIN_RUN = "meal.train_run"
-QUEUE = "meal"
+PLAYGROUND_GENERATE = "meal.playground_generate"
+QUEUE = "meal"  # training: one run per worker, for hours
+PLAYGROUND_QUEUE = "playground"  # generations for the playground: seconds each, never behind a training run
 
 
 @lru_cache
@@ -27,4 +29,12 @@ def broker_client(broker_url: str) -> Celery:
 def enqueue_training(broker_url: str, run_id: int) -> str:
     """Returns the task id. Raises on a broker that cannot be reached."""
     result = broker_client(broker_url).send_task(TRAIN_RUN, args=[run_id], queue=QUEUE, retry=False)
+    return str(result.id)
+
+
+def enqueue_playground(broker_url: str, generation_id: int) -> str:
+    """Returns the task id. Raises on a broker that cannot be reached."""
+    result = broker_client(broker_url).send_task(
+        PLAYGROUND_GENERATE, args=[generation_id], queue=PLAYGROUND_QUEUE, retry=False
+    )
     return str(result.id)

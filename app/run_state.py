@@ -41,11 +41,15 @@ def set_task_id(session: Session, run_id: int, task_id: str) -> None:
     session.execute(update(Run).where(Run.id == run_id).values(task_id=task_id))
 
 
-def request_stop(session: Session, run_id: int) -> str:
+def request_stop(session: Session, run_id: int, user: str | None = None) -> str:
     """A queued run stops at once; a running one is asked to checkpoint and stop. Returns the new status."""
-    if _transition(session, run_id, (RunStatus.QUEUED,), status=RunStatus.STOPPED, finished_at=utcnow()):
+    if _transition(
+        session, run_id, (RunStatus.QUEUED,), status=RunStatus.STOPPED, finished_at=utcnow(), stopped_by=user
+    ):
         return RunStatus.STOPPED
-    if _transition(session, run_id, (RunStatus.RUNNING,), status=RunStatus.STOPPING, stop_requested=True):
+    if _transition(
+        session, run_id, (RunStatus.RUNNING,), status=RunStatus.STOPPING, stop_requested=True, stopped_by=user
+    ):
         return RunStatus.STOPPING
     status = session.scalar(select(Run.status).where(Run.id == run_id))
     if status == RunStatus.STOPPING:
@@ -53,13 +57,14 @@ def request_stop(session: Session, run_id: int) -> str:
     raise TransitionError(f"run {run_id} is {status}; only queued or running runs can be stopped")
 
 
-def requeue(session: Session, run_id: int) -> None:
+def requeue(session: Session, run_id: int, user: str | None = None) -> None:
     """Resume a failed or stopped run: back in the queue, continuing from its last checkpoint."""
     if not _transition(
         session,
         run_id,
         RunStatus.RESUMABLE,
         status=RunStatus.QUEUED,
+        resumed_by=user,
         stop_requested=False,
         error=None,
         traceback=None,

@@ -23,6 +23,8 @@ class RunOut(BaseModel):
     status: str
     config: dict[str, Any]
     created_by: str | None
+    stopped_by: str | None
+    resumed_by: str | None
     task_id: str | None
     worker: str | None
     error: str | None

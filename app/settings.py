@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,6 +25,19 @@ class Settings(BaseSettings):
     events_poll_s: float = Field(0.5, gt=0, description="How often an event stream looks for new rows.")
     max_chart_points: int = Field(5000, ge=10, description="Upper bound on max_points of a metrics query.")
     max_runs_listed: int = Field(500, ge=1)
+    mode: Literal["embedded", "deployed"] = Field(
+        "embedded",
+        description="embedded (`meal up`): a random secret kept in data_dir, the first admin gets a one-time login "
+        "link. deployed: MEAL_SECRET_KEY is required and the first admin comes from MEAL_ADMIN_NAME/_PASSWORD.",
+    )
+    secret_key: SecretStr = Field(
+        SecretStr(""), description="Keys the stored hashes of sessions, API tokens and login links."
+    )
+    admin_name: str = Field("", description="Deployed mode: the first admin, created at start if no user exists.")
+    admin_password: SecretStr = Field(SecretStr(""), description="…and that admin's password.")
+    cookie_secure: bool | None = Field(
+        None, description="Mark the session cookie Secure; default: when the request came over https."
+    )
 
     @model_validator(mode="after")
     def _defaults_in_data_dir(self) -> Settings:

@@ -7,10 +7,15 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 from helpers import build_tiny_causal_lm  # noqa: E402
+
+from app.db import get_engine  # noqa: E402
+from app.migrate import upgrade  # noqa: E402
+from app.settings import Settings  # noqa: E402
 
 # Real PostgreSQL / SQLite databases and brokers for the control panel's tests (tests/db_fixtures.py).
 pytest_plugins = ["db_fixtures"]
@@ -19,3 +24,12 @@ pytest_plugins = ["db_fixtures"]
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm"))
+
+
+@pytest.fixture()
+def embedded_settings(tmp_path: Path) -> Iterator[Settings]:
+    """Embedded mode's settings in a fresh data folder: SQLite database (migrated) and SQLite broker."""
+    settings = Settings(data_dir=tmp_path, broker_url=f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}")
+    upgrade(settings.database_url)
+    yield settings
+    get_engine(settings.database_url).dispose()

@@ -3,8 +3,18 @@ downloaded. (Fixtures live in conftest.py; helpers are imported from here.)"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from meal_core.config import RunConfig, parse_config
 from meal_core.data import load_prompts
@@ -133,3 +143,153 @@ SYNTHETIC_OBJECTIVES = [
     {"name": "letters", "type": "python", "function": "helpers:letters"},
     {"name": "symbols", "type": "python", "function": "helpers:symbols"},
 ]
+
+
+# -- users: every request has one ------------------------------------------------------------------------------------
+
+
+def ensure_user(settings: Any, name: str, role: str, password: str | None = None) -> None:
+    """A user of that role in the settings' database (created if missing; its role set if it exists)."""
+    from app import auth
+    from app.db import session_scope
+    from app.models import Role
+
+    with session_scope(settings.database_url) as session:
+        user = auth.find_user(session, name)
+        if user is None:
+            auth.create_user(session, name, Role(role), password)
+        else:
+            user.role = role
+
+
+@contextlib.contextmanager
+def as_user(settings: Any, role: str, name: str | None) -> Iterator[tuple[Any, Any, Any]]:
+    """(database session, keyring, user) for a user of `role`, named after the role unless `name` is given."""
+    from app import auth
+    from app.db import session_scope
+
+    name = name or role
+    ensure_user(settings, name, role)
+    keyring = auth.Keyring(auth.load_secret(settings))
+    with session_scope(settings.database_url) as session:
+        user = auth.find_user(session, name)
+        assert user is not None
+        yield session, keyring, user
+
+
+def bearer(settings: Any, role: str = "trainer", name: str | None = None) -> dict[str, str]:
+    """An Authorization header with a fresh API token of a user of `role`."""
+    from app import auth
+
+    with as_user(settings, role, name) as (session, keyring, user):
+        token, _ = auth.create_token(session, keyring, user, "test")
+    return {"Authorization": f"Bearer {token}"}
+
+
+def session_cookie(settings: Any, role: str = "trainer", name: str | None = None) -> tuple[str, str]:
+    """A logged-in browser session of a user of `role`: (cookie value, the CSRF token its pages carry)."""
+    from app import auth
+
+    with as_user(settings, role, name) as (session, keyring, user):
+        cookie, login = auth.start_session(session, keyring, user)
+        return cookie, login.csrf_token
+
+
+# -- real worker processes -------------------------------------------------------------------------------------------
+
+MEAL = Path(sys.executable).with_name("meal")
+
+
+class WorkerProcess:
+    """`meal worker` in its own process group, its output in a file."""
+
+    def __init__(self, env: dict[str, str], directory: Path, *args: str) -> None:
+        self.env, self.directory, self.args = env, directory, args
+        self.log_path = directory / f"worker-{uuid.uuid4().hex[:6]}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [str(MEAL), "worker", "--name", f"test-{uuid.uuid4().hex[:8]}@%h", "--loglevel", "INFO", *self.args],
+                env=self.env,
+                cwd=self.directory,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a process group of its own: teardown kills all of it
+            )
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output():
+            if not self.alive():
+                pytest.fail(f"the worker exited (code {self.process and self.process.poll()}) before {text!r}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{text!r} not in the worker's output within {timeout} s")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            with_signal(self.process.pid, signal.SIGTERM)  # warm shutdown
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=10)
+        with_signal(self.process.pid, signal.SIGKILL)  # whatever is left of the group
+        self.process.wait(timeout=10)
+
+
+def with_signal(group: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the group is gone already
+        os.killpg(group, sig)
+
+
+def trained_run(settings: Any, model_dir: Path, created_by: str = "ana") -> int:
+    """A stored run of the tiny model trained for two iterations (a checkpoint each) in the settings' runs folder,
+    with its last evaluation in the database: what the playground and review need."""
+    from app import run_state
+    from app.db import session_scope
+    from app.models import Evaluation
+    from meal_core.recorder import NullRecorder
+    from meal_core.trainer import Trainer
+
+    config = tiny_run_config(model_dir, iterations=2, checkpoint__every=1)
+    with session_scope(settings.database_url) as session:
+        run_id: int = run_state.create_run(session, "trained", config.model_dump(mode="json"), 2, created_by).id
+    trainer = Trainer(config, settings.runs_dir / f"run-{run_id}", NullRecorder())
+    trainer.train()
+    result = trainer.evaluation(trainer.eval_prompts[:2], 1, 2)
+    with session_scope(settings.database_url) as session:
+        session.add(
+            Evaluation(
+                run_id=run_id,
+                step=2,
+                objectives=result.objectives,
+                points=[p.__dict__ for p in result.points],
+                hypervolume=result.hypervolume,
+                reference_point=result.reference_point,
+                controllability=result.controllability,
+                probe=result.probe,
+            )
+        )
+    return run_id
+
+
+def worker_env(settings: Any) -> dict[str, str]:
+    """The environment of a `meal worker` for these settings: only they decide where data and messages go."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MEAL_")}
+    env.update(
+        MEAL_DATA_DIR=str(settings.data_dir),
+        MEAL_DATABASE_URL=settings.database_url,
+        MEAL_BROKER_URL=settings.broker_url,
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONUNBUFFERED="1",
+    )
+    return env

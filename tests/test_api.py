@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from helpers import tiny_run_config
+from helpers import bearer, tiny_run_config
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
@@ -57,14 +57,16 @@ def settings(database_url: str, api_broker_url: str, tmp_path_factory: pytest.Te
 
 @pytest.fixture(scope="module")
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as test_client:
+    """A trainer's API client (a bearer token): runs are a trainer's to launch, stop and resume."""
+    with TestClient(create_app(settings), headers=bearer(settings)) as test_client:
         yield test_client
 
 
 @pytest.fixture(scope="module")
 def broken_broker_client(settings: Settings) -> Iterator[TestClient]:
     """The same database, but a broker that refuses connections."""
-    with TestClient(create_app(settings.model_copy(update={"broker_url": UNREACHABLE_BROKER}))) as test_client:
+    app = create_app(settings.model_copy(update={"broker_url": UNREACHABLE_BROKER}))
+    with TestClient(app, headers=bearer(settings)) as test_client:
         yield test_client
 
 
@@ -178,7 +180,7 @@ def test_create_run_is_stored_queued_and_enqueued(client: TestClient, settings: 
     assert first["status"] == RunStatus.QUEUED and first["name"] == "first"
     assert first["config"] == parse_config(config).model_dump(mode="json")
     assert first["total_iterations"] == 7 and first["iteration"] == 0
-    assert first["created_by"] == "local" and first["attempts"] == 0
+    assert first["created_by"] == "trainer" and first["attempts"] == 0  # the API token's user
     assert isinstance(first["queue_position"], int) and first["queue_position"] >= 1
     assert second["queue_position"] == first["queue_position"] + 1
     assert first["created_at"].endswith(("Z", "+00:00")), "times carry their UTC offset"
@@ -287,6 +289,7 @@ def test_stop_and_resume_a_queued_run(client: TestClient, settings: Settings) ->
     assert stopped.status_code == 200
     body = stopped.json()
     assert body["status"] == "stopped" and body["finished_at"] and body["queue_position"] is None
+    assert body["stopped_by"] == "trainer"  # who, kept with the run
 
     again = client.post(f"/api/runs/{run['id']}/stop")
     assert again.status_code == 409
@@ -296,6 +299,7 @@ def test_stop_and_resume_a_queued_run(client: TestClient, settings: Settings) ->
     resumed = client.post(f"/api/runs/{run['id']}/resume")
     assert resumed.status_code == 200, resumed.text
     body = resumed.json()
+    assert body["resumed_by"] == "trainer"
     assert body["status"] == "queued" and body["finished_at"] is None and body["error"] is None
     assert body["task_id"] and body["task_id"] != run["task_id"]
     assert isinstance(body["queue_position"], int)

@@ -22,12 +22,15 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import WorkerProcess, ensure_user, session_cookie, trained_run, worker_env
 
 from app import run_state
+from app.auth import SESSION_COOKIE
 from app.db import get_engine, session_scope
 from app.metric_store import Point, ingest
 from app.migrate import upgrade
-from app.models import Evaluation, RunStatus, Sample
+from app.models import Evaluation, PlaygroundGeneration, RunStatus, Sample
+from app.queue import PLAYGROUND_QUEUE
 from app.settings import Settings
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -166,8 +169,32 @@ def weight_points(page: Any) -> int:
     return int(page.get_attribute("#chart-weights", "data-points") or 0)
 
 
-def test_launch_watch_and_stop_a_run(meal_up: str, page: Any, page_errors: list[str], tiny_model_dir: Path) -> None:
+def first_login_link(log_path: Path) -> str:
+    """The one-time admin link `meal up` prints on its first start."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = re.search(r"http://\S+/login/once/\S+", log_path.read_text())
+        if found:
+            return found.group(0)
+        time.sleep(0.2)
+    pytest.fail(f"`meal up` printed no login link:\n{log_path.read_text()[-3000:]}")
+
+
+def test_launch_watch_and_stop_a_run(
+    meal_up: str, page: Any, page_errors: list[str], tiny_model_dir: Path, tmp_path: Path
+) -> None:
     name = "browser <b>test</b> run"
+
+    # Logged out, a page sends the browser to the login page; the first start's one-time link logs the admin in.
+    page.goto(f"{meal_up}/runs/new")
+    assert "/login?next=/runs/new" in page.url
+    link = first_login_link(tmp_path / "meal-up.log")
+    page.goto(link)
+    assert page.url.rstrip("/") == meal_up
+    assert "admin · admin" in page.text_content("#current-user")
+    # Used once: a second visit is refused.
+    assert httpx.get(link, follow_redirects=False).headers["location"] == "/login?expired=1"
+    api = {"Cookie": "; ".join(f"{c['name']}={c['value']}" for c in page.context.cookies())}
 
     # The form is generated from the schema and pre-filled with the defaults.
     page.goto(f"{meal_up}/runs/new")
@@ -202,7 +229,7 @@ def test_launch_watch_and_stop_a_run(meal_up: str, page: Any, page_errors: list[
     assert page.locator("#run-name b").count() == 0
 
     # The run's stored config is what the form said.
-    config = httpx.get(f"{meal_up}/api/runs/{run_id}").json()["config"]
+    config = httpx.get(f"{meal_up}/api/runs/{run_id}", headers=api).json()["config"]
     assert [(o["name"], o["type"]) for o in config["objectives"]] == [
         ("positivity", "sentiment"),
         ("readability", "readability"),
@@ -233,7 +260,8 @@ def test_launch_watch_and_stop_a_run(meal_up: str, page: Any, page_errors: list[
     page.wait_for_function("document.querySelector('#run-status').textContent === 'stopped'", timeout=TIMEOUT_MS)
     page.wait_for_function("!document.querySelector('#resume-button').disabled", timeout=TIMEOUT_MS)
     assert page.is_disabled("#stop-button")
-    assert httpx.get(f"{meal_up}/api/runs/{run_id}").json()["status"] == "stopped"
+    run = httpx.get(f"{meal_up}/api/runs/{run_id}", headers=api).json()
+    assert run["status"] == "stopped" and run["created_by"] == "admin" and run["stopped_by"] == "admin"
 
     # The runs page lists it with its (escaped) name and status.
     page.goto(meal_up)
@@ -277,6 +305,12 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Settings]]:
     get_engine(settings.database_url).dispose()
 
 
+def log_in(page: Any, base: str, settings: Settings, role: str) -> None:
+    """The browser gets a session of a user of that role, as if it had logged in."""
+    cookie, _ = session_cookie(settings, role)
+    page.context.add_cookies([{"name": SESSION_COOKIE, "value": cookie, "url": base, "httpOnly": True}])
+
+
 def x_scale(page: Any) -> tuple[float, float]:
     return tuple(
         page.evaluate(
@@ -289,6 +323,7 @@ def test_run_page_keeps_zoom_escapes_text_and_compares(
     served: tuple[str, Settings], page: Any, page_errors: list[str]
 ) -> None:
     base, settings = served
+    log_in(page, base, settings, "trainer")
     url = settings.database_url
     objectives = ["positivity", "brevity"]
     config = {"objectives": [{"name": "positivity", "type": "sentiment"}, {"name": "brevity", "type": "brevity"}]}
@@ -417,5 +452,135 @@ def test_run_page_keeps_zoom_escapes_text_and_compares(
         timeout=20_000,
     )
 
+    assert page.evaluate("window.__pwned") is None
+    assert not page_errors, page_errors
+
+
+# -- the team: playground, review, agreement, as a trainer and two reviewers would use them -------------------------
+
+TRAINER_PASSWORD = "trainer password"
+REVIEWER_PASSWORD = "reviewer password"
+
+
+@pytest.fixture()
+def team(tmp_path: Path, tiny_model_dir: Path) -> Iterator[tuple[str, Settings, int]]:
+    """A live server, a playground worker, a trained tiny run, a trainer and two reviewers with passwords."""
+    from live_server import live_server
+
+    settings = Settings(data_dir=tmp_path / "data", broker_url=f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}")
+    upgrade(settings.database_url)
+    run_id = trained_run(settings, tiny_model_dir)
+    ensure_user(settings, "tia", "trainer", TRAINER_PASSWORD)
+    for name in ("rae", "rob"):
+        ensure_user(settings, name, "reviewer", REVIEWER_PASSWORD)
+    worker = WorkerProcess(worker_env(settings), tmp_path, "--queues", PLAYGROUND_QUEUE)
+    worker.start()
+    try:
+        worker.wait_for(" ready.", timeout=120)
+        with live_server(settings) as base:
+            yield base, settings, run_id
+    finally:
+        worker.stop()
+        get_engine(settings.database_url).dispose()
+
+
+def log_in_with_password(page: Any, base: str, name: str, password: str, then: str) -> None:
+    page.goto(f"{base}{then}")
+    page.wait_for_url(re.compile(r".*/login\?next=.*"))
+    page.fill("#login-name", name)
+    page.fill("#login-password", password)
+    page.click("#login-button")
+    page.wait_for_url(re.compile(f".*{re.escape(then)}$"), timeout=TIMEOUT_MS)
+
+
+def review_and_submit(page: Any, base: str, queue_id: int, choice: str) -> None:
+    page.goto(f"{base}/review/{queue_id}")
+    page.wait_for_selector("#rating-body input")
+    for target in page.eval_on_selector_all(
+        "#rating-body input", "inputs => [...new Set(inputs.map(i => i.dataset.target))]"
+    ):
+        page.check(f"#rating-body input[data-target='{target}'][value='{choice}']")
+    page.fill("#review-comment", HOSTILE)
+    page.click("#submit-review")
+    page.wait_for_function(
+        "document.querySelector('#review-state').textContent.includes('submitted')", timeout=TIMEOUT_MS
+    )
+
+
+def test_team_playground_review_and_agreement(
+    team: tuple[str, Settings, int], page: Any, page_errors: list[str]
+) -> None:
+    base, settings, run_id = team
+    hostile_prompt = f'<script>window.__pwned = 1</script>"><img src=x onerror="window.__pwned = 2"> {HOSTILE}'
+
+    # The trainer compares two weight vectors on the trained run.
+    log_in_with_password(page, base, "tia", TRAINER_PASSWORD, "/playground")
+    page.wait_for_selector(f"#pg-run option[value='{run_id}']", state="attached")
+    page.wait_for_function("document.querySelectorAll('#pg-weights .weight-row').length === 2")
+    page.fill("#pg-prompt", hostile_prompt)
+    page.fill("#pg-max-tokens", "8")
+    page.click("#pg-generate")
+    page.wait_for_function("document.querySelectorAll('#pg-outputs .pg-column').length === 2", timeout=120_000)
+    headers = page.eval_on_selector_all("#pg-outputs .pg-column h3", "hs => hs.map(h => h.textContent)")
+    assert headers[0].startswith("positivity 1.00") and headers[1].startswith("positivity 0.00"), headers
+    assert page.locator("#pg-outputs .pg-sample").count() == 2
+    # An output that is hostile text is shown as text (a stored generation, loaded from the history).
+    with session_scope(settings.database_url) as session:
+        sample = {
+            "text": hostile_prompt,
+            "scores": {"positivity": 0.1, "readability": 50.0},
+            "normalized": {},
+            "front": None,
+        }
+        session.add(
+            PlaygroundGeneration(
+                run_id=run_id,
+                created_by="tia",
+                checkpoint="iter-000002",
+                prompt=hostile_prompt,
+                weights=[[1, 0], [0, 1]],
+                seed=0,
+                temperature=0.7,
+                max_new_tokens=8,
+                samples=1,
+                status="succeeded",
+                outputs=[{"weights": w, "auto": False, "samples": [sample]} for w in ([1.0, 0.0], [0.0, 1.0])],
+            )
+        )
+    page.reload()
+    page.wait_for_selector("#pg-history li button")
+    page.click("#pg-history li button")  # the newest: the hostile one
+    page.wait_for_function("document.querySelectorAll('#pg-outputs .pg-text').length === 2")
+    assert page.locator("#pg-outputs .pg-text").first.text_content() == hostile_prompt
+    assert page.locator("#pg-outputs img, #pg-outputs script").count() == 0
+
+    # Send it to review: a blind comparison queue.
+    page.click("#pg-review")
+    page.wait_for_url(re.compile(r".*/review/\d+$"), timeout=TIMEOUT_MS)
+    queue_id = int(page.url.rstrip("/").split("/")[-1])
+    page.wait_for_selector("#item-prompt")
+    assert page.text_content("#item-prompt") == hostile_prompt
+    page.click("#logout-button")
+    page.wait_for_url(re.compile(r".*/login$"))
+
+    # Two reviewers rate and submit; a reviewer cannot reach the playground.
+    for name, choice in (("rae", "A"), ("rob", "A")):
+        log_in_with_password(page, base, name, REVIEWER_PASSWORD, "/review")
+        page.wait_for_selector(f"tr[data-queue-id='{queue_id}'] a.queue-link")
+        assert page.locator("#build-form").count() == 0  # building queues is a trainer's
+        review_and_submit(page, base, queue_id, choice)
+        assert page.locator("#item-responses img, #item-responses script").count() == 0
+        assert page.goto(f"{base}/playground").status == 403
+        page.goto(f"{base}/review")
+        page.click("#logout-button")
+        page.wait_for_url(re.compile(r".*/login$"))
+
+    # The trainer reads the agreement summary.
+    log_in_with_password(page, base, "tia", TRAINER_PASSWORD, f"/review/{queue_id}/summary")
+    page.wait_for_selector("#agreement-body tr[data-target='overall']", timeout=TIMEOUT_MS)
+    overall = page.locator("#agreement-body tr[data-target='overall'] td").all_text_contents()
+    assert overall[:2] == ["overall", "2"] and overall[3] == "1.000", overall  # two judgements that agree
+    progress = page.locator("#progress-body tr").all_text_contents()
+    assert len(progress) == 2 and all("1" in row for row in progress)
     assert page.evaluate("window.__pwned") is None
     assert not page_errors, page_errors

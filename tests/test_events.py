@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from helpers import tiny_run_config
+from helpers import bearer, tiny_run_config
 from live_server import Event, EventStream, live_server
 from sqlalchemy import delete, select
 
@@ -178,8 +179,14 @@ def test_a_vanished_run_is_gone(database_url: str) -> None:
 # -- the SSE endpoint over HTTP ------------------------------------------------------------------------------------
 
 
+@dataclass
+class Served:
+    url: str
+    headers: dict[str, str]  # a trainer's API token
+
+
 @pytest.fixture(scope="module")
-def server(database_url: str, api_broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(database_url: str, api_broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     settings = Settings(
         database_url=database_url,
         broker_url=api_broker_url,
@@ -187,18 +194,18 @@ def server(database_url: str, api_broker_url: str, tmp_path_factory: pytest.Temp
         events_poll_s=0.1,
     )
     with live_server(settings) as base_url:
-        yield base_url
+        yield Served(base_url, bearer(settings))
 
 
-def create_run(base_url: str) -> dict[str, Any]:
+def create_run(server: Served) -> dict[str, Any]:
     config = tiny_run_config(Path("/nonexistent/model")).model_dump(mode="json")
-    response = httpx.post(f"{base_url}/api/runs", json={"name": "streamed", "config": config})
+    response = httpx.post(f"{server.url}/api/runs", json={"name": "streamed", "config": config}, headers=server.headers)
     assert response.status_code == 201, response.text
     return dict(response.json())
 
 
-def events_url(base_url: str, run_id: int) -> str:
-    return f"{base_url}/api/runs/{run_id}/events"
+def events_url(server: Served, run_id: int) -> str:
+    return f"{server.url}/api/runs/{run_id}/events"
 
 
 def metrics_of(events: list[Event]) -> dict[str, list[list[float]]]:
@@ -215,13 +222,13 @@ def is_metrics(event: Event) -> bool:
     return event.name == "metrics"
 
 
-def test_stream_sends_new_data_and_resumes_from_last_event_id(server: str, database_url: str) -> None:
+def test_stream_sends_new_data_and_resumes_from_last_event_id(server: Served, database_url: str) -> None:
     url = database_url
     run = create_run(server)
     run_id = run["id"]
     before = add_points(url, run_id, "loss", range(1, 4))
 
-    with EventStream(events_url(server, run_id)) as stream:
+    with EventStream(events_url(server, run_id), headers=server.headers) as stream:
         assert stream.status_code == 200
         opening = stream.until(is_metrics)
         assert [e.name for e in opening] == ["status", "metrics"]
@@ -237,7 +244,7 @@ def test_stream_sends_new_data_and_resumes_from_last_event_id(server: str, datab
         event = stream.next()
         assert event.name == "evaluations" and [e["id"] for e in event.data] == [evaluation_id]
 
-        stopped = httpx.post(f"{server}/api/runs/{run_id}/stop")
+        stopped = httpx.post(f"{server.url}/api/runs/{run_id}/stop", headers=server.headers)
         assert stopped.status_code == 200
         event = stream.next()
         assert event.name == "status" and event.data["status"] == "stopped"
@@ -248,7 +255,7 @@ def test_stream_sends_new_data_and_resumes_from_last_event_id(server: str, datab
     # While nobody listens, more arrives; a reconnect with Last-Event-ID gets that and nothing older.
     missed = add_points(url, run_id, "loss", range(6, 8))
     missed_samples = add_samples(url, run_id, 7, 1)
-    with EventStream(events_url(server, run_id), headers={"Last-Event-ID": last_id}) as stream:
+    with EventStream(events_url(server, run_id), headers={**server.headers, "Last-Event-ID": last_id}) as stream:
         first = stream.next()
         assert (first.name, first.data) == ("metrics", missed)
         second = stream.next()
@@ -259,14 +266,14 @@ def test_stream_sends_new_data_and_resumes_from_last_event_id(server: str, datab
         assert all(e.name != "status" for e in stream.received)
 
 
-def test_cursor_from_the_run_gives_only_what_comes_after(server: str, database_url: str) -> None:
+def test_cursor_from_the_run_gives_only_what_comes_after(server: Served, database_url: str) -> None:
     run = create_run(server)
     run_id = run["id"]
     add_points(database_url, run_id, "loss", range(10))
     add_samples(database_url, run_id, 9, 2)
-    cursor = httpx.get(f"{server}/api/runs/{run_id}").json()["event_cursor"]
+    cursor = httpx.get(f"{server.url}/api/runs/{run_id}", headers=server.headers).json()["event_cursor"]
     after = add_points(database_url, run_id, "loss", range(10, 12))
-    with EventStream(events_url(server, run_id), params={"cursor": cursor}) as stream:
+    with EventStream(events_url(server, run_id), params={"cursor": cursor}, headers=server.headers) as stream:
         event = stream.next()
         assert (event.name, event.data) == ("metrics", after)
         assert stream.drain(quiet=0.5) == []
@@ -274,23 +281,27 @@ def test_cursor_from_the_run_gives_only_what_comes_after(server: str, database_u
     # Last-Event-ID (a reconnecting browser) wins over the cursor the page was opened with.
     newest = add_points(database_url, run_id, "loss", [12])
     with EventStream(
-        events_url(server, run_id), params={"cursor": Cursor().encode()}, headers={"Last-Event-ID": event.id or ""}
+        events_url(server, run_id),
+        params={"cursor": Cursor().encode()},
+        headers={**server.headers, "Last-Event-ID": event.id or ""},
     ) as stream:
         event = stream.next()
         assert (event.name, event.data) == ("metrics", newest)
 
 
-def test_each_event_id_covers_only_itself_and_what_came_before(server: str, database_url: str) -> None:
+def test_each_event_id_covers_only_itself_and_what_came_before(server: Served, database_url: str) -> None:
     """A connection that drops between two events of one poll must lose neither on reconnect."""
     run = create_run(server)
     run_id = run["id"]
     points = add_points(database_url, run_id, "loss", range(3))
     sample_ids = add_samples(database_url, run_id, 2, 2)
-    with EventStream(events_url(server, run_id)) as stream:
+    with EventStream(events_url(server, run_id), headers=server.headers) as stream:
         opening = [stream.next() for _ in range(3)]
     assert [e.name for e in opening] == ["status", "metrics", "samples"]
     # Reconnect as if only the status event had arrived.
-    with EventStream(events_url(server, run_id), headers={"Last-Event-ID": opening[0].id or ""}) as stream:
+    with EventStream(
+        events_url(server, run_id), headers={**server.headers, "Last-Event-ID": opening[0].id or ""}
+    ) as stream:
         again = [stream.next(), stream.next()]
         assert [(e.name, e.data if e.name == "metrics" else [s["id"] for s in e.data]) for e in again] == [
             ("metrics", points),
@@ -298,6 +309,6 @@ def test_each_event_id_covers_only_itself_and_what_came_before(server: str, data
         ]
 
 
-def test_unknown_run_stream_is_404(server: str) -> None:
-    response = httpx.get(events_url(server, 987654))
+def test_unknown_run_stream_is_404(server: Served) -> None:
+    response = httpx.get(events_url(server, 987654), headers=server.headers)
     assert response.status_code == 404

@@ -9,27 +9,27 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from helpers import session_cookie
 
 from app import run_state
-from app.db import get_engine, session_scope
+from app.auth import CSRF_HEADER, SESSION_COOKIE
+from app.db import session_scope
 from app.main import create_app
-from app.migrate import upgrade
 from app.settings import Settings
 
 EVIL = "<script>alert(1)</script>"
 
 
 @pytest.fixture()
-def settings(tmp_path: Path) -> Iterator[Settings]:
-    settings = Settings(data_dir=tmp_path, broker_url=f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}")
-    upgrade(settings.database_url)
-    yield settings
-    get_engine(settings.database_url).dispose()
+def settings(embedded_settings: Settings) -> Settings:
+    return embedded_settings
 
 
 @pytest.fixture()
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as client:
+    """A trainer's browser: a session cookie, and the page's CSRF token sent back with every change."""
+    cookie, csrf = session_cookie(settings)
+    with TestClient(create_app(settings), cookies={SESSION_COOKIE: cookie}, headers={CSRF_HEADER: csrf}) as client:
         yield client
 
 
@@ -98,7 +98,7 @@ def test_run_page(client: TestClient, settings: Settings) -> None:
         ">queued<",
     ):
         assert needle in html, needle
-    assert scripts_of(html) == ["/vendor/uplot/uPlot.iife.min.js", "/static/js/run.js"]
+    assert scripts_of(html) == ["/static/js/session.js", "/vendor/uplot/uPlot.iife.min.js", "/static/js/run.js"]
 
 
 def test_compare_page(client: TestClient, settings: Settings) -> None:

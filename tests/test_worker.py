@@ -6,13 +6,10 @@ the SQLite broker (`sqla+sqlite://`, embedded mode). The worker trains a tiny ra
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from db_fixtures import REDIS_DB_WORKER, redis_broker_url
-from helpers import tiny_run_config
+from helpers import WorkerProcess, bearer, tiny_run_config, with_signal
 from live_server import Event, EventStream, live_server
 
 from app.queue import enqueue_training
@@ -44,73 +41,24 @@ CHEAP = {
 }
 
 
-class WorkerProcess:
-    """`meal worker` in its own process group, its output in a file."""
-
-    def __init__(self, env: dict[str, str], directory: Path) -> None:
-        self.env, self.directory = env, directory
-        self.log_path = directory / "worker.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [str(MEAL), "worker", "--name", f"test-{uuid.uuid4().hex[:8]}@%h", "--loglevel", "INFO"],
-                env=self.env,
-                cwd=self.directory,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a process group of its own: teardown kills all of it
-            )
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def wait_for(self, text: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.output():
-            if not self.alive():
-                pytest.fail(f"the worker exited (code {self.process and self.process.poll()}) before {text!r}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"{text!r} not in the worker's output within {timeout} s")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            with_signal(self.process.pid, signal.SIGTERM)  # warm shutdown
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=10)
-        with_signal(self.process.pid, signal.SIGKILL)  # whatever is left of the group
-        self.process.wait(timeout=10)
-
-
-def with_signal(group: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):  # the group is gone already
-        os.killpg(group, sig)
-
-
 @dataclass
 class Setup:
     base_url: str
     settings: Settings
     worker: WorkerProcess
+    headers: dict[str, str]  # a trainer's API token
 
     @property
     def runs_dir(self) -> Path:
         return self.settings.runs_dir
 
     def get(self, path: str, **params: Any) -> Any:
-        response = httpx.get(f"{self.base_url}{path}", params=params, timeout=30)
+        response = httpx.get(f"{self.base_url}{path}", params=params, headers=self.headers, timeout=30)
         assert response.status_code == 200, response.text
         return response.json()
 
     def post(self, path: str, json: Any = None) -> httpx.Response:
-        return httpx.post(f"{self.base_url}{path}", json=json, timeout=60)
+        return httpx.post(f"{self.base_url}{path}", json=json, headers=self.headers, timeout=60)
 
     def run(self, run_id: int) -> dict[str, Any]:
         return dict(self.get(f"/api/runs/{run_id}"))
@@ -163,7 +111,7 @@ def setup(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     try:
         with live_server(settings) as base_url:
             worker.wait_for(" ready.", timeout=120)
-            yield Setup(base_url, settings, worker)
+            yield Setup(base_url, settings, worker, bearer(settings))
     finally:
         crashed = worker.process is not None and worker.process.poll() is not None
         worker.stop()
@@ -229,7 +177,7 @@ def test_train_stop_resume_and_finish(live: Setup, tiny_model_dir: Path) -> None
     assert run["status"] in ("queued", "running") and run["total_iterations"] == TOTAL  # a worker may be quick
     run_dir = live.runs_dir / f"run-{run_id}"
 
-    with EventStream(f"{live.base_url}/api/runs/{run_id}/events") as stream:
+    with EventStream(f"{live.base_url}/api/runs/{run_id}/events", headers=live.headers) as stream:
         live.wait_run(run_id, lambda r: r["status"] == "running", 120, "running")
         # Sent while the run is being trained: the solo worker takes it once the run is stopped, and skips it.
         duplicate = enqueue_training(live.settings.broker_url, run_id)
@@ -264,7 +212,8 @@ def test_train_stop_resume_and_finish(live: Setup, tiny_model_dir: Path) -> None
     assert resumed.json()["status"] in ("queued", "running")
     assert resumed.json()["task_id"] and resumed.json()["task_id"] != run["task_id"]
 
-    with EventStream(f"{live.base_url}/api/runs/{run_id}/events", params={"cursor": cursor}) as stream:
+    events = f"{live.base_url}/api/runs/{run_id}/events"
+    with EventStream(events, params={"cursor": cursor}, headers=live.headers) as stream:
         live.wait_run(run_id, lambda r: r["iteration"] > stop_at, 120, f"past iteration {stop_at}")
         done = live.wait_run(run_id, lambda r: r["status"] in ("succeeded", "failed"), 180, "finished")
         assert done["status"] == "succeeded", done["error"]

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from celery import Celery
 
+from app.queue import QUEUE
 from app.settings import get_settings
-
-QUEUE = "meal"
 
 
 def make_celery(broker_url: str) -> Celery:

@@ -1,20 +1,28 @@
-"""`meal worker`: one Celery worker, one run at a time (--pool=solo)."""
+"""`meal worker`: one Celery worker, one task at a time (--pool=solo): training runs, or with --queues playground,
+playground generations."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
 
+from app.queue import PLAYGROUND_QUEUE, QUEUE
+
 
 def register_worker(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:  # type: ignore[type-arg]
     parser = sub.add_parser("worker", help="start a Celery worker that trains queued runs")
     parser.add_argument("--name", default="meal@%h", help="worker node name (default: meal@<host>)")
     parser.add_argument("--loglevel", default="INFO")
+    parser.add_argument(
+        "--queues",
+        default=QUEUE,
+        help=f"queues to take tasks from (default: {QUEUE}, training; {PLAYGROUND_QUEUE}: playground generations)",
+    )
     return run_worker
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from worker.celery_app import QUEUE, celery_app
+    from worker.celery_app import celery_app
 
     celery_app.worker_main(
         [
@@ -23,7 +31,7 @@ def run_worker(args: argparse.Namespace) -> int:
             "--concurrency=1",
             f"--hostname={args.name}",
             f"--loglevel={args.loglevel}",
-            f"--queues={QUEUE}",
+            f"--queues={args.queues}",
             "--without-gossip",
             "--without-mingle",
         ]

@@ -1,4 +1,5 @@
-"""Celery tasks. `meal.train_run` trains one stored run, from its last checkpoint if it has one."""
+"""Celery tasks. `meal.train_run` trains one stored run, from its last checkpoint if it has one;
+`meal.playground_generate` samples one playground comparison (its own queue, so it never waits behind training)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,23 @@ import os
 import socket
 import threading
 import traceback
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 from celery.signals import worker_shutting_down
+from sqlalchemy import select, update
 
 from app import run_state
 from app.db import session_scope
-from app.models import Run, RunStatus
+from app.models import Evaluation, JobStatus, PlaygroundGeneration, Run, RunStatus, utcnow
 from app.settings import get_settings
-from meal_core.config import parse_config
+from app.sql import storable_text
+from meal_core.config import RunConfig, parse_config
+from meal_core.inference import BASE, LoadedRun, checkpoint_names
+from meal_core.policy import Sampling
 from meal_core.trainer import Trainer
 from worker.celery_app import celery_app
 from worker.recorder import DatabaseRecorder
@@ -81,3 +91,142 @@ def train_run(run_id: int) -> str:
         with session_scope(settings.database_url) as session:
             run_state.finish(session, run_id, name, status, error, trace)
     return status
+
+
+# -- the playground ---------------------------------------------------------------------------------------------------
+
+
+class PolicyCache:
+    """The most recently used policies, kept loaded: comparing prompt after prompt on one run loads it once."""
+
+    def __init__(self, size: int = 2) -> None:
+        self.size = size
+        self._loaded: OrderedDict[tuple[int, str], LoadedRun] = OrderedDict()
+
+    def get(self, run_id: int, config: RunConfig, run_dir: Path, checkpoint: str | None) -> LoadedRun:
+        names = checkpoint_names(run_dir)
+        chosen = checkpoint or (names[-1] if names else BASE)
+        key = (run_id, chosen)
+        if key in self._loaded:
+            self._loaded.move_to_end(key)
+            return self._loaded[key]
+        loaded = LoadedRun(config, run_dir, chosen)
+        self._loaded[key] = loaded
+        while len(self._loaded) > self.size:
+            self._loaded.popitem(last=False)
+        return loaded
+
+
+POLICIES = PolicyCache()
+
+
+def front_placement(normalized: np.ndarray, front: np.ndarray, step: int | None) -> dict[str, Any]:
+    """Where a response's normalised scores lie against the run's latest evaluation front (all maximised)."""
+    if front.size == 0:
+        return {"evaluation_step": None, "front_points": 0, "dominated_by": 0, "dominates": 0}
+    dominated_by = int(((front >= normalized).all(axis=1) & (front > normalized).any(axis=1)).sum())
+    dominates = int(((normalized >= front).all(axis=1) & (normalized > front).any(axis=1)).sum())
+    return {"evaluation_step": step, "front_points": len(front), "dominated_by": dominated_by, "dominates": dominates}
+
+
+def latest_front(session: Any, run_id: int) -> tuple[np.ndarray, int | None]:
+    evaluation = session.scalar(
+        select(Evaluation).where(Evaluation.run_id == run_id).order_by(Evaluation.step.desc()).limit(1)
+    )
+    if evaluation is None:
+        return np.empty((0, 0)), None
+    points = [p["rewards"] for p in evaluation.points if p.get("on_front")]
+    return np.asarray(points, dtype=np.float64), evaluation.step
+
+
+@dataclass(frozen=True)
+class PlaygroundJob:
+    """What a claimed generation asks for, read in one short transaction."""
+
+    id: int
+    run_id: int
+    config: dict[str, Any]
+    checkpoint: str | None
+    prompt: str
+    weights: list[Any]  # vectors or "auto"
+    seed: int
+    samples: int
+    temperature: float
+    max_new_tokens: int
+
+
+def claim_generation(session: Any, generation_id: int) -> PlaygroundJob | None:
+    """queued → running, by one conditional UPDATE: a redelivered message finds nothing to do."""
+    claimed = session.execute(
+        update(PlaygroundGeneration)
+        .where(PlaygroundGeneration.id == generation_id, PlaygroundGeneration.status == JobStatus.QUEUED)
+        .values(status=JobStatus.RUNNING)
+    ).rowcount
+    if not claimed:
+        return None
+    g = session.get(PlaygroundGeneration, generation_id)
+    run = session.get(Run, g.run_id)
+    return PlaygroundJob(
+        g.id,
+        run.id,
+        run.config,
+        g.checkpoint,
+        g.prompt,
+        list(g.weights),
+        g.seed,
+        g.samples,
+        g.temperature,
+        g.max_new_tokens,
+    )
+
+
+def by_objective(names: list[str], values: np.ndarray) -> dict[str, float]:
+    return dict(zip(names, values.tolist(), strict=True))
+
+
+def playground_outputs(job: PlaygroundJob, loaded: LoadedRun, front: np.ndarray, step: int | None) -> list[dict]:
+    """Sample every weight vector in one call, score every response, place each against the front."""
+    rows = np.stack([loaded.auto_weights(job.prompt) if w == "auto" else np.asarray(w, float) for w in job.weights])
+    sampling = Sampling.of(loaded.config.algorithm, temperature=job.temperature, max_new_tokens=job.max_new_tokens)
+    texts = loaded.sample(job.prompt, rows, job.samples, sampling, job.seed)
+    scored = loaded.score(job.prompt, [t for group in texts for t in group])
+    outputs = []
+    for v, (weights, group) in enumerate(zip(rows, texts, strict=True)):
+        samples = []
+        for i, text in enumerate(group):
+            raw = scored.raw[v * job.samples + i]
+            normalized = scored.normalized[v * job.samples + i] if scored.normalized is not None else None
+            samples.append(
+                {
+                    "text": storable_text(text),
+                    "scores": dict(zip(loaded.names, raw.tolist(), strict=True)),
+                    "normalized": {}
+                    if normalized is None
+                    else dict(zip(loaded.names, normalized.tolist(), strict=True)),
+                    "front": None if normalized is None else front_placement(normalized, front, step),
+                }
+            )
+        outputs.append({"weights": weights.round(4).tolist(), "auto": job.weights[v] == "auto", "samples": samples})
+    return outputs
+
+
+@celery_app.task(name="meal.playground_generate")
+def playground_generate(generation_id: int) -> str:
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        job = claim_generation(session, generation_id)
+        if job is None:
+            return "skipped"
+        front, step = latest_front(session, job.run_id)
+    values: dict[str, Any] = {"status": JobStatus.FAILED, "finished_at": utcnow()}
+    try:
+        run_dir = settings.runs_dir / f"run-{job.run_id}"
+        loaded = POLICIES.get(job.run_id, parse_config(job.config), run_dir, job.checkpoint)
+        outputs = playground_outputs(job, loaded, front, step)
+        values.update(status=JobStatus.SUCCEEDED, outputs=outputs, checkpoint=loaded.checkpoint)
+    except Exception as exc:  # shown on the playground page; the worker carries on
+        log.exception("playground generation %s failed", generation_id)
+        values["error"] = storable_text(f"{type(exc).__name__}: {exc}")
+    with session_scope(settings.database_url) as session:
+        session.execute(update(PlaygroundGeneration).where(PlaygroundGeneration.id == generation_id).values(**values))
+    return str(values["status"])

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, Depends, HTTPException, status
 from pydantic import BaseModel, Field
 
+from app.deps import REQUIRE
+from app.models import Role
 from app.routers.runs import config_errors_as_422
 from meal_core.config import ConfigError, RunConfig, config_json_schema, parse_config, parse_config_text
 
-router = APIRouter(prefix="/api/config", tags=["config"])
+router = APIRouter(prefix="/api/config", tags=["config"], dependencies=[Depends(REQUIRE[Role.TRAINER])])
 
 MAX_CONFIG_TEXT = 1_000_000
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from sqlalchemy import select
 
-from app.deps import RunDep, SessionDep
-from app.models import Evaluation
+from app.deps import REQUIRE, RunDep, SessionDep
+from app.models import Evaluation, Role
 from app.schemas import EvaluationOut
 
-router = APIRouter(prefix="/api/runs", tags=["evaluations"])
+router = APIRouter(prefix="/api/runs", tags=["evaluations"], dependencies=[Depends(REQUIRE[Role.TRAINER])])
 
 
 @router.get("/{run_id}/evaluations", response_model=list[EvaluationOut])

@@ -7,15 +7,16 @@ import json
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.db import session_scope
-from app.deps import RunDep, SettingsDep
+from app.deps import REQUIRE, RunDep, SettingsDep
 from app.events import Cursor, StreamEvent, new_events
+from app.models import Role
 
-router = APIRouter(prefix="/api/runs", tags=["events"])
+router = APIRouter(prefix="/api/runs", tags=["events"], dependencies=[Depends(REQUIRE[Role.TRAINER])])
 
 KEEPALIVE_S = 15.0
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from sqlalchemy import select
 
-from app.deps import RunDep, SessionDep, SettingsDep
+from app.deps import REQUIRE, RunDep, SessionDep, SettingsDep
 from app.metric_store import query_series
-from app.models import MetricLatest
+from app.models import MetricLatest, Role
 
-router = APIRouter(prefix="/api/runs", tags=["metrics"])
+router = APIRouter(prefix="/api/runs", tags=["metrics"], dependencies=[Depends(REQUIRE[Role.TRAINER])])
 
 
 @router.get("/{run_id}/metrics")

@@ -1,32 +1,51 @@
-"""Server-rendered pages (Jinja2, autoescaped). Data arrives through the JSON API and the event stream."""
+"""Server-rendered pages (Jinja2, autoescaped). Data arrives through the JSON API and the event stream.
+
+Every page but the login page needs a logged-in user with the page's role: logged out, the browser is sent to the
+login page (and back afterwards); with too low a role, it gets a 403 page.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from app.deps import SessionDep, UserDep
-from app.models import Run
+from app.deps import AdminPage, CurrentUser, ReviewerPage, SessionDep, TrainerPage, authenticate
+from app.models import Role, Run
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parent.parent.parent / "templates")
 router = APIRouter(include_in_schema=False)
 
 
+def home_for(user: CurrentUser) -> str:
+    """Where a user starts: the runs for trainers and admins, the review queues for reviewers."""
+    return "/" if user.can(Role.TRAINER) else "/review"
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request, next: str = "/", expired: bool = False) -> Response:
+    user = authenticate(request)
+    if user is not None:
+        return RedirectResponse(home_for(user), status_code=303)
+    return TEMPLATES.TemplateResponse(
+        request, "login.html", {"user": None, "next_url": next[:2000], "expired": expired, "active": "login"}
+    )
+
+
 @router.get("/", response_class=HTMLResponse)
-def runs_page(request: Request, user: UserDep) -> HTMLResponse:
+def runs_page(request: Request, user: TrainerPage) -> HTMLResponse:
     return TEMPLATES.TemplateResponse(request, "runs.html", {"user": user, "active": "runs"})
 
 
 @router.get("/runs/new", response_class=HTMLResponse)
-def new_run_page(request: Request, user: UserDep, clone: int | None = None) -> HTMLResponse:
+def new_run_page(request: Request, user: TrainerPage, clone: int | None = None) -> HTMLResponse:
     return TEMPLATES.TemplateResponse(request, "new_run.html", {"user": user, "clone": clone, "active": "new"})
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-def run_page(request: Request, run_id: int, session: SessionDep, user: UserDep) -> HTMLResponse:
+def run_page(request: Request, run_id: int, session: SessionDep, user: TrainerPage) -> HTMLResponse:
     run = session.get(Run, run_id)
     if run is None:
         return TEMPLATES.TemplateResponse(
@@ -36,6 +55,35 @@ def run_page(request: Request, run_id: int, session: SessionDep, user: UserDep) 
 
 
 @router.get("/compare", response_class=HTMLResponse)
-def compare_page(request: Request, user: UserDep, ids: str = "") -> HTMLResponse:
+def compare_page(request: Request, user: TrainerPage, ids: str = "") -> HTMLResponse:
     run_ids = list(dict.fromkeys(int(part) for part in ids.split(",") if part.strip().isdigit()))
     return TEMPLATES.TemplateResponse(request, "compare.html", {"user": user, "run_ids": run_ids, "active": "compare"})
+
+
+@router.get("/admin/users", response_class=HTMLResponse)
+def users_page(request: Request, user: AdminPage) -> HTMLResponse:
+    return TEMPLATES.TemplateResponse(request, "users.html", {"user": user, "roles": list(Role), "active": "users"})
+
+
+@router.get("/playground", response_class=HTMLResponse)
+def playground_page(request: Request, user: TrainerPage, run: int | None = None) -> HTMLResponse:
+    return TEMPLATES.TemplateResponse(request, "playground.html", {"user": user, "run_id": run, "active": "playground"})
+
+
+@router.get("/review", response_class=HTMLResponse)
+def review_page(request: Request, user: ReviewerPage) -> HTMLResponse:
+    return TEMPLATES.TemplateResponse(request, "review.html", {"user": user, "active": "review"})
+
+
+@router.get("/review/{queue_id}", response_class=HTMLResponse)
+def review_queue_page(request: Request, queue_id: int, user: ReviewerPage) -> HTMLResponse:
+    return TEMPLATES.TemplateResponse(
+        request, "review_queue.html", {"user": user, "queue_id": queue_id, "active": "review"}
+    )
+
+
+@router.get("/review/{queue_id}/summary", response_class=HTMLResponse)
+def review_summary_page(request: Request, queue_id: int, user: TrainerPage) -> HTMLResponse:
+    return TEMPLATES.TemplateResponse(
+        request, "review_summary.html", {"user": user, "queue_id": queue_id, "active": "review"}
+    )

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, status
 from sqlalchemy import select
 
 from app import run_state
-from app.deps import RunDep, SessionDep, SettingsDep, UserDep
+from app.deps import REQUIRE, RunDep, SessionDep, SettingsDep, TrainerDep
 from app.events import current_cursor
-from app.models import MetricLatest, Run
+from app.models import MetricLatest, Role, Run
 from app.queue import enqueue_training
 from app.schemas import RunCreate, RunOut
 from meal_core.config import ConfigError, parse_config
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/api/runs", tags=["runs"])
+router = APIRouter(prefix="/api/runs", tags=["runs"], dependencies=[Depends(REQUIRE[Role.TRAINER])])
 
 REWARD_PREFIX = "reward/"
 
@@ -74,7 +74,7 @@ def _enqueue(session: SessionDep, settings: SettingsDep, run: Run) -> None:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=RunOut)
-def create_run(body: RunCreate, session: SessionDep, settings: SettingsDep, user: UserDep) -> RunOut:
+def create_run(body: RunCreate, session: SessionDep, settings: SettingsDep, user: TrainerDep) -> RunOut:
     try:
         config = parse_config(body.config)
     except ConfigError as error:
@@ -105,9 +105,9 @@ def get_run(run: RunDep, session: SessionDep) -> RunOut:
 
 
 @router.post("/{run_id}/stop", response_model=RunOut)
-def stop_run(run: RunDep, session: SessionDep) -> RunOut:
+def stop_run(run: RunDep, session: SessionDep, user: TrainerDep) -> RunOut:
     try:
-        run_state.request_stop(session, run.id)
+        run_state.request_stop(session, run.id, user.name)
     except run_state.TransitionError as error:
         raise HTTPException(status_code=409, detail=str(error)) from None
     session.commit()
@@ -116,9 +116,9 @@ def stop_run(run: RunDep, session: SessionDep) -> RunOut:
 
 
 @router.post("/{run_id}/resume", response_model=RunOut)
-def resume_run(run: RunDep, session: SessionDep, settings: SettingsDep) -> RunOut:
+def resume_run(run: RunDep, session: SessionDep, settings: SettingsDep, user: TrainerDep) -> RunOut:
     try:
-        run_state.requeue(session, run.id)
+        run_state.requeue(session, run.id, user.name)
     except run_state.TransitionError as error:
         raise HTTPException(status_code=409, detail=str(error)) from None
     session.refresh(run)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from sqlalchemy import func, select
 
-from app.deps import RunDep, SessionDep
-from app.models import Sample
+from app.deps import REQUIRE, RunDep, SessionDep
+from app.models import Role, Sample
 from app.schemas import SampleOut
 
-router = APIRouter(prefix="/api/runs", tags=["samples"])
+router = APIRouter(prefix="/api/runs", tags=["samples"], dependencies=[Depends(REQUIRE[Role.TRAINER])])
 
 
 @router.get("/{run_id}/samples", response_model=list[SampleOut])

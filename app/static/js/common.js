@@ -44,8 +44,15 @@ export class ApiError extends Error {
 }
 
 /** fetch() a JSON endpoint; throws ApiError (with the response's `detail`) on a non-2xx answer. */
+/** The CSRF token of this page's session (a meta tag the server renders): every change sends it back. */
+function csrfToken() {
+  const meta = document.querySelector("meta[name=csrf-token]");
+  return meta ? meta.content : "";
+}
+
 export async function api(path, { method = "GET", body } = {}) {
-  const init = { method, headers: { Accept: "application/json" } };
+  const init = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
+  if (!["GET", "HEAD"].includes(method)) init.headers["X-CSRF-Token"] = csrfToken();
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
@@ -59,6 +66,10 @@ export async function api(path, { method = "GET", body } = {}) {
     } catch {
       data = text;
     }
+  }
+  if (response.status === 401 && !path.startsWith("/api/auth/login")) {
+    // The session ended (logged out elsewhere, expired): back to the login page, and here afterwards.
+    window.location.assign(`/login?next=${encodeURIComponent(window.location.pathname + window.location.search)}`);
   }
   if (!response.ok) throw new ApiError(response.status, data && data.detail !== undefined ? data.detail : data);
   return data;

@@ -1,0 +1,444 @@
+"""Review of generations by a team: building queues, one review per reviewer per item, agreement, export.
+
+A queue holds items of one kind: `single` (one response, rated 1–5 per objective and overall) or `comparison` (two
+responses A and B, judged A / B / tie per objective and overall). In a blind queue a reviewer sees neither run,
+weights nor reward scores until their review of the item is submitted, and comparisons are shown in a random order
+per item (stored as `swapped`; reviews are always stored in the item's own A/B order).
+
+The summary answers the question every team asks — does our reward model agree with us? — per objective:
+Krippendorff's alpha between reviewers (ordinal for ratings, nominal for comparisons, the `krippendorff` package),
+their raw pairwise agreement, and the agreement of the team with the reward objective (Spearman between the mean
+rating and the score for ratings, pairwise accuracy for comparisons).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any, Literal
+
+import numpy as np
+from scipy.stats import spearmanr
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.models import PlaygroundGeneration, Review, ReviewItem, ReviewQueue, Sample, utcnow
+
+SINGLE, COMPARISON = "single", "comparison"
+RATINGS = ("1", "2", "3", "4", "5")
+CHOICES = ("A", "B", "tie")
+DRAFT, SUBMITTED = "draft", "submitted"
+OVERALL = "overall"
+MAX_ITEMS = 2000
+
+
+class ReviewError(ValueError):
+    """A queue or review that cannot be stored; the message names the field."""
+
+
+# -- building queues --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SampleSelection:
+    run_id: int
+    step_min: int | None = None
+    step_max: int | None = None
+    weight_objective: str | None = None  # with weight_min / weight_max: the region of weights to take samples from
+    weight_min: float = 0.0
+    weight_max: float = 1.0
+    accepted_only: bool = False
+    random_n: int | None = None
+    seed: int = 0
+
+
+def sample_items(session: Session, selection: SampleSelection, objectives: list[str]) -> list[dict[str, Any]]:
+    """Single-response items from a run's recorded samples, by step range, weight region, acceptance, random N."""
+    query = select(Sample).where(Sample.run_id == selection.run_id).order_by(Sample.step, Sample.position)
+    if selection.step_min is not None:
+        query = query.where(Sample.step >= selection.step_min)
+    if selection.step_max is not None:
+        query = query.where(Sample.step <= selection.step_max)
+    if selection.accepted_only:
+        query = query.where(Sample.accepted.is_(True))
+    rows = list(session.scalars(query.limit(100_000)))
+    if selection.weight_objective is not None:
+        if selection.weight_objective not in objectives:
+            raise ReviewError(f"source.weight_objective: one of {objectives}")
+        k = objectives.index(selection.weight_objective)
+        rows = [s for s in rows if selection.weight_min <= s.weights[k] <= selection.weight_max]
+    if selection.random_n is not None and len(rows) > selection.random_n:
+        rows = random.Random(selection.seed).sample(rows, selection.random_n)
+    return [
+        {
+            "prompt": s.prompt,
+            "responses": [
+                {
+                    "text": s.response,
+                    "run_id": s.run_id,
+                    "step": s.step,
+                    "weights": dict(zip(objectives, s.weights, strict=False)),
+                    "scores": s.raw_rewards,
+                    "origin": f"sample {s.id}",
+                }
+            ],
+        }
+        for s in rows
+    ]
+
+
+def comparison_items(session: Session, generation_ids: Sequence[int], objectives: list[str]) -> list[dict[str, Any]]:
+    """Comparison items from playground generations: the first sample of each weight vector against the next one's."""
+    items = []
+    for generation_id in generation_ids:
+        generation = session.get(PlaygroundGeneration, generation_id)
+        if generation is None or not generation.outputs:
+            raise ReviewError(f"source.generation_ids: generation {generation_id} does not exist or has no outputs")
+        outputs = generation.outputs
+        for a, b in zip(outputs, outputs[1:], strict=False):
+            items.append(
+                {
+                    "prompt": generation.prompt,
+                    "responses": [
+                        {
+                            "text": output["samples"][0]["text"],
+                            "run_id": generation.run_id,
+                            "checkpoint": generation.checkpoint,
+                            "weights": dict(zip(objectives, output["weights"], strict=False)),
+                            "scores": output["samples"][0]["scores"],
+                            "origin": f"playground {generation.id}",
+                        }
+                        for output in (a, b)
+                    ],
+                }
+            )
+    return items
+
+
+def create_queue(
+    session: Session,
+    name: str,
+    created_by: str,
+    kind: str,
+    blind: bool,
+    objectives: list[str],
+    items: list[dict[str, Any]],
+    source: dict[str, Any],
+    seed: int = 0,
+) -> ReviewQueue:
+    if not items:
+        raise ReviewError("source: nothing matched: the queue would be empty")
+    if len(items) > MAX_ITEMS:
+        raise ReviewError(f"source: {len(items)} items; at most {MAX_ITEMS} per queue (use random_n)")
+    queue = ReviewQueue(name=name, created_by=created_by, kind=kind, blind=blind, objectives=objectives, source=source)
+    session.add(queue)
+    session.flush()
+    order = list(range(len(items)))
+    shuffler = random.Random(seed)
+    if blind:
+        shuffler.shuffle(order)  # the show order gives nothing away either
+    for position, index in enumerate(order):
+        item = items[index]
+        session.add(
+            ReviewItem(
+                queue_id=queue.id,
+                position=position,
+                prompt=item["prompt"],
+                responses=item["responses"],
+                swapped=blind and kind == COMPARISON and shuffler.random() < 0.5,
+            )
+        )
+    session.flush()
+    return queue
+
+
+# -- reviews ----------------------------------------------------------------------------------------------------------
+
+
+def _swap(choice: str, swapped: bool) -> str:
+    return {"A": "B", "B": "A"}.get(choice, choice) if swapped else choice
+
+
+def validate_review(
+    queue: ReviewQueue, ratings: dict[str, Any], overall: str | None, submit: bool
+) -> tuple[dict[str, str], str | None]:
+    """Values as the reviewer's form sends them (display order for comparisons); raises ReviewError."""
+    allowed = RATINGS if queue.kind == SINGLE else CHOICES
+    unknown = set(ratings) - set(queue.objectives)
+    if unknown:
+        raise ReviewError(f"ratings: unknown objective(s) {sorted(unknown)}; this queue has {queue.objectives}")
+    clean = {}
+    for name, value in ratings.items():
+        if value is None:
+            continue
+        text = str(value)
+        if text not in allowed:
+            raise ReviewError(f"ratings.{name}: one of {list(allowed)}")
+        clean[name] = text
+    if overall is not None and str(overall) not in allowed:
+        raise ReviewError(f"overall: one of {list(allowed)}")
+    if submit:
+        missing = [n for n in queue.objectives if n not in clean]
+        if missing or overall is None:
+            raise ReviewError(
+                f"a submitted review needs every objective and the overall judgement; missing {missing or ['overall']}"
+            )
+    return clean, None if overall is None else str(overall)
+
+
+def save_review(
+    session: Session,
+    queue: ReviewQueue,
+    item: ReviewItem,
+    reviewer: str,
+    ratings: dict[str, Any],
+    overall: str | None,
+    comment: str,
+    submit: bool,
+) -> Review:
+    """A reviewer's draft or submission for an item, stored in the item's own A/B order. One per reviewer and item;
+    editable (a submitted review too) until the queue closes."""
+    if queue.status != "open":
+        raise ReviewError("the queue is closed: reviews can no longer change")
+    clean, overall = validate_review(queue, ratings, overall, submit)
+    if queue.kind == COMPARISON:
+        clean = {k: _swap(v, item.swapped) for k, v in clean.items()}
+        overall = None if overall is None else _swap(overall, item.swapped)
+    review = session.scalar(select(Review).where(Review.item_id == item.id, Review.reviewer == reviewer))
+    if review is None:
+        review = Review(item_id=item.id, reviewer=reviewer)
+        session.add(review)
+    review.ratings, review.overall, review.comment = clean, overall, comment
+    review.status = SUBMITTED if submit else (review.status if review.status == SUBMITTED else DRAFT)
+    review.updated_at = utcnow()
+    session.flush()
+    return review
+
+
+def item_view(queue: ReviewQueue, item: ReviewItem, review: Review | None) -> dict[str, Any]:
+    """An item as one reviewer may see it: blind queues hide run, weights and scores until their review is
+    submitted, and show comparisons in the item's random order."""
+    reveal = not queue.blind or (review is not None and review.status == SUBMITTED)
+    responses = list(item.responses)
+    swapped = queue.kind == COMPARISON and item.swapped
+    if swapped:
+        responses = responses[::-1]
+    shown = [r if reveal else {"text": r["text"]} for r in responses]
+    mine = None
+    if review is not None:
+        mine = {
+            "ratings": {k: _swap(v, swapped) for k, v in review.ratings.items()},
+            "overall": None if review.overall is None else _swap(review.overall, swapped),
+            "comment": review.comment,
+            "status": review.status,
+        }
+    return {"id": item.id, "position": item.position, "prompt": item.prompt, "responses": shown, "review": mine}
+
+
+# -- agreement --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Judgements:
+    """Submitted judgements of one queue, per target (each objective and "overall"): (item id, reviewer) → value."""
+
+    values: dict[str, dict[tuple[int, str], str]] = field(default_factory=dict)
+    items: dict[int, ReviewItem] = field(default_factory=dict)
+
+    def reviewers(self) -> list[str]:
+        return sorted({reviewer for table in self.values.values() for _, reviewer in table})
+
+
+def judgements(session: Session, queue: ReviewQueue) -> Judgements:
+    found = Judgements()
+    rows = session.execute(
+        select(ReviewItem, Review)
+        .join(Review, Review.item_id == ReviewItem.id)
+        .where(ReviewItem.queue_id == queue.id, Review.status == SUBMITTED)
+    )
+    for item, review in rows:
+        found.items[item.id] = item
+        for target in [*queue.objectives, OVERALL]:
+            value = review.overall if target == OVERALL else review.ratings.get(target)
+            if value is not None:
+                found.values.setdefault(target, {})[(item.id, review.reviewer)] = value
+    return found
+
+
+def _code(value: str, kind: str) -> float:
+    return float(value) if kind == SINGLE else float(CHOICES.index(value))
+
+
+def krippendorff_alpha(table: dict[tuple[int, str], str], kind: str) -> float | None:
+    """Alpha over reviewers × items (ordinal for ratings, nominal for A/B/tie); None where it is undefined (fewer
+    than two reviewers, or no item judged twice, or no variation at all)."""
+    import krippendorff
+
+    reviewers = sorted({r for _, r in table})
+    items = sorted({i for i, _ in table})
+    if len(reviewers) < 2:
+        return None
+    data = np.full((len(reviewers), len(items)), np.nan)
+    for (item, reviewer), value in table.items():
+        data[reviewers.index(reviewer), items.index(item)] = _code(value, kind)
+    if not any((~np.isnan(data[:, j])).sum() >= 2 for j in range(len(items))):
+        return None
+    if len({v for v in data.flatten() if not np.isnan(v)}) < 2:
+        return None
+    level: Literal["ordinal", "nominal"] = "ordinal" if kind == SINGLE else "nominal"
+    value_domain = [1.0, 2.0, 3.0, 4.0, 5.0] if kind == SINGLE else [0.0, 1.0, 2.0]
+    return float(krippendorff.alpha(reliability_data=data, level_of_measurement=level, value_domain=value_domain))
+
+
+def pairwise_agreement(table: dict[tuple[int, str], str]) -> float | None:
+    """Share of pairs of reviewers, over items both judged, who gave the same value."""
+    by_item: dict[int, list[str]] = {}
+    for (item, _), value in table.items():
+        by_item.setdefault(item, []).append(value)
+    pairs = [a == b for values in by_item.values() for a, b in combinations(values, 2)]
+    return float(np.mean(pairs)) if pairs else None
+
+
+def reward_agreement(
+    table: dict[tuple[int, str], str], items: dict[int, ReviewItem], objective: str, kind: str
+) -> float | None:
+    """Ratings: Spearman between each item's mean rating and its score on the objective (needs 3 items).
+    Comparisons: the share of non-tie judgements that chose the response scoring higher on the objective."""
+    if kind == SINGLE:
+        by_item: dict[int, list[float]] = {}
+        for (item, _), value in table.items():
+            by_item.setdefault(item, []).append(float(value))
+        ids = [i for i in by_item if objective in items[i].responses[0].get("scores", {})]
+        if len(ids) < 3:
+            return None
+        ratings = [float(np.mean(by_item[i])) for i in ids]
+        scores = [float(items[i].responses[0]["scores"][objective]) for i in ids]
+        if np.ptp(ratings) == 0 or np.ptp(scores) == 0:
+            return None
+        return float(spearmanr(ratings, scores).statistic)
+    hits = []
+    for (item, _), value in table.items():
+        a, b = (r.get("scores", {}).get(objective) for r in items[item].responses)
+        if value == "tie" or a is None or b is None or a == b:
+            continue
+        hits.append((value == "A") == (a > b))
+    return float(np.mean(hits)) if hits else None
+
+
+def summary(session: Session, queue: ReviewQueue) -> dict[str, Any]:
+    found = judgements(session, queue)
+    targets = {}
+    for target in [*queue.objectives, OVERALL]:
+        table = found.values.get(target, {})
+        targets[target] = {
+            "judgements": len(table),
+            "krippendorff_alpha": krippendorff_alpha(table, queue.kind),
+            "pairwise_agreement": pairwise_agreement(table),
+            "reward_agreement": None if target == OVERALL else reward_agreement(table, found.items, target, queue.kind),
+        }
+    return {
+        "queue_id": queue.id,
+        "kind": queue.kind,
+        "items": item_count(session, queue),
+        "reviewers": progress(session, queue),
+        "targets": targets,
+    }
+
+
+def item_count(session: Session, queue: ReviewQueue) -> int:
+    return int(session.scalar(select(func.count(ReviewItem.id)).where(ReviewItem.queue_id == queue.id)) or 0)
+
+
+def progress(session: Session, queue: ReviewQueue) -> dict[str, dict[str, int]]:
+    """Per reviewer: drafts and submitted reviews in this queue."""
+    rows = session.execute(
+        select(Review.reviewer, Review.status, func.count(Review.id))
+        .join(ReviewItem, ReviewItem.id == Review.item_id)
+        .where(ReviewItem.queue_id == queue.id)
+        .group_by(Review.reviewer, Review.status)
+    )
+    found: dict[str, dict[str, int]] = {}
+    for reviewer, status, count in rows:
+        found.setdefault(reviewer, {DRAFT: 0, SUBMITTED: 0})[status] = int(count)
+    return found
+
+
+# -- export -----------------------------------------------------------------------------------------------------------
+
+
+def _submitted(session: Session, queue: ReviewQueue) -> Sequence[Any]:
+    return session.execute(
+        select(ReviewItem, Review)
+        .join(Review, Review.item_id == ReviewItem.id)
+        .where(ReviewItem.queue_id == queue.id, Review.status == SUBMITTED)
+        .order_by(ReviewItem.position, Review.reviewer)
+    ).all()
+
+
+def export_jsonl(session: Session, queue: ReviewQueue) -> str:
+    """One line per submitted review. Comparisons in preference-data shape: prompt, chosen, rejected (by the overall
+    judgement; ties have both as null and `tie: true`), per-objective ratings as chosen / rejected / tie, reviewer.
+    Single responses: prompt, response, ratings (1–5), overall."""
+    lines = []
+    for item, review in _submitted(session, queue):
+        row: dict[str, Any] = {"queue_id": queue.id, "item_id": item.id, "prompt": item.prompt}
+        if queue.kind == COMPARISON:
+            a, b = (r["text"] for r in item.responses)
+            winner = review.overall
+            chosen, rejected = (a, b) if winner == "A" else (b, a) if winner == "B" else (None, None)
+            relative = {"A": "chosen" if winner == "A" else "rejected", "B": "chosen" if winner == "B" else "rejected"}
+            if winner == "tie":
+                relative = {"A": "a", "B": "b"}
+            row.update(
+                chosen=chosen,
+                rejected=rejected,
+                tie=winner == "tie",
+                ratings={k: "tie" if v == "tie" else relative[v] for k, v in review.ratings.items()},
+            )
+        else:
+            row.update(response=item.responses[0]["text"], ratings={k: int(v) for k, v in review.ratings.items()})
+            row["overall"] = int(review.overall) if review.overall else None
+        row.update(reviewer=review.reviewer, comment=review.comment)
+        lines.append(json.dumps(row, ensure_ascii=False))
+    return "".join(line + "\n" for line in lines)
+
+
+def export_csv(session: Session, queue: ReviewQueue) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(
+        [
+            "queue_id",
+            "item_id",
+            "position",
+            "reviewer",
+            "prompt",
+            "response_a",
+            "response_b",
+            *queue.objectives,
+            "overall",
+            "comment",
+        ]
+    )
+    for item, review in _submitted(session, queue):
+        texts = [r["text"] for r in item.responses] + [""]
+        writer.writerow(
+            [
+                queue.id,
+                item.id,
+                item.position,
+                review.reviewer,
+                item.prompt,
+                texts[0],
+                texts[1],
+                *(review.ratings.get(name, "") for name in queue.objectives),
+                review.overall or "",
+                review.comment,
+            ]
+        )
+    return out.getvalue()

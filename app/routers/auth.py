@@ -1,0 +1,228 @@
+"""Logging in and out, one's own password and API tokens, and (admins) the users of the team."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Request, Response, status
+from fastapi.responses import RedirectResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from app import auth
+from app.deps import AdminDep, SessionDep, UserDep
+from app.models import USER_NAME_PATTERN, Role, User
+
+router = APIRouter(tags=["auth"])
+
+Name = Annotated[str, Field(min_length=2, max_length=32, pattern=USER_NAME_PATTERN)]
+Password = Annotated[str, Field(min_length=1, max_length=auth.MAX_PASSWORD_LENGTH)]
+
+
+class LoginIn(BaseModel):
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    password: Password
+
+
+class MeOut(BaseModel):
+    name: str
+    role: Role
+    csrf_token: str | None = Field(None, description="Browser sessions: send it as X-CSRF-Token with every change.")
+
+
+class PasswordIn(BaseModel):
+    current: Password
+    new: Password
+
+
+class TokenIn(BaseModel):
+    label: Annotated[str, Field(min_length=1, max_length=100)]
+
+
+class TokenOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    label: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class NewToken(TokenOut):
+    token: str = Field(..., description="Shown once: only a keyed hash of it is stored.")
+
+
+class UserIn(BaseModel):
+    name: Name
+    role: Role
+    password: Password | None = Field(None, description="Omitted: a password is generated and returned once.")
+
+
+class UserOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    role: Role
+    disabled: bool
+    created_at: datetime
+
+
+class NewUser(UserOut):
+    password: str | None = None
+
+
+class UserChange(BaseModel):
+    role: Role | None = None
+    disabled: bool | None = None
+
+
+def _keyring(request: Request) -> auth.Keyring:
+    keyring: auth.Keyring = request.app.state.keyring
+    return keyring
+
+
+def _set_session_cookie(request: Request, response: Response, cookie: str) -> None:
+    settings = request.app.state.settings
+    secure = settings.cookie_secure if settings.cookie_secure is not None else request.url.scheme == "https"
+    response.set_cookie(
+        auth.SESSION_COOKIE,
+        cookie,
+        max_age=int(auth.SESSION_LIFETIME.total_seconds()),
+        httponly=True,
+        samesite="lax",
+        secure=secure,
+        path="/",
+    )
+
+
+# -- sessions ---------------------------------------------------------------------------------------------------------
+
+
+@router.post(
+    "/api/auth/login",
+    response_model=MeOut,
+    responses={401: {"description": "Wrong name or password"}, 429: {"description": "Too many failed attempts"}},
+)
+def login(body: LoginIn, request: Request, response: Response, session: SessionDep) -> MeOut:
+    limiter: auth.LoginLimiter = request.app.state.login_limiter
+    client = request.client.host if request.client else "?"
+    wait = limiter.retry_after(client, body.name)
+    if wait is not None:
+        raise HTTPException(
+            429, f"too many failed logins; try again in {int(wait) + 1} s", {"Retry-After": str(int(wait) + 1)}
+        )
+    user = auth.find_user(session, body.name)
+    if user is None or user.disabled or not auth.password_matches(user, body.password):
+        limiter.failed(client, body.name)
+        raise HTTPException(401, "wrong user name or password")
+    limiter.succeeded(client, body.name)
+    cookie, login_session = auth.start_session(session, _keyring(request), user)
+    _set_session_cookie(request, response, cookie)
+    return MeOut(name=user.name, role=Role(user.role), csrf_token=login_session.csrf_token)
+
+
+@router.post("/api/auth/logout", status_code=status.HTTP_204_NO_CONTENT)
+def logout(request: Request, response: Response, session: SessionDep, user: UserDep) -> None:
+    cookie = request.cookies.get(auth.SESSION_COOKIE)
+    if cookie:
+        auth.end_session(session, _keyring(request), cookie)
+    response.delete_cookie(auth.SESSION_COOKIE, path="/")
+
+
+@router.get("/api/auth/me", response_model=MeOut)
+def me(user: UserDep) -> MeOut:
+    return MeOut(name=user.name, role=user.role, csrf_token=user.csrf_token)
+
+
+@router.post("/api/auth/password", status_code=status.HTTP_204_NO_CONTENT, responses={400: {}, 403: {}})
+def change_password(body: PasswordIn, request: Request, response: Response, session: SessionDep, user: UserDep) -> None:
+    """Change one's own password; every session ends, this one starts afresh."""
+    row = session.get(User, user.id)
+    assert row is not None
+    if row.password_hash and not auth.password_matches(row, body.current):
+        raise HTTPException(403, "the current password is wrong")
+    try:
+        auth.set_password(session, row, body.new)
+    except auth.AuthError as error:
+        raise HTTPException(400, str(error)) from None
+    cookie, _ = auth.start_session(session, _keyring(request), row)
+    _set_session_cookie(request, response, cookie)
+
+
+@router.get("/login/once/{token}", include_in_schema=False)
+def login_once(token: str, request: Request, session: SessionDep) -> RedirectResponse:
+    """The one-time link `meal up` prints for the first admin: a session, then the runs page. Used once."""
+    user = auth.use_login_link(session, _keyring(request), token)
+    if user is None:
+        return RedirectResponse("/login?expired=1", status_code=status.HTTP_303_SEE_OTHER)
+    cookie, _ = auth.start_session(session, _keyring(request), user)
+    response = RedirectResponse("/", status_code=status.HTTP_303_SEE_OTHER)
+    _set_session_cookie(request, response, cookie)
+    return response
+
+
+# -- API tokens -------------------------------------------------------------------------------------------------------
+
+
+@router.get("/api/tokens", response_model=list[TokenOut])
+def my_tokens(session: SessionDep, user: UserDep) -> list[TokenOut]:
+    row = session.get(User, user.id)
+    assert row is not None
+    return [TokenOut.model_validate(t) for t in auth.user_tokens(session, row)]
+
+
+@router.post("/api/tokens", response_model=NewToken, status_code=status.HTTP_201_CREATED)
+def create_token(body: TokenIn, request: Request, session: SessionDep, user: UserDep) -> NewToken:
+    row = session.get(User, user.id)
+    assert row is not None
+    try:
+        token, stored = auth.create_token(session, _keyring(request), row, body.label)
+    except auth.AuthError as error:
+        raise HTTPException(422, str(error)) from None
+    return NewToken(token=token, **TokenOut.model_validate(stored).model_dump())
+
+
+@router.delete("/api/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT, responses={404: {}})
+def revoke_token(token_id: Annotated[int, Path(ge=1, le=2**31 - 1)], session: SessionDep, user: UserDep) -> None:
+    row = session.get(User, user.id)
+    assert row is not None
+    if not auth.revoke_tokens(session, row, token_id):
+        raise HTTPException(404, f"you have no live token {token_id}")
+
+
+# -- users (admins) ---------------------------------------------------------------------------------------------------
+
+
+@router.get("/api/users", response_model=list[UserOut])
+def list_users(session: SessionDep, admin: AdminDep) -> list[User]:
+    return list(session.scalars(select(User).order_by(User.name)))
+
+
+@router.post("/api/users", response_model=NewUser, status_code=status.HTTP_201_CREATED, responses={409: {}})
+def add_user(body: UserIn, session: SessionDep, admin: AdminDep) -> NewUser:
+    password = body.password or auth.generate_password()
+    try:
+        user = auth.create_user(session, body.name, body.role, password)
+    except auth.AuthError as error:
+        code = 409 if "exists" in str(error) else 422
+        raise HTTPException(code, str(error)) from None
+    return NewUser(password=None if body.password else password, **UserOut.model_validate(user).model_dump())
+
+
+@router.patch("/api/users/{name}", response_model=UserOut, responses={404: {}, 409: {}})
+def change_user(
+    name: Annotated[str, Path(max_length=32)], body: UserChange, session: SessionDep, admin: AdminDep
+) -> User:
+    user = auth.find_user(session, name)
+    if user is None:
+        raise HTTPException(404, f"no user {name!r}")
+    if user.id == admin.id and (body.disabled or (body.role and body.role != Role.ADMIN)):
+        raise HTTPException(409, "an admin cannot demote or disable themselves (another admin can)")
+    if body.role is not None:
+        user.role = body.role.value
+    if body.disabled is not None:
+        user.disabled = body.disabled
+    return user

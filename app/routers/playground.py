@@ -1,0 +1,165 @@
+"""The playground: one prompt, several preference weights, a trained run's policy side by side.
+
+A generation is stored, then handed to a worker on the `playground` queue (never behind training); the page polls
+it. The run's objectives score every output, on the run's normalised scale, and place it against the run's latest
+evaluation front.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import Path as PathParam
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from app.deps import REQUIRE, SessionDep, SettingsDep, TrainerDep
+from app.models import JobStatus, PlaygroundGeneration, Role, Run
+from app.queue import enqueue_playground
+from meal_core.data import DataError, load_prompts
+from meal_core.inference import BASE, checkpoint_names
+
+router = APIRouter(tags=["playground"], dependencies=[Depends(REQUIRE[Role.TRAINER])])
+
+MAX_PROMPT = 4000
+RunId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
+WeightVector = Annotated[list[float], Field(min_length=2, max_length=8)]
+
+
+class PlaygroundIn(BaseModel):
+    run_id: int = Field(..., ge=1, le=2**31 - 1)
+    checkpoint: str | None = Field(
+        None, pattern=r"^(base|iter-\d{6})$", description="'iter-000012', 'base', or none: the latest."
+    )
+    prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT)
+    weights: list[WeightVector | Literal["auto"]] = Field(
+        ..., min_length=1, max_length=4, description="1–4 weight vectors (one value per objective) or 'auto'."
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    temperature: float = Field(0.7, gt=0.0, le=2.0)
+    max_new_tokens: int = Field(64, ge=1, le=512)
+    samples: int = Field(1, ge=1, le=8, description="Responses per weight vector.")
+
+
+class Created(BaseModel):
+    id: int
+
+
+class PlaygroundOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    run_id: int
+    status: str
+    created_by: str
+    checkpoint: str | None
+    prompt: str
+    weights: list[Any]
+    seed: int
+    temperature: float
+    max_new_tokens: int
+    samples: int
+    outputs: list[dict[str, Any]] | None = Field(
+        None,
+        description="One per weight vector, in the order asked: {weights, auto, samples: [{text, scores, "
+        "normalized, front}]}.",
+    )
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+def check_weights(weights: Sequence[list[float] | Literal["auto"]], objectives: list[str]) -> None:
+    for index, vector in enumerate(weights):
+        if isinstance(vector, str):
+            continue
+        where = f"weights.{index}"
+        if len(vector) != len(objectives):
+            raise HTTPException(422, f"{where}: {len(objectives)} values, one per objective {objectives}")
+        if not all(math.isfinite(v) and v >= 0 for v in vector) or sum(vector) <= 0:
+            raise HTTPException(422, f"{where}: non-negative numbers with a positive sum")
+
+
+@router.post(
+    "/api/playground",
+    response_model=Created,
+    status_code=status.HTTP_201_CREATED,
+    responses={404: {}, 422: {}, 503: {}},
+)
+def create_generation(body: PlaygroundIn, session: SessionDep, settings: SettingsDep, user: TrainerDep) -> Created:
+    run = session.get(Run, body.run_id)
+    if run is None:
+        raise HTTPException(404, f"run {body.run_id} not found")
+    objectives = [o["name"] for o in run.config.get("objectives", [])]
+    check_weights(body.weights, objectives)
+    generation = PlaygroundGeneration(
+        run_id=run.id,
+        created_by=user.name,
+        checkpoint=body.checkpoint,
+        prompt=body.prompt,
+        weights=[w if w == "auto" else [v / sum(w) for v in w] for w in body.weights],
+        seed=body.seed,
+        temperature=body.temperature,
+        max_new_tokens=body.max_new_tokens,
+        samples=body.samples,
+        status=JobStatus.QUEUED,
+    )
+    session.add(generation)
+    session.commit()  # the worker must find it when the message arrives
+    try:
+        enqueue_playground(settings.broker_url, generation.id)
+    except Exception:
+        generation.status, generation.error = JobStatus.FAILED, "broker unavailable"
+        session.commit()
+        raise HTTPException(503, f"generation {generation.id} stored but not queued: broker unavailable") from None
+    return Created(id=generation.id)
+
+
+@router.get("/api/playground/{generation_id}", response_model=PlaygroundOut, responses={404: {}})
+def get_generation(generation_id: RunId, session: SessionDep) -> PlaygroundGeneration:
+    generation = session.get(PlaygroundGeneration, generation_id)
+    if generation is None:
+        raise HTTPException(404, f"generation {generation_id} not found")
+    return generation
+
+
+@router.get("/api/playground", response_model=list[PlaygroundOut])
+def list_generations(
+    session: SessionDep,
+    run_id: int | None = Query(None, ge=1, le=2**31 - 1),
+    limit: int = Query(50, ge=1, le=500),
+) -> list[PlaygroundGeneration]:
+    query = select(PlaygroundGeneration).order_by(PlaygroundGeneration.id.desc()).limit(limit)
+    if run_id is not None:
+        query = query.where(PlaygroundGeneration.run_id == run_id)
+    return list(session.scalars(query))
+
+
+@router.get("/api/runs/{run_id}/checkpoints", response_model=list[str], responses={404: {}})
+def run_checkpoints(run_id: RunId, session: SessionDep, settings: SettingsDep) -> list[str]:
+    """The run's checkpoints, newest first, then "base" (the untrained policy)."""
+    if session.get(Run, run_id) is None:
+        raise HTTPException(404, f"run {run_id} not found")
+    return [*reversed(checkpoint_names(settings.runs_dir / f"run-{run_id}")), BASE]
+
+
+@router.get("/api/runs/{run_id}/prompts", response_model=list[str], responses={404: {}})
+def run_eval_prompts(run_id: RunId, session: SessionDep, settings: SettingsDep) -> list[str]:
+    """The run's held-out evaluation prompts, when they are the shipped set or a file inside the data folder."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise HTTPException(404, f"run {run_id} not found")
+    spec = str(run.config.get("data", {}).get("eval_prompts", "builtin:eval"))
+    if not spec.startswith("builtin:"):
+        path = Path(spec).expanduser().resolve()
+        if not path.is_relative_to(Path(settings.data_dir).resolve()):
+            return []  # a file elsewhere on the server is not the panel's to read out
+    try:
+        return [p.text for p in load_prompts(spec)][:200]
+    except DataError:
+        return []

@@ -1,0 +1,180 @@
+// Playground: pick a run and checkpoint, a prompt and 1–4 preference weights, generate, compare side by side.
+// Generations run on the workers' playground queue; the page polls the stored generation until it is done.
+import { api, el, errorText, fmtNum, setChildren } from "./common.js";
+import { WeightRow } from "./weights.js";
+
+const $ = (id) => document.getElementById(id);
+const POLL_MS = 800;
+
+const state = { objectives: [], rows: [], generation: null, polling: null };
+
+function showError(error) {
+  $("pg-error").textContent = errorText(error);
+  $("pg-error").classList.remove("hidden");
+}
+
+// -- the form -------------------------------------------------------------------------------------------------------
+
+async function loadRuns() {
+  const runs = await api("/api/runs");
+  const wanted = $("playground-root").dataset.runId;
+  setChildren($("pg-run"), runs.map((r) => el("option", { value: String(r.id), selected: String(r.id) === wanted }, `#${r.id} ${r.name} (${r.status})`)));
+  if (runs.length) await chooseRun();
+  else setChildren($("pg-status"), "No runs yet: launch one first.");
+}
+
+async function chooseRun() {
+  const runId = $("pg-run").value;
+  const run = await api(`/api/runs/${runId}`);
+  state.objectives = (run.config.objectives || []).map((o) => o.name);
+  const [checkpoints, prompts] = await Promise.all([api(`/api/runs/${runId}/checkpoints`), api(`/api/runs/${runId}/prompts`)]);
+  setChildren($("pg-checkpoint"), checkpoints.map((c, i) => el("option", { value: c }, i === 0 && c !== "base" ? `${c} (latest)` : c)));
+  setChildren($("pg-eval-prompt"), el("option", { value: "" }, "—"), prompts.map((p) => el("option", { value: p }, p.length > 90 ? `${p.slice(0, 90)}…` : p)));
+  const k = state.objectives.length;
+  const corner = (i) => state.objectives.map((_, j) => (j === i ? 1 : 0));
+  state.rows = [];
+  setChildren($("pg-weights"));
+  addRow(k === 2 ? corner(0) : null);
+  addRow(k === 2 ? corner(1) : null);
+  await loadHistory();
+}
+
+function addRow(initial) {
+  if (state.rows.length >= 4) return;
+  const row = new WeightRow(state.objectives, initial, state.rows.length ? removeRow : null);
+  state.rows.push(row);
+  $("pg-weights").append(row.node);
+  $("pg-add-weights").disabled = state.rows.length >= 4;
+}
+
+function removeRow(row) {
+  state.rows = state.rows.filter((r) => r !== row);
+  row.node.remove();
+  $("pg-add-weights").disabled = false;
+}
+
+async function submit(event) {
+  event.preventDefault();
+  $("pg-error").classList.add("hidden");
+  $("pg-generate").disabled = true;
+  try {
+    const body = {
+      run_id: Number($("pg-run").value),
+      checkpoint: $("pg-checkpoint").value || null,
+      prompt: $("pg-prompt").value,
+      weights: state.rows.map((r) => r.value()),
+      seed: Number($("pg-seed").value),
+      temperature: Number($("pg-temperature").value),
+      max_new_tokens: Number($("pg-max-tokens").value),
+      samples: Number($("pg-samples").value),
+    };
+    const { id } = await api("/api/playground", { method: "POST", body });
+    follow(id);
+  } catch (error) {
+    showError(error);
+    $("pg-generate").disabled = false;
+  }
+}
+
+// -- outputs --------------------------------------------------------------------------------------------------------
+
+function follow(id) {
+  clearTimeout(state.polling);
+  const poll = async () => {
+    try {
+      const generation = await api(`/api/playground/${id}`);
+      render(generation);
+      if (["queued", "running"].includes(generation.status)) state.polling = setTimeout(poll, POLL_MS);
+      else {
+        $("pg-generate").disabled = false;
+        loadHistory();
+      }
+    } catch (error) {
+      showError(error);
+      $("pg-generate").disabled = false;
+    }
+  };
+  poll();
+}
+
+function placement(front) {
+  if (!front || front.evaluation_step === null) return "no evaluation yet to compare with";
+  if (front.dominated_by === 0) return `beyond the front of iteration ${front.evaluation_step} (dominates ${front.dominates} of ${front.front_points} points)`;
+  return `behind the front of iteration ${front.evaluation_step}: ${front.dominated_by} of ${front.front_points} points dominate it`;
+}
+
+function sampleCard(sample, names) {
+  return el(
+    "div",
+    { className: "pg-sample" },
+    el("div", { className: "pg-text" }, sample.text),
+    el(
+      "table",
+      { className: "data small" },
+      el("tbody", {}, names.map((n) => el("tr", {}, el("td", {}, n), el("td", { className: "num" }, fmtNum(sample.scores[n])), el("td", { className: "num muted" }, sample.normalized[n] === undefined ? "" : `(${fmtNum(sample.normalized[n], 2)})`)))),
+    ),
+    el("div", { className: "muted small" }, placement(sample.front)),
+  );
+}
+
+function render(generation) {
+  state.generation = generation;
+  const names = state.objectives;
+  const who = `#${generation.id} by ${generation.created_by}, checkpoint ${generation.checkpoint || "latest"}, seed ${generation.seed}`;
+  setChildren($("pg-status"), `${generation.status} · ${who}`);
+  $("pg-review").classList.toggle("hidden", generation.status !== "succeeded");
+  if (generation.status === "failed") {
+    setChildren($("pg-outputs"), el("div", { className: "error-box" }, generation.error || "failed"));
+    return;
+  }
+  if (!generation.outputs) {
+    setChildren($("pg-outputs"), el("div", { className: "muted" }, "Generating…"));
+    return;
+  }
+  setChildren(
+    $("pg-outputs"),
+    generation.outputs.map((output) =>
+      el(
+        "div",
+        { className: "pg-column" },
+        el("h3", {}, names.map((n, k) => `${n} ${Number(output.weights[k]).toFixed(2)}`).join(" · "), output.auto ? el("span", { className: "badge" }, "auto") : null),
+        output.samples.map((s) => sampleCard(s, names)),
+      ),
+    ),
+  );
+}
+
+async function loadHistory() {
+  const runId = $("pg-run").value;
+  if (!runId) return;
+  const generations = await api(`/api/playground?run_id=${runId}&limit=20`);
+  setChildren(
+    $("pg-history"),
+    generations.length
+      ? generations.map((g) =>
+          el("li", {}, el("button", { type: "button", className: "link-button dark", onclick: () => follow(g.id) }, `#${g.id}`), ` ${g.status} · ${g.created_by} · `, g.prompt.length > 80 ? `${g.prompt.slice(0, 80)}…` : g.prompt),
+        )
+      : el("li", { className: "muted" }, "None yet."),
+  );
+}
+
+// -- main -----------------------------------------------------------------------------------------------------------
+
+$("pg-run").addEventListener("change", () => chooseRun().catch(showError));
+$("pg-eval-prompt").addEventListener("change", () => {
+  if ($("pg-eval-prompt").value) $("pg-prompt").value = $("pg-eval-prompt").value;
+});
+$("pg-add-weights").addEventListener("click", () => addRow(null));
+$("pg-review").addEventListener("click", async () => {
+  const generation = state.generation;
+  try {
+    const name = `Playground #${generation.id}: ${generation.prompt.slice(0, 60)}`;
+    const queue = await api("/api/review/queues", { method: "POST", body: { name, blind: true, source: { type: "playground", generation_ids: [generation.id] } } });
+    window.location.assign(`/review/${queue.id}`);
+  } catch (error) {
+    showError(error);
+  }
+});
+$("playground-form").addEventListener("submit", submit);
+loadRuns().catch(showError);
+

@@ -1,0 +1,52 @@
+// A row of preference-weight sliders that always sum to 1, or "auto" (the run's preference-weight-net decides).
+import { el } from "./common.js";
+
+/** Set weight `index` to `value` and scale the others so that all still sum to 1 (equal shares if they were 0). */
+export function rebalance(weights, index, value) {
+  const target = Math.min(1, Math.max(0, value));
+  const others = weights.reduce((sum, w, i) => (i === index ? sum : sum + w), 0);
+  const rest = 1 - target;
+  return weights.map((w, i) => {
+    if (i === index) return target;
+    return others > 0 ? (w / others) * rest : rest / (weights.length - 1);
+  });
+}
+
+export class WeightRow {
+  constructor(objectives, initial, onRemove) {
+    this.objectives = objectives;
+    this.weights = initial || objectives.map(() => 1 / objectives.length);
+    this.auto = el("input", { type: "checkbox", "aria-label": "auto weights" });
+    this.sliders = objectives.map((name, k) => {
+      const slider = el("input", { type: "range", min: "0", max: "100", step: "1", "aria-label": `weight of ${name}` });
+      slider.addEventListener("input", () => {
+        this.weights = rebalance(this.weights, k, Number(slider.value) / 100);
+        this.render();
+      });
+      return slider;
+    });
+    this.labels = objectives.map(() => el("span", { className: "mono small" }));
+    this.auto.addEventListener("change", () => this.render());
+    this.node = el(
+      "div",
+      { className: "weight-row" },
+      objectives.map((name, k) => el("label", { className: "weight-slider" }, `${name} `, this.sliders[k], this.labels[k])),
+      el("label", { className: "small" }, this.auto, " auto"),
+      onRemove ? el("button", { type: "button", className: "btn small", onclick: () => onRemove(this) }, "Remove") : null,
+    );
+    this.render();
+  }
+
+  render() {
+    this.sliders.forEach((slider, k) => {
+      slider.value = String(Math.round(this.weights[k] * 100));
+      slider.disabled = this.auto.checked;
+      this.labels[k].textContent = this.auto.checked ? "auto" : this.weights[k].toFixed(2);
+    });
+  }
+
+  /** What the API takes: the weights, or "auto". */
+  value() {
+    return this.auto.checked ? "auto" : this.weights.map((w) => Math.round(w * 10000) / 10000);
+  }
+}
