@@ -8,5 +8,7 @@ if [ ! -x /usr/bin/chromium ]; then
   echo "test: installing chromium for the browser tests" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
 fi
+# The browser modules: ESLint (recommended rules) and Prettier, from npm (package.json's devDependencies).
+npm run --silent lint
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 exec .venv/bin/python -m pytest "$@"

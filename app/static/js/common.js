@@ -100,7 +100,11 @@ export function fmtTime(iso) {
   const date = new Date(iso);
   if (isNaN(date)) return String(iso);
   return date.toLocaleString(undefined, {
-    year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit",
+    year: "numeric",
+    month: "short",
+    day: "numeric",
+    hour: "2-digit",
+    minute: "2-digit",
   });
 }
 
@@ -135,15 +139,11 @@ export function progressView(run) {
   if (run.status === "succeeded") bar.classList.add("done");
   if (run.status === "failed") bar.classList.add("failed");
   const label = `${run.iteration || 0} / ${run.total_iterations}`;
-  const eta = ["running", "stopping"].includes(run.status) && run.eta_seconds != null
-    ? ` · ETA ${fmtDuration(run.eta_seconds)}` : "";
+  const eta = ["running", "stopping"].includes(run.status) && run.eta_seconds != null ? ` · ETA ${fmtDuration(run.eta_seconds)}` : "";
   return el("div", { className: "progress" }, bar, el("span", { className: "small mono" }, label + eta));
 }
 
-export const PALETTE = [
-  "#2f6feb", "#e5534b", "#1f8a4c", "#b26a00", "#8250df", "#0b8a8a", "#d6336c", "#5c6b7a",
-  "#f08c00", "#2b8a3e",
-];
+export const PALETTE = ["#2f6feb", "#e5534b", "#1f8a4c", "#b26a00", "#8250df", "#0b8a8a", "#d6336c", "#5c6b7a", "#f08c00", "#2b8a3e"];
 
 export function color(i) {
   return PALETTE[i % PALETTE.length];

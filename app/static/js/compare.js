@@ -45,9 +45,7 @@ function build() {
   const sync = "compare";
   charts = {
     rewards: objectives.map((o) => new LineChart(chartCard($("compare-rewards"), `Reward: ${o}`), { series: runSeries(), sync })),
-    weights: objectives.map(
-      (o) => new LineChart(chartCard($("compare-weights"), `Weight: ${o}`), { series: runSeries(), yRange: [0, 1], sync }),
-    ),
+    weights: objectives.map((o) => new LineChart(chartCard($("compare-weights"), `Weight: ${o}`), { series: runSeries(), yRange: [0, 1], sync })),
     hypervolume: new LineChart($("compare-hypervolume"), { series: runSeries(), sync: "compare-eval" }),
   };
 }
@@ -63,11 +61,7 @@ function render() {
     charts.rewards[k].update(smooth(alignSeries(runs.map((entry) => entry.series.get(`reward/${o}`)))));
     charts.weights[k].update(smooth(alignSeries(runs.map((entry) => weightSeriesOf(entry, o)))));
   });
-  charts.hypervolume.update(
-    alignSeries(
-      runs.map((entry) => ({ steps: entry.evaluations.map((e) => e.step), values: entry.evaluations.map((e) => e.hypervolume) })),
-    ),
-  );
+  charts.hypervolume.update(alignSeries(runs.map((entry) => ({ steps: entry.evaluations.map((e) => e.step), values: entry.evaluations.map((e) => e.hypervolume) }))));
 }
 
 function renderLegend() {
@@ -97,7 +91,14 @@ function renderDiff() {
     const differs = values.some((v) => v !== values[0]);
     if (differs) differing++;
     if (hide && !differs) continue;
-    rows.push(el("tr", { className: differs ? "differs" : "" }, el("td", {}, key), values.map((v) => el("td", {}, v))));
+    rows.push(
+      el(
+        "tr",
+        { className: differs ? "differs" : "" },
+        el("td", {}, key),
+        values.map((v) => el("td", {}, v)),
+      ),
+    );
   }
   setChildren(
     $("config-diff"),

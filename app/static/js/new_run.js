@@ -168,7 +168,10 @@ class ScalarWidget {
       }
       case "numlist":
       case "strlist": {
-        const items = raw.split(",").map((x) => x.trim()).filter((x) => x !== "");
+        const items = raw
+          .split(",")
+          .map((x) => x.trim())
+          .filter((x) => x !== "");
         if (!items.length && this.nullable) return null;
         if (this.kind === "strlist") return items;
         return items.map((x) => (Number.isFinite(Number(x)) ? Number(x) : x));
@@ -223,9 +226,7 @@ class ObjectWidget {
     for (const [name, widget] of this.fields) widget.set(v[name]);
     this.extras = Object.fromEntries(Object.entries(v).filter(([k]) => !this.fields.has(k) && k !== "type"));
     const unknown = Object.keys(this.extras);
-    this.extrasNote.textContent = unknown.length
-      ? `Not in the schema, sent as loaded (the server will name them): ${unknown.join(", ")}`
-      : "";
+    this.extrasNote.textContent = unknown.length ? `Not in the schema, sent as loaded (the server will name them): ${unknown.join(", ")}` : "";
   }
 
   get() {
@@ -253,7 +254,11 @@ class UnionItem {
   constructor(list, mapping, value) {
     this.list = list;
     this.mapping = mapping;
-    this.typeSelect = el("select", { "aria-label": "objective type" }, Object.keys(mapping).map((t) => el("option", { value: t }, t)));
+    this.typeSelect = el(
+      "select",
+      { "aria-label": "objective type" },
+      Object.keys(mapping).map((t) => el("option", { value: t }, t)),
+    );
     this.typeSelect.addEventListener("change", () => this.changeType(this.typeSelect.value));
     this.removeButton = el("button", { type: "button", className: "btn small danger", onclick: () => list.remove(this) }, "Remove");
     this.title = el("strong");
@@ -262,7 +267,14 @@ class UnionItem {
     this.el = el(
       "div",
       { className: "objective-item" },
-      el("div", { className: "item-head" }, this.title, el("label", { className: "inline muted small" }, "type", this.typeSelect), el("span", { className: "spacer" }), this.removeButton),
+      el(
+        "div",
+        { className: "item-head" },
+        this.title,
+        el("label", { className: "inline muted small" }, "type", this.typeSelect),
+        el("span", { className: "spacer" }),
+        this.removeButton,
+      ),
       this.typeError,
       this.body,
     );
@@ -328,8 +340,16 @@ class UnionListWidget {
     this.items = [];
     this.error = el("div", { className: "error-msg", role: "alert" });
     this.container = el("div", { className: "union-items" });
-    this.addType = el("select", { "aria-label": "type of the new objective" }, Object.keys(this.mapping).map((t) => el("option", { value: t }, t)));
-    this.addButton = el("button", { type: "button", className: "btn small", id: "add-objective", onclick: () => this.add({ type: this.addType.value, name: this.freeName(this.addType.value) }) }, "Add objective");
+    this.addType = el(
+      "select",
+      { "aria-label": "type of the new objective" },
+      Object.keys(this.mapping).map((t) => el("option", { value: t }, t)),
+    );
+    this.addButton = el(
+      "button",
+      { type: "button", className: "btn small", id: "add-objective", onclick: () => this.add({ type: this.addType.value, name: this.freeName(this.addType.value) }) },
+      "Add objective",
+    );
     const help = [this.s.description, `${this.minItems} to ${this.maxItems} items; each needs a unique name.`].filter(Boolean).join(" ");
     this.el = el(
       "div",
@@ -452,8 +472,10 @@ class ConfigForm {
 }
 
 function titleCase(name) {
-  return { lora: "LoRA", eval: "Evaluation", model: "Model", data: "Data", algorithm: "Algorithm", checkpoint: "Checkpoints", objectives: "Objectives" }[name]
-    || name.charAt(0).toUpperCase() + name.slice(1);
+  return (
+    { lora: "LoRA", eval: "Evaluation", model: "Model", data: "Data", algorithm: "Algorithm", checkpoint: "Checkpoints", objectives: "Objectives" }[name] ||
+    name.charAt(0).toUpperCase() + name.slice(1)
+  );
 }
 
 function isPlainObject(x) {
@@ -497,8 +519,7 @@ function showErrors(detail) {
         const dotted = path.join(".");
         const exact = slot.container.querySelector(`[data-path="${CSS.escape(dotted)}"]`);
         slot.show(exact ? item.msg : `${dotted}: ${item.msg}`);
-      }
-      else general.push(`${path.join(".") || "config"}: ${item.msg}`);
+      } else general.push(`${path.join(".") || "config"}: ${item.msg}`);
     } else if (loc[0] === "body" && loc[1] === "name") {
       slot = form.nameSlot;
       slot.show(item.msg);
@@ -507,7 +528,7 @@ function showErrors(detail) {
     }
     if (slot && !first) first = slot.container;
   }
-  const count = (Array.isArray(detail) ? detail.length : 1);
+  const count = Array.isArray(detail) ? detail.length : 1;
   formError.textContent = `The run was not started: ${count} problem${count === 1 ? "" : "s"}${general.length ? ": " + general.join("; ") : " (marked below)"}.`;
   (first || formError).scrollIntoView({ behavior: "smooth", block: "center" });
 }
@@ -559,11 +580,15 @@ async function loadText() {
       config = await api("/api/config/parse", { method: "POST", body: { text } });
     } catch (error) {
       if (error instanceof ApiError && Array.isArray(error.detail)) {
-        setChildren(loadError, el("div", {}, "Not loaded:"), error.detail.map((d) => {
-          const loc = (d.loc || []).map(String);
-          const where = loc[1] === "config" ? loc.slice(2).join(".") : "text";
-          return el("div", {}, el("code", {}, where), ": ", d.msg);
-        }));
+        setChildren(
+          loadError,
+          el("div", {}, "Not loaded:"),
+          error.detail.map((d) => {
+            const loc = (d.loc || []).map(String);
+            const where = loc[1] === "config" ? loc.slice(2).join(".") : "text";
+            return el("div", {}, el("code", {}, where), ": ", d.msg);
+          }),
+        );
       } else {
         loadError.textContent = `Not loaded: ${errorText(error)}`;
       }
@@ -608,7 +633,10 @@ async function main() {
   formEl.dataset.ready = "1";
 }
 
-for (const [id, open] of [["expand-all", true], ["collapse-all", false]]) {
+for (const [id, open] of [
+  ["expand-all", true],
+  ["collapse-all", false],
+]) {
   document.getElementById(id).addEventListener("click", () => {
     for (const details of document.querySelectorAll("details.section")) details.open = open;
   });

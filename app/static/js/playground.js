@@ -18,7 +18,10 @@ function showError(error) {
 async function loadRuns() {
   const runs = await api("/api/runs");
   const wanted = $("playground-root").dataset.runId;
-  setChildren($("pg-run"), runs.map((r) => el("option", { value: String(r.id), selected: String(r.id) === wanted }, `#${r.id} ${r.name} (${r.status})`)));
+  setChildren(
+    $("pg-run"),
+    runs.map((r) => el("option", { value: String(r.id), selected: String(r.id) === wanted }, `#${r.id} ${r.name} (${r.status})`)),
+  );
   if (runs.length) await chooseRun();
   else setChildren($("pg-status"), "No runs yet: launch one first.");
 }
@@ -28,8 +31,15 @@ async function chooseRun() {
   const run = await api(`/api/runs/${runId}`);
   state.objectives = (run.config.objectives || []).map((o) => o.name);
   const [checkpoints, prompts] = await Promise.all([api(`/api/runs/${runId}/checkpoints`), api(`/api/runs/${runId}/prompts`)]);
-  setChildren($("pg-checkpoint"), checkpoints.map((c, i) => el("option", { value: c }, i === 0 && c !== "base" ? `${c} (latest)` : c)));
-  setChildren($("pg-eval-prompt"), el("option", { value: "" }, "—"), prompts.map((p) => el("option", { value: p }, p.length > 90 ? `${p.slice(0, 90)}…` : p)));
+  setChildren(
+    $("pg-checkpoint"),
+    checkpoints.map((c, i) => el("option", { value: c }, i === 0 && c !== "base" ? `${c} (latest)` : c)),
+  );
+  setChildren(
+    $("pg-eval-prompt"),
+    el("option", { value: "" }, "—"),
+    prompts.map((p) => el("option", { value: p }, p.length > 90 ? `${p.slice(0, 90)}…` : p)),
+  );
   const k = state.objectives.length;
   const corner = (i) => state.objectives.map((_, j) => (j === i ? 1 : 0));
   state.rows = [];
@@ -111,7 +121,19 @@ function sampleCard(sample, names) {
     el(
       "table",
       { className: "data small" },
-      el("tbody", {}, names.map((n) => el("tr", {}, el("td", {}, n), el("td", { className: "num" }, fmtNum(sample.scores[n])), el("td", { className: "num muted" }, sample.normalized[n] === undefined ? "" : `(${fmtNum(sample.normalized[n], 2)})`)))),
+      el(
+        "tbody",
+        {},
+        names.map((n) =>
+          el(
+            "tr",
+            {},
+            el("td", {}, n),
+            el("td", { className: "num" }, fmtNum(sample.scores[n])),
+            el("td", { className: "num muted" }, sample.normalized[n] === undefined ? "" : `(${fmtNum(sample.normalized[n], 2)})`),
+          ),
+        ),
+      ),
     ),
     el("div", { className: "muted small" }, placement(sample.front)),
   );
@@ -152,7 +174,13 @@ async function loadHistory() {
     $("pg-history"),
     generations.length
       ? generations.map((g) =>
-          el("li", {}, el("button", { type: "button", className: "link-button dark", onclick: () => follow(g.id) }, `#${g.id}`), ` ${g.status} · ${g.created_by} · `, g.prompt.length > 80 ? `${g.prompt.slice(0, 80)}…` : g.prompt),
+          el(
+            "li",
+            {},
+            el("button", { type: "button", className: "link-button dark", onclick: () => follow(g.id) }, `#${g.id}`),
+            ` ${g.status} · ${g.created_by} · `,
+            g.prompt.length > 80 ? `${g.prompt.slice(0, 80)}…` : g.prompt,
+          ),
         )
       : el("li", { className: "muted" }, "None yet."),
   );
@@ -177,4 +205,3 @@ $("pg-review").addEventListener("click", async () => {
 });
 $("playground-form").addEventListener("submit", submit);
 loadRuns().catch(showError);
-

@@ -38,10 +38,17 @@ async function loadQueues() {
 
 async function loadRuns() {
   const runs = await api("/api/runs");
-  setChildren($("q-run"), runs.map((r) => el("option", { value: String(r.id) }, `#${r.id} ${r.name}`)));
+  setChildren(
+    $("q-run"),
+    runs.map((r) => el("option", { value: String(r.id) }, `#${r.id} ${r.name}`)),
+  );
   const first = runs[0];
   const objectives = first ? (first.config.objectives || []).map((o) => o.name) : [];
-  setChildren($("q-weight-objective"), el("option", { value: "" }, "(any weights)"), objectives.map((o) => el("option", { value: o }, o)));
+  setChildren(
+    $("q-weight-objective"),
+    el("option", { value: "" }, "(any weights)"),
+    objectives.map((o) => el("option", { value: o }, o)),
+  );
 }
 
 async function build(event) {

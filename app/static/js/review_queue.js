@@ -21,16 +21,40 @@ function ratingRow(target, current) {
     "tr",
     {},
     el("td", {}, target),
-    el("td", {}, choices().map((value) => el("label", { className: "rating" }, el("input", { type: "radio", name, value, checked: current === value, dataset: { target } }), ` ${value}`))),
+    el(
+      "td",
+      {},
+      choices().map((value) => el("label", { className: "rating" }, el("input", { type: "radio", name, value, checked: current === value, dataset: { target } }), ` ${value}`)),
+    ),
   );
 }
 
 function responseCard(response, label) {
   const meta = [];
-  if (response.weights) meta.push(`weights ${Object.entries(response.weights).map(([k, v]) => `${k} ${Number(v).toFixed(2)}`).join(" · ")}`);
-  if (response.scores) meta.push(`scores ${Object.entries(response.scores).map(([k, v]) => `${k} ${fmtNum(v)}`).join(" · ")}`);
+  if (response.weights)
+    meta.push(
+      `weights ${Object.entries(response.weights)
+        .map(([k, v]) => `${k} ${Number(v).toFixed(2)}`)
+        .join(" · ")}`,
+    );
+  if (response.scores)
+    meta.push(
+      `scores ${Object.entries(response.scores)
+        .map(([k, v]) => `${k} ${fmtNum(v)}`)
+        .join(" · ")}`,
+    );
   if (response.run_id) meta.push(`run #${response.run_id}${response.step !== undefined ? `, iteration ${response.step}` : ""}`);
-  return el("div", { className: "pg-column" }, label ? el("h3", {}, label) : null, el("div", { className: "pg-sample" }, el("div", { className: "pg-text" }, response.text), meta.map((m) => el("div", { className: "muted small" }, m))));
+  return el(
+    "div",
+    { className: "pg-column" },
+    label ? el("h3", {}, label) : null,
+    el(
+      "div",
+      { className: "pg-sample" },
+      el("div", { className: "pg-text" }, response.text),
+      meta.map((m) => el("div", { className: "muted small" }, m)),
+    ),
+  );
 }
 
 function render() {
@@ -44,7 +68,10 @@ function render() {
   $("item-progress").textContent = `${submitted} submitted`;
   $("item-prompt").textContent = item.prompt;
   const labels = state.queue.kind === "comparison" ? ["A", "B"] : [null];
-  setChildren($("item-responses"), item.responses.map((r, i) => responseCard(r, labels[i])));
+  setChildren(
+    $("item-responses"),
+    item.responses.map((r, i) => responseCard(r, labels[i])),
+  );
   const review = item.review || { ratings: {}, overall: null, comment: "", status: null };
   setChildren($("rating-body"), [...state.queue.objectives.map((o) => ratingRow(o, review.ratings[o])), ratingRow("overall", review.overall)]);
   $("review-comment").value = review.comment || "";

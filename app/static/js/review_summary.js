@@ -30,7 +30,14 @@ async function load() {
   setChildren(
     $("progress-body"),
     Object.entries(summary.reviewers).map(([reviewer, p]) =>
-      el("tr", {}, el("td", {}, reviewer), el("td", { className: "num" }, String(p.submitted)), el("td", { className: "num" }, String(p.draft)), el("td", { className: "num" }, String(summary.items))),
+      el(
+        "tr",
+        {},
+        el("td", {}, reviewer),
+        el("td", { className: "num" }, String(p.submitted)),
+        el("td", { className: "num" }, String(p.draft)),
+        el("td", { className: "num" }, String(summary.items)),
+      ),
     ),
   );
 }

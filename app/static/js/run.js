@@ -13,7 +13,7 @@ let run = null;
 let objectives = [];
 let evaluations = [];
 let smoothing = 0;
-let charts = {};
+const charts = {};
 let renderTimer = null;
 let maxPoints = 600;
 let compacting = false;
@@ -37,7 +37,10 @@ function renderHeader() {
     ["queue position", run.queue_position != null && run.status === "queued" ? `#${run.queue_position}` : ""],
     ["last heartbeat", ["running", "stopping"].includes(run.status) ? fmtAgo(run.heartbeat_at) : ""],
   ].filter(([, v]) => v);
-  setChildren($("run-meta"), meta.map(([k, v]) => el("span", {}, `${k} `, el("b", {}, v))));
+  setChildren(
+    $("run-meta"),
+    meta.map(([k, v]) => el("span", {}, `${k} `, el("b", {}, v))),
+  );
   const failed = !!run.error;
   $("run-error").classList.toggle("hidden", !failed);
   $("run-error-text").textContent = run.error || "";
@@ -155,7 +158,10 @@ function renderMetricPicker() {
   const keys = store.keys().sort();
   if (picker.options.length === keys.length) return;
   const chosen = picker.value || keys.find((key) => key.startsWith("time/")) || keys[0];
-  setChildren(picker, keys.map((key) => el("option", { value: key }, key)));
+  setChildren(
+    picker,
+    keys.map((key) => el("option", { value: key }, key)),
+  );
   picker.value = chosen;
   if (charts.any.defs[0].key !== chosen) charts.any.setSeries([anySeries(chosen)]);
 }
@@ -238,7 +244,7 @@ async function maybeCompact() {
 
 // ------------------------------------------------------------------------------------------------ evaluations
 
-let frontAxes = [0, 1];
+const frontAxes = [0, 1];
 
 function buildFrontAxes() {
   const box = $("front-axes");
@@ -247,7 +253,11 @@ function buildFrontAxes() {
     return;
   }
   const make = (axis) => {
-    const select = el("select", { "aria-label": `${axis ? "y" : "x"} objective` }, objectives.map((o, k) => el("option", { value: String(k), selected: k === frontAxes[axis] }, o)));
+    const select = el(
+      "select",
+      { "aria-label": `${axis ? "y" : "x"} objective` },
+      objectives.map((o, k) => el("option", { value: String(k), selected: k === frontAxes[axis] }, o)),
+    );
     select.addEventListener("change", () => {
       frontAxes[axis] = Number(select.value);
       renderEvaluations();
@@ -327,10 +337,18 @@ function renderEvaluations() {
       { className: "small" },
       el("div", {}, "hypervolume ", el("b", { className: "mono" }, fmtNum(e.hypervolume, 4))),
       el("div", { className: "muted" }, `reference point ${(e.reference_point || []).map((v) => fmtNum(v, 2)).join(", ")}`),
-      el("div", { className: "muted" }, `${evaluations.length} evaluation${evaluations.length === 1 ? "" : "s"}; ${(e.points || []).filter((p) => p.on_front).length} of ${(e.points || []).length} weights on the front`),
+      el(
+        "div",
+        { className: "muted" },
+        `${evaluations.length} evaluation${evaluations.length === 1 ? "" : "s"}; ${(e.points || []).filter((p) => p.on_front).length} of ${(e.points || []).length} weights on the front`,
+      ),
       e.responses ? el("div", { className: "muted" }, `${e.responses} responses, ${fmtNum(100 * (e.degenerate_share || 0), 1)} % degenerate`) : null,
       "kl_net" in auto
-        ? el("div", { className: "muted", title: "KL from the trade-off each held-out prompt's responses achieve: lower fits better" }, `auto weights: KL ${fmtNum(auto.kl_net, 4)} (net) vs ${fmtNum(auto.kl_uniform, 4)} (uniform)`)
+        ? el(
+            "div",
+            { className: "muted", title: "KL from the trade-off each held-out prompt's responses achieve: lower fits better" },
+            `auto weights: KL ${fmtNum(auto.kl_net, 4)} (net) vs ${fmtNum(auto.kl_uniform, 4)} (uniform)`,
+          )
         : null,
       extraProbe.map((k) => el("div", { className: "muted" }, `probe ${k}: ${fmtNum(e.probe[k])}`)),
     ),
@@ -396,16 +414,11 @@ async function showSamples(index) {
       el("td", { className: "text" }, samePrompt ? el("span", { className: "muted small", title: s.prompt }, "same prompt") : el("div", {}, s.prompt)),
       el("td", { className: "mono small" }, (s.weights || []).map((w, k) => `${objectives[k] ?? k} ${Number(w).toFixed(2)}`).join("\n")),
       el("td", { className: "text" }, el("div", {}, s.response)),
-      objectives.map((o) =>
-        el("td", { className: "num mono small" }, fmtNum(s.raw_rewards?.[o]), el("div", { className: "muted" }, `(${fmtNum(s.normalized_rewards?.[o], 2)})`)),
-      ),
+      objectives.map((o) => el("td", { className: "num mono small" }, fmtNum(s.raw_rewards?.[o]), el("div", { className: "muted" }, `(${fmtNum(s.normalized_rewards?.[o], 2)})`))),
       el("td", {}, s.accepted ? el("span", { className: "yes" }, "✓ yes") : el("span", { className: "no" }, "no")),
     );
   });
-  setChildren(
-    $("samples-body"),
-    rows.length ? rows : el("tr", {}, el("td", { colSpan: 5 + objectives.length, className: "empty" }, "No samples at this iteration.")),
-  );
+  setChildren($("samples-body"), rows.length ? rows : el("tr", {}, el("td", { colSpan: 5 + objectives.length, className: "empty" }, "No samples at this iteration.")));
 }
 
 function addSampleSteps(steps) {

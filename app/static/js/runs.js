@@ -57,10 +57,7 @@ function syncSelection() {
 function render(runs) {
   shownIds = runs.map((r) => r.id);
   if (!runs.length) {
-    setChildren(
-      body,
-      el("tr", {}, el("td", { colSpan: 9, className: "empty" }, "No runs yet. ", el("a", { href: "/runs/new" }, "Start one"), ".")),
-    );
+    setChildren(body, el("tr", {}, el("td", { colSpan: 9, className: "empty" }, "No runs yet. ", el("a", { href: "/runs/new" }, "Start one"), ".")));
   } else {
     setChildren(body, runs.map(row));
   }

@@ -20,7 +20,11 @@ async function change(name, body) {
 }
 
 function row(user) {
-  const role = el("select", { "aria-label": `role of ${user.name}` }, ROLES.map((r) => el("option", { value: r, selected: r === user.role }, r)));
+  const role = el(
+    "select",
+    { "aria-label": `role of ${user.name}` },
+    ROLES.map((r) => el("option", { value: r, selected: r === user.role }, r)),
+  );
   role.addEventListener("change", () => change(user.name, { role: role.value }));
   return el(
     "tr",
