@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -86,14 +87,14 @@ def register_up(sub: argparse._SubParsersAction) -> Handler:  # type: ignore[typ
 SHUTDOWN_WAIT_S = 300  # longest a worker gets to finish its iteration on Ctrl-C (CPU iterations take tens of seconds)
 
 
-def _interrupt(signum: int, frame: object) -> None:
+def _interrupt(signum: int, frame: object) -> None:  # noqa: ARG001
     raise KeyboardInterrupt
 
 
 def up(args: argparse.Namespace) -> int:
-    """Migrate, then run `meal web` and `meal worker` as child processes; Ctrl-C stops both."""
+    """Migrate, then run `meal web`, the training worker and the playground worker as child processes, restarting
+    any that dies; Ctrl-C stops them all."""
     from app.migrate import upgrade
-    from app.settings import Settings
 
     _apply_data_dir(args)
     settings = Settings()
@@ -103,11 +104,13 @@ def up(args: argparse.Namespace) -> int:
     link = embedded_first_admin(settings)
     meal = [sys.executable, "-m", "meal_core.cli"]
     children = [
-        subprocess.Popen([*meal, "web", "--no-migrate", "--host", host, "--port", str(port)]),
-        subprocess.Popen([*meal, "worker"]),
+        Child("web", [*meal, "web", "--no-migrate", "--host", host, "--port", str(port)]),
+        Child("worker", [*meal, "worker"]),
         # Its own worker, so that a playground generation never waits behind a training run.
-        subprocess.Popen([*meal, "worker", "--queues", PLAYGROUND_QUEUE, "--name", "playground@%h"]),
+        Child("playground worker", [*meal, "worker", "--queues", PLAYGROUND_QUEUE, "--name", "playground@%h"]),
     ]
+    for child in children:
+        child.start()
     print(
         f"\nMeal Studio is starting on http://{host}:{port}/  (data in {settings.data_dir.resolve()}; "
         "Ctrl-C stops it)\n",
@@ -125,15 +128,64 @@ def up(args: argparse.Namespace) -> int:
     # Installed explicitly: a process started in the background by a script inherits SIGINT as ignored.
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while all(child.poll() is None for child in children):
+        while True:
+            for child in children:
+                child.supervise(settings)
             time.sleep(0.5)
-        return 1  # one of them died on its own: take the other down too
     except KeyboardInterrupt:
         return 0
     finally:
-        _stop_children(children)
+        _stop_children([child.process for child in children if child.process is not None])
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class Child:
+    """One process `meal up` keeps running: restarted when it dies (after 1, 2, 4 … up to 30 s; a child that ran
+    for a minute starts again from 1 s), its runs failed at once when it was a worker."""
+
+    def __init__(self, name: str, command: list[str]) -> None:
+        self.name, self.command = name, command
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.restart_at: float | None = None
+        self.backoff = 1.0
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command)
+        self.started_at, self.restart_at = time.monotonic(), None
+
+    def supervise(self, settings: Settings) -> None:
+        now = time.monotonic()
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                self.start()
+            return
+        assert self.process is not None
+        code = self.process.poll()
+        if code is None:
+            return
+        how = f"signal {-code}" if code < 0 else f"exit code {code}"
+        if self.name != "web":
+            failed = self.fail_its_runs(settings, f"worker died ({how})")
+            if failed:
+                print(f"meal up: runs {failed} failed with their worker (resumable)", file=sys.stderr, flush=True)
+        self.backoff = 1.0 if now - self.started_at > 60 else min(self.backoff * 2, 30.0)
+        self.restart_at = now + self.backoff
+        print(f"meal up: the {self.name} died ({how}); restarting in {self.backoff:.0f} s", file=sys.stderr, flush=True)
+
+    def fail_its_runs(self, settings: Settings, reason: str) -> list[int]:
+        """The runs this worker held: the worker names itself host:pid (worker.tasks.worker_name)."""
+        from app import run_state
+        from app.db import session_scope
+
+        assert self.process is not None
+        try:
+            with session_scope(settings.database_url) as session:
+                return run_state.fail_runs_of_worker(session, f"{socket.gethostname()}:{self.process.pid}", reason)
+        except Exception as error:  # the stale-run sweeper will fail them later
+            print(f"meal up: could not mark the runs of the dead worker failed: {error}", file=sys.stderr)
+            return []
 
 
 def _stop_children(children: list[subprocess.Popen[bytes]]) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Path, Request
 from sqlalchemy.orm import Session
 
 from app.auth import CSRF_HEADER, SESSION_COOKIE, Keyring, session_user, token_user
@@ -140,7 +140,11 @@ TrainerPage = Annotated[CurrentUser, Depends(PAGE[Role.TRAINER])]
 AdminPage = Annotated[CurrentUser, Depends(PAGE[Role.ADMIN])]
 
 
-def get_run(run_id: int, session: SessionDep) -> Run:
+MAX_ID = 2**31 - 1  # ids are 32-bit integers in PostgreSQL: a larger one names nothing
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="A database id.")]
+
+
+def get_run(run_id: IdPath, session: SessionDep) -> Run:
     run = session.get(Run, run_id)
     if run is None:
         raise HTTPException(status_code=404, detail=f"run {run_id} not found")

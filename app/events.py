@@ -33,12 +33,16 @@ class Cursor:
 
     @classmethod
     def decode(cls, text: str | None) -> Cursor:
-        """A missing or malformed cursor means "from the beginning"."""
+        """A missing or malformed cursor (or one with parts no database id could reach) means "from the beginning"."""
+        if not text or len(text) > 100:
+            return cls()
         try:
-            seq, sample, evaluation, version = (int(part) for part in (text or "").split("."))
+            parts = [int(part) for part in text.split(".")]
         except ValueError:
             return cls()
-        return cls(seq, sample, evaluation, version)
+        if len(parts) != 4 or not all(0 <= part < 2**62 for part in parts):
+            return cls()
+        return cls(*parts)
 
 
 class StreamEvent(NamedTuple):

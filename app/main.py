@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
-from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from app import run_state
 from app.auth import Keyring, LoginLimiter, load_secret
@@ -39,6 +42,7 @@ from app.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 UPLOT_DIST = ROOT / "node_modules" / "uplot" / "dist"
+SWAGGER_DIST = ROOT / "node_modules" / "swagger-ui-dist"
 
 
 def sweep_stale_runs(settings: Settings) -> list[int]:
@@ -76,13 +80,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.login_limiter = LoginLimiter()
     for module in (health, auth, config, runs, metrics, events, samples, evaluations, playground, review, pages):
         app.include_router(module.router)
-    install_security(app)
+    install_security(app, settings)
     install_docs(app)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     if UPLOT_DIST.is_dir():
         app.mount("/vendor/uplot", StaticFiles(directory=UPLOT_DIST), name="uplot")
     else:
         log.warning("uPlot is not installed (npm ci): charts will not render")
+    if SWAGGER_DIST.is_dir():
+        app.mount("/vendor/swagger-ui", StaticFiles(directory=SWAGGER_DIST), name="swagger-ui")
     return app
 
 
@@ -98,8 +104,22 @@ def cross_origin(request: Request) -> str | None:
     return None
 
 
-def install_security(app: FastAPI) -> None:
-    """Refuse state changes from other sites; send the logged-out to the login page and the wrong role to a 403."""
+SECURITY_HEADERS = {
+    # Scripts only from this server (every page script is a file; no inline script anywhere); inline style
+    # attributes are used by the templates. No framing, no MIME sniffing, no full URLs in Referer.
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+
+
+def install_security(app: FastAPI, settings: Settings) -> None:
+    """Only the configured host names; bodies within the limit; state changes only from this site; security
+    headers on every response; the logged-out sent to the login page and the wrong role to a 403 page."""
 
     @app.middleware("http")
     async def same_origin_changes(request: Request, call_next):  # type: ignore[no-untyped-def]
@@ -107,7 +127,22 @@ def install_security(app: FastAPI) -> None:
             reason = cross_origin(request)
             if reason is not None:
                 return JSONResponse({"detail": f"cross-origin request refused ({reason})"}, status_code=403)
-        return await call_next(request)
+        response = await call_next(request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=[*settings.allowed_hosts, settings.host])
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> Response:
+        return JSONResponse({"detail": validation_details(error)}, status_code=422)
+
+    @app.exception_handler(UnicodeEncodeError)
+    async def unencodable_text(request: Request, error: UnicodeEncodeError) -> Response:
+        # Valid JSON can carry a lone UTF-16 surrogate ("\ud800"), which no database stores.
+        return JSONResponse({"detail": "text contains an unpaired surrogate character"}, status_code=422)
 
     @app.exception_handler(LoginRequired)
     async def to_login(request: Request, error: LoginRequired) -> Response:
@@ -127,5 +162,63 @@ def install_docs(app: FastAPI) -> None:
         return JSONResponse(app.openapi())
 
     @app.get("/docs", include_in_schema=False)
-    def docs(user: ReviewerPage) -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="Meal Studio API")
+    def docs(request: Request, user: ReviewerPage) -> HTMLResponse:
+        # Swagger UI from the swagger-ui-dist npm package, not a CDN: the page works offline and under the CSP.
+        return TEMPLATES.TemplateResponse(request, "api_docs.html", {"user": user, "active": "docs"})
+
+
+class BodyLimit:
+    """413 for a request body over `max_bytes`, whether it declares its length or streams it (pure ASGI, so the
+    body is counted as it arrives and never buffered past the limit)."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self.refuse(send)
+            return
+        seen, refused = 0, False
+
+        async def counted() -> Any:
+            nonlocal seen, refused
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    if not refused:
+                        refused = True
+                        await self.refuse(send)
+                    return {"type": "http.disconnect"}  # the app stops reading; its own answer is dropped
+            return message
+
+        async def guarded(message: Any) -> None:
+            if not refused:
+                await send(message)
+
+        await self.app(scope, counted, guarded)
+
+    async def refuse(self, send: Any) -> None:
+        body = json.dumps({"detail": f"request body over {self.max_bytes} bytes"}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def validation_details(error: RequestValidationError) -> list[dict[str, Any]]:
+    """FastAPI's 422 details without echoing the input back: a 50 MB string or a lone surrogate sent in would
+    otherwise come back in the response (or fail to encode there)."""
+    details = []
+    for item in error.errors():
+        details.append(
+            {
+                "loc": [str(part)[:100] for part in item.get("loc", ())],
+                "msg": str(item.get("msg", ""))[:500].encode("utf-8", "replace").decode("utf-8"),
+                "type": str(item.get("type", "")),
+            }
+        )
+    return details

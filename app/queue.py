@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 
 from celery import Celery
 
+log = logging.getLogger(__name__)
 TRAIN_RUN = "meal.train_run"
 PLAYGROUND_GENERATE = "meal.playground_generate"
 QUEUE = "meal"  # training: one run per worker, for hours
@@ -26,15 +28,30 @@ def broker_client(broker_url: str) -> Celery:
     return client
 
 
+class BrokerUnavailable(RuntimeError):
+    """The broker refused the message twice, the second time on a fresh connection. The message is short and
+    safe to show: the broker's own error (which may hold SQL or URLs) goes to the log only."""
+
+
+def _send(broker_url: str, task: str, argument: int, queue: str) -> str:
+    """Send, and on failure send once more on a new client: a broken connection (a broker restarted, a database
+    file that was read-only for a moment) must not stick until the web server restarts."""
+    for attempt in (1, 2):
+        try:
+            return str(broker_client(broker_url).send_task(task, args=[argument], queue=queue, retry=False).id)
+        except Exception as error:
+            broker_client.cache_clear()
+            if attempt == 2:
+                log.warning("broker refused %s(%s): %s", task, argument, error)
+                raise BrokerUnavailable(f"broker unavailable ({type(error).__name__})") from error
+    raise AssertionError("unreachable")
+
+
 def enqueue_training(broker_url: str, run_id: int) -> str:
-    """Returns the task id. Raises on a broker that cannot be reached."""
-    result = broker_client(broker_url).send_task(TRAIN_RUN, args=[run_id], queue=QUEUE, retry=False)
-    return str(result.id)
+    """Returns the task id. Raises BrokerUnavailable on a broker that cannot be reached."""
+    return _send(broker_url, TRAIN_RUN, run_id, QUEUE)
 
 
 def enqueue_playground(broker_url: str, generation_id: int) -> str:
-    """Returns the task id. Raises on a broker that cannot be reached."""
-    result = broker_client(broker_url).send_task(
-        PLAYGROUND_GENERATE, args=[generation_id], queue=PLAYGROUND_QUEUE, retry=False
-    )
-    return str(result.id)
+    """Returns the task id. Raises BrokerUnavailable on a broker that cannot be reached."""
+    return _send(broker_url, PLAYGROUND_GENERATE, generation_id, PLAYGROUND_QUEUE)

@@ -6,6 +6,7 @@ sweeper) can never both win: a redelivered task finds its run no longer queued a
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -141,29 +142,40 @@ def finish(
     )
 
 
+#: Statuses of a run that a worker holds.
+LIVE = (RunStatus.RUNNING, RunStatus.STOPPING)
+
+
 def fail_stale_runs(session: Session, timeout: timedelta, now: datetime | None = None) -> list[int]:
     """Runs whose worker vanished (no heartbeat within `timeout`) become failed, and so resumable."""
     cutoff = (now or utcnow()) - timeout
-    stale = list(
-        session.scalars(
-            select(Run.id).where(
-                Run.status.in_((RunStatus.RUNNING, RunStatus.STOPPING)),
-                func.coalesce(Run.heartbeat_at, Run.started_at) < cutoff,
-            )
-        )
+    stale = session.scalars(
+        select(Run.id).where(Run.status.in_(LIVE), func.coalesce(Run.heartbeat_at, Run.started_at) < cutoff)
     )
-    for run_id in stale:
+    return _fail_live(session, stale, f"worker vanished: no heartbeat for {int(timeout.total_seconds())} s")
+
+
+def fail_runs_of_worker(session: Session, worker: str, reason: str) -> list[int]:
+    """The worker `worker` (host:pid) is known dead: its runs fail now, resumable, instead of once their heartbeat
+    is overdue."""
+    held = session.scalars(select(Run.id).where(Run.worker == worker, Run.status.in_(LIVE)))
+    return _fail_live(session, held, reason)
+
+
+def _fail_live(session: Session, run_ids: Iterable[int], reason: str) -> list[int]:
+    """Each run still running or stopping fails, resumable from its last checkpoint."""
+    failed = list(run_ids)
+    for run_id in failed:
         _transition(
             session,
             run_id,
-            (RunStatus.RUNNING, RunStatus.STOPPING),
+            LIVE,
             status=RunStatus.FAILED,
             finished_at=utcnow(),
             stop_requested=False,
-            error=f"worker vanished: no heartbeat for {int(timeout.total_seconds())} s; resume to continue "
-            "from the last checkpoint",
+            error=f"{reason}; resume to continue from the last checkpoint",
         )
-    return stale
+    return failed
 
 
 def queue_positions(session: Session) -> dict[int, int]:

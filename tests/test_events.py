@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,7 +199,7 @@ def server(database_url: str, api_broker_url: str, tmp_path_factory: pytest.Temp
 
 
 def create_run(server: Served) -> dict[str, Any]:
-    config = tiny_run_config(Path("/nonexistent/model")).model_dump(mode="json")
+    config = tiny_run_config(Path(tempfile.gettempdir()) / "no-model-here").model_dump(mode="json")
     response = httpx.post(f"{server.url}/api/runs", json={"name": "streamed", "config": config}, headers=server.headers)
     assert response.status_code == 201, response.text
     return dict(response.json())

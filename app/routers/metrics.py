@@ -19,9 +19,11 @@ def run_metrics(
     run: RunDep,
     session: SessionDep,
     settings: SettingsDep,
-    keys: str | None = Query(None, description="Comma-separated metric keys; default: every key of the run."),
-    start_step: int | None = Query(None, ge=0),
-    end_step: int | None = Query(None, ge=0),
+    keys: str | None = Query(
+        None, max_length=20_000, description="Comma-separated metric keys; default: every key of the run."
+    ),
+    start_step: int | None = Query(None, ge=0, le=2**62),
+    end_step: int | None = Query(None, ge=0, le=2**62),
     max_points: int = Query(1000, ge=2, description="At most this many buckets per series (capped by the server)."),
 ) -> dict[str, Any]:
     if start_step is not None and end_step is not None and start_step > end_step:
@@ -31,6 +33,8 @@ def run_metrics(
         session.scalars(select(MetricLatest.key).where(MetricLatest.run_id == run.id).order_by(MetricLatest.key))
     )
     wanted = [k.strip() for k in keys.split(",") if k.strip()] if keys else known
+    if len(wanted) > settings.max_metric_keys or any(len(k) > 128 for k in wanted):
+        raise HTTPException(422, f"keys: at most {settings.max_metric_keys} keys of at most 128 characters")
     return {
         "run_id": run.id,
         "max_points": limit,

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from app.deps import AdminPage, CurrentUser, ReviewerPage, SessionDep, TrainerPage, authenticate
+from app.deps import MAX_ID, AdminPage, CurrentUser, IdPath, ReviewerPage, SessionDep, TrainerPage, authenticate
 from app.models import Role, Run
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parent.parent.parent / "templates")
@@ -25,12 +25,12 @@ def home_for(user: CurrentUser) -> str:
 
 
 @router.get("/login", response_class=HTMLResponse)
-def login_page(request: Request, next: str = "/", expired: bool = False) -> Response:
+def login_page(request: Request, next: str = Query("/", max_length=2000), expired: bool = False) -> Response:
     user = authenticate(request)
     if user is not None:
         return RedirectResponse(home_for(user), status_code=303)
     return TEMPLATES.TemplateResponse(
-        request, "login.html", {"user": None, "next_url": next[:2000], "expired": expired, "active": "login"}
+        request, "login.html", {"user": None, "next_url": next, "expired": expired, "active": "login"}
     )
 
 
@@ -40,12 +40,12 @@ def runs_page(request: Request, user: TrainerPage) -> HTMLResponse:
 
 
 @router.get("/runs/new", response_class=HTMLResponse)
-def new_run_page(request: Request, user: TrainerPage, clone: int | None = None) -> HTMLResponse:
+def new_run_page(request: Request, user: TrainerPage, clone: int | None = Query(None, ge=1, le=MAX_ID)) -> HTMLResponse:
     return TEMPLATES.TemplateResponse(request, "new_run.html", {"user": user, "clone": clone, "active": "new"})
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-def run_page(request: Request, run_id: int, session: SessionDep, user: TrainerPage) -> HTMLResponse:
+def run_page(request: Request, run_id: IdPath, session: SessionDep, user: TrainerPage) -> HTMLResponse:
     run = session.get(Run, run_id)
     if run is None:
         return TEMPLATES.TemplateResponse(
@@ -56,7 +56,9 @@ def run_page(request: Request, run_id: int, session: SessionDep, user: TrainerPa
 
 @router.get("/compare", response_class=HTMLResponse)
 def compare_page(request: Request, user: TrainerPage, ids: str = "") -> HTMLResponse:
-    run_ids = list(dict.fromkeys(int(part) for part in ids.split(",") if part.strip().isdigit()))
+    parts = [part.strip() for part in ids[:2000].split(",")]
+    # ASCII digits only ("²".isdigit() is true, and int("²") fails), ids a database could hold, at most 20 runs.
+    run_ids = list(dict.fromkeys(int(p) for p in parts if p.isascii() and p.isdecimal() and 0 < int(p) <= MAX_ID))[:20]
     return TEMPLATES.TemplateResponse(request, "compare.html", {"user": user, "run_ids": run_ids, "active": "compare"})
 
 
@@ -66,7 +68,9 @@ def users_page(request: Request, user: AdminPage) -> HTMLResponse:
 
 
 @router.get("/playground", response_class=HTMLResponse)
-def playground_page(request: Request, user: TrainerPage, run: int | None = None) -> HTMLResponse:
+def playground_page(
+    request: Request, user: TrainerPage, run: int | None = Query(None, ge=1, le=MAX_ID)
+) -> HTMLResponse:
     return TEMPLATES.TemplateResponse(request, "playground.html", {"user": user, "run_id": run, "active": "playground"})
 
 
@@ -76,14 +80,14 @@ def review_page(request: Request, user: ReviewerPage) -> HTMLResponse:
 
 
 @router.get("/review/{queue_id}", response_class=HTMLResponse)
-def review_queue_page(request: Request, queue_id: int, user: ReviewerPage) -> HTMLResponse:
+def review_queue_page(request: Request, queue_id: IdPath, user: ReviewerPage) -> HTMLResponse:
     return TEMPLATES.TemplateResponse(
         request, "review_queue.html", {"user": user, "queue_id": queue_id, "active": "review"}
     )
 
 
 @router.get("/review/{queue_id}/summary", response_class=HTMLResponse)
-def review_summary_page(request: Request, queue_id: int, user: TrainerPage) -> HTMLResponse:
+def review_summary_page(request: Request, queue_id: IdPath, user: TrainerPage) -> HTMLResponse:
     return TEMPLATES.TemplateResponse(
         request, "review_summary.html", {"user": user, "queue_id": queue_id, "active": "review"}
     )

@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from app.deps import REQUIRE, SessionDep, SettingsDep, TrainerDep
 from app.models import JobStatus, PlaygroundGeneration, Role, Run
-from app.queue import enqueue_playground
+from app.queue import BrokerUnavailable, enqueue_playground
 from meal_core.data import DataError, load_prompts
 from meal_core.inference import BASE, checkpoint_names
 
@@ -113,10 +113,10 @@ def create_generation(body: PlaygroundIn, session: SessionDep, settings: Setting
     session.commit()  # the worker must find it when the message arrives
     try:
         enqueue_playground(settings.broker_url, generation.id)
-    except Exception:
-        generation.status, generation.error = JobStatus.FAILED, "broker unavailable"
+    except BrokerUnavailable as unavailable:
+        generation.status, generation.error = JobStatus.FAILED, str(unavailable)
         session.commit()
-        raise HTTPException(503, f"generation {generation.id} stored but not queued: broker unavailable") from None
+        raise HTTPException(503, f"generation {generation.id} stored but not queued: {unavailable}") from None
     return Created(id=generation.id)
 
 

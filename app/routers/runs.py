@@ -8,11 +8,12 @@ from fastapi import APIRouter, Depends, HTTPException, Query, status
 from sqlalchemy import select
 
 from app import run_state
+from app.config_policy import ConfigNotAllowed, check_config
 from app.deps import REQUIRE, RunDep, SessionDep, SettingsDep, TrainerDep
 from app.events import current_cursor
 from app.models import MetricLatest, Role, Run
-from app.queue import enqueue_training
-from app.schemas import RunCreate, RunOut
+from app.queue import BrokerUnavailable, enqueue_training
+from app.schemas import RunCreate, RunOut, RunSummary
 from meal_core.config import ConfigError, parse_config
 
 log = logging.getLogger(__name__)
@@ -42,19 +43,23 @@ def latest_rewards(session: SessionDep, run_ids: list[int]) -> dict[int, dict[st
     return found
 
 
-def run_out(
-    session: SessionDep,
-    run: Run,
-    positions: dict[int, int] | None = None,
-    latest: dict[str, float] | None = None,
-    cursor: bool = False,
-) -> RunOut:
-    out = RunOut.model_validate(run)
-    positions = positions if positions is not None else run_state.queue_positions(session)
+def _fill(out: RunSummary, run: Run, positions: dict[int, int], latest: dict[str, float]) -> None:
+    out.objectives = [str(o.get("name")) for o in run.config.get("objectives", []) if isinstance(o, dict)]
     out.queue_position = positions.get(run.id)
-    out.latest = latest if latest is not None else latest_rewards(session, [run.id])[run.id]
+    out.latest = latest
+
+
+def run_out(session: SessionDep, run: Run, cursor: bool = False) -> RunOut:
+    out = RunOut.model_validate(run)
+    _fill(out, run, run_state.queue_positions(session), latest_rewards(session, [run.id])[run.id])
     if cursor:
         out.event_cursor = current_cursor(session, run.id).encode()
+    return out
+
+
+def run_summary(session: SessionDep, run: Run, positions: dict[int, int], latest: dict[str, float]) -> RunSummary:
+    out = RunSummary.model_validate(run)
+    _fill(out, run, positions, latest)
     return out
 
 
@@ -63,11 +68,10 @@ def _enqueue(session: SessionDep, settings: SettingsDep, run: Run) -> None:
     session.commit()  # the worker must find the run queued when the message arrives
     try:
         task_id = enqueue_training(settings.broker_url, run.id)
-    except Exception as exc:
-        log.exception("could not enqueue run %s", run.id)
-        run_state.enqueue_failed(session, run.id, f"broker unavailable: {exc}")
+    except BrokerUnavailable as unavailable:
+        run_state.enqueue_failed(session, run.id, str(unavailable))
         session.commit()
-        raise HTTPException(status_code=503, detail=f"run {run.id} stored but not queued: broker unavailable") from None
+        raise HTTPException(status_code=503, detail=f"run {run.id} stored but not queued: {unavailable}") from None
     run_state.set_task_id(session, run.id, task_id)
     session.commit()
     session.refresh(run)
@@ -79,24 +83,30 @@ def create_run(body: RunCreate, session: SessionDep, settings: SettingsDep, user
         config = parse_config(body.config)
     except ConfigError as error:
         raise config_errors_as_422(error) from None
+    try:
+        check_config(config, settings, user.role)
+    except ConfigNotAllowed as refused:
+        loc = ["body", "config", *refused.field.split(".")]
+        detail = [{"loc": loc, "msg": refused.message, "type": "not_allowed"}]
+        raise HTTPException(status_code=403 if refused.forbidden else 422, detail=detail) from None
     run = run_state.create_run(session, body.name, config.model_dump(mode="json"), config.iterations, user.name)
     _enqueue(session, settings, run)
     return run_out(session, run)
 
 
-@router.get("", response_model=list[RunOut])
+@router.get("", response_model=list[RunSummary])
 def list_runs(
     session: SessionDep,
     settings: SettingsDep,
-    status_filter: str | None = Query(None, alias="status", description="Only runs with this status."),
-) -> list[RunOut]:
+    status_filter: str | None = Query(None, alias="status", max_length=16, description="Only runs with this status."),
+) -> list[RunSummary]:
     query = select(Run).order_by(Run.id.desc()).limit(settings.max_runs_listed)
     if status_filter:
         query = query.where(Run.status == status_filter)
     runs = list(session.scalars(query))
     positions = run_state.queue_positions(session)
     latest = latest_rewards(session, [run.id for run in runs])  # one query for the table, not one per row
-    return [run_out(session, run, positions, latest[run.id]) for run in runs]
+    return [run_summary(session, run, positions, latest[run.id]) for run in runs]
 
 
 @router.get("/{run_id}", response_model=RunOut)

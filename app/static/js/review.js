@@ -43,7 +43,7 @@ async function loadRuns() {
     runs.map((r) => el("option", { value: String(r.id) }, `#${r.id} ${r.name}`)),
   );
   const first = runs[0];
-  const objectives = first ? (first.config.objectives || []).map((o) => o.name) : [];
+  const objectives = first ? first.objectives : [];
   setChildren(
     $("q-weight-objective"),
     el("option", { value: "" }, "(any weights)"),
