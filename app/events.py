@@ -8,10 +8,10 @@ whole poll), so a connection that drops between two events of one poll loses nei
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, replace
 from typing import Any, NamedTuple
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select, true
 from sqlalchemy.orm import Session
 
 from app.models import Evaluation, MetricPoint, Run, Sample
@@ -27,6 +27,10 @@ class Cursor:
     sample: int = 0
     evaluation: int = 0
     version: int = -1
+
+    def covers(self, other: Cursor) -> bool:
+        """Whether a client at this cursor has everything up to `other`."""
+        return all(mine >= theirs for mine, theirs in zip(astuple(self), astuple(other), strict=True))
 
     def encode(self) -> str:
         return f"{self.seq}.{self.sample}.{self.evaluation}.{self.version}"
@@ -60,13 +64,25 @@ def current_cursor(session: Session, run_id: int) -> Cursor:
     )
 
 
-def new_events(session: Session, run_id: int, cursor: Cursor) -> tuple[list[StreamEvent], Cursor]:
-    """Events newer than `cursor` (name, payload, cursor after the event), and the cursor after them all."""
+#: The cursor part each event moves (`gone` moves none).
+PART_OF_EVENT = {"status": "version", "metrics": "seq", "samples": "sample", "evaluations": "evaluation"}
+
+
+def _within(column: Any, upto: Cursor | None, part: str) -> ColumnElement[bool]:
+    return true() if upto is None else column <= getattr(upto, part)
+
+
+def new_events(
+    session: Session, run_id: int, cursor: Cursor, upto: Cursor | None = None
+) -> tuple[list[StreamEvent], Cursor]:
+    """Events newer than `cursor` (name, payload, cursor after the event), and the cursor after them all. With
+    `upto`, only rows up to that cursor (a client catching up to where a shared poller stands); the status event is
+    always the run's current one."""
     events: list[StreamEvent] = []
     run = session.get(Run, run_id)
     if run is None:
         return [StreamEvent("gone", {"run_id": run_id}, cursor)], cursor
-    if run.version != cursor.version:
+    if run.version != cursor.version and (upto is None or cursor.version < upto.version):
         status = RunOut.model_validate(run).model_dump(
             mode="json",
             include={
@@ -86,10 +102,12 @@ def new_events(session: Session, run_id: int, cursor: Cursor) -> tuple[list[Stre
         cursor = replace(cursor, version=run.version)
         events.append(StreamEvent("status", status, cursor))
 
-    upto = session.scalar(
-        select(func.max(MetricPoint.seq)).where(MetricPoint.run_id == run_id, MetricPoint.seq > cursor.seq)
+    last = session.scalar(
+        select(func.max(MetricPoint.seq)).where(
+            MetricPoint.run_id == run_id, MetricPoint.seq > cursor.seq, _within(MetricPoint.seq, upto, "seq")
+        )
     )
-    if upto is not None:
+    if last is not None:
         # Whole ingest batches only, so that the cursor never splits one; a huge backlog comes in several events.
         first = cursor.seq + 1
         query = (
@@ -97,7 +115,7 @@ def new_events(session: Session, run_id: int, cursor: Cursor) -> tuple[list[Stre
             .where(MetricPoint.run_id == run_id)
             .order_by(MetricPoint.seq, MetricPoint.key, MetricPoint.step)
         )
-        rows = session.execute(query.where(MetricPoint.seq.between(first, upto)).limit(MAX_POINTS_PER_EVENT + 1)).all()
+        rows = session.execute(query.where(MetricPoint.seq.between(first, last)).limit(MAX_POINTS_PER_EVENT + 1)).all()
         if len(rows) > MAX_POINTS_PER_EVENT:
             last_seq = rows[-1].seq
             rows = [r for r in rows if r.seq < last_seq] or session.execute(
@@ -111,7 +129,7 @@ def new_events(session: Session, run_id: int, cursor: Cursor) -> tuple[list[Stre
 
     samples = session.scalars(
         select(Sample)
-        .where(Sample.run_id == run_id, Sample.id > cursor.sample)
+        .where(Sample.run_id == run_id, Sample.id > cursor.sample, _within(Sample.id, upto, "sample"))
         .order_by(Sample.id)
         .limit(MAX_SAMPLES_PER_EVENT)
     ).all()
@@ -122,7 +140,11 @@ def new_events(session: Session, run_id: int, cursor: Cursor) -> tuple[list[Stre
         )
 
     evaluations = session.scalars(
-        select(Evaluation).where(Evaluation.run_id == run_id, Evaluation.id > cursor.evaluation).order_by(Evaluation.id)
+        select(Evaluation)
+        .where(
+            Evaluation.run_id == run_id, Evaluation.id > cursor.evaluation, _within(Evaluation.id, upto, "evaluation")
+        )
+        .order_by(Evaluation.id)
     ).all()
     if evaluations:
         cursor = replace(cursor, evaluation=evaluations[-1].id)

@@ -23,6 +23,7 @@ from app import run_state
 from app.auth import Keyring, LoginLimiter, load_secret
 from app.db import session_scope
 from app.deps import SAFE_METHODS, LoginRequired, PageForbidden, ReviewerPage, UserDep
+from app.event_hub import EventHub
 from app.routers import (
     auth,
     config,
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.keyring = Keyring(load_secret(settings))
     app.state.login_limiter = LoginLimiter()
+    app.state.event_hub = EventHub(settings.database_url, settings.events_poll_s)
     for module in (health, auth, config, runs, metrics, events, samples, evaluations, playground, review, pages):
         app.include_router(module.router)
     install_security(app, settings)

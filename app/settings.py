@@ -22,7 +22,12 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(5.0, gt=0)
     heartbeat_timeout_s: float = Field(120.0, gt=0, description="A running run with no heartbeat this long failed.")
     recorder_flush_s: float = Field(0.5, gt=0, description="Worker flushes buffered metrics at least this often.")
-    events_poll_s: float = Field(0.5, gt=0, description="How often an event stream looks for new rows.")
+    events_poll_s: float = Field(0.5, gt=0, description="How often a run's event feed looks for new rows.")
+    events_shared: bool = Field(
+        True,
+        description="One poller per run for all its viewers (app/event_hub.py). False polls once per viewer: the "
+        "reference that bench/events_load.py measures against.",
+    )
     max_chart_points: int = Field(5000, ge=10, description="Upper bound on max_points of a metrics query.")
     max_runs_listed: int = Field(500, ge=1)
     mode: Literal["embedded", "deployed"] = Field(

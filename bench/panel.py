@@ -61,10 +61,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app import run_state  # noqa: E402
+from app.auth import Keyring, create_token, create_user, find_user, load_secret  # noqa: E402
 from app.db import get_engine, session_scope  # noqa: E402
 from app.metric_store import Point, ingest  # noqa: E402
 from app.migrate import upgrade  # noqa: E402
-from app.models import MetricPoint  # noqa: E402
+from app.models import MetricPoint, Role  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from worker.recorder import DatabaseRecorder  # noqa: E402
 
@@ -148,8 +149,19 @@ class Server:
         self.log_file.close()
 
 
+def admin_headers(database_url: str, data_dir: Path) -> dict[str, str]:
+    """An admin's API token (every API call has a user); the server reads the same secret from `data_dir`."""
+    keyring = Keyring(load_secret(Settings(database_url=database_url, data_dir=data_dir)))
+    with session_scope(database_url) as session:
+        user = find_user(session, "bench") or create_user(session, "bench", Role.ADMIN, None)
+        token, _ = create_token(session, keyring, user, "bench")
+    return {"Authorization": f"Bearer {token}"}
+
+
 @contextmanager
-def our_server(database_url: str, data_dir: Path, settings: Settings) -> Iterator[str]:
+def our_server(database_url: str, data_dir: Path, settings: Settings) -> Iterator[tuple[str, dict[str, str]]]:
+    """Our web server in a subprocess: its base URL and an admin's Authorization header."""
+    headers = admin_headers(database_url, data_dir)
     port = free_port()
     env = {
         **os.environ,
@@ -163,7 +175,7 @@ def our_server(database_url: str, data_dir: Path, settings: Settings) -> Iterato
     server = Server("meal web", argv, env, f"{base}/healthz", data_dir / f"uvicorn-{port}.log")
     try:
         server.wait_ready(60)
-        yield base
+        yield base, headers
     finally:
         server.stop()
 
@@ -288,12 +300,12 @@ def bench_series(url: str, n_points: int, batch: int) -> tuple[int, float, int]:
 
 
 def bench_query(
-    base: str, run_id: int, n_points: int, reps: int, max_points: int = 1000
+    base: str, headers: dict[str, str], run_id: int, n_points: int, reps: int, max_points: int = 1000
 ) -> tuple[list[float], int, int]:
     url = f"{base}/api/runs/{run_id}/metrics"
     params = {"keys": SERIES_KEY, "max_points": str(max_points)}
     times: list[float] = []
-    with httpx.Client(timeout=60) as client:
+    with httpx.Client(timeout=60, headers=headers) as client:
         for i in range(reps + 3):
             start = time.perf_counter()
             response = client.get(url, params=params)
@@ -312,7 +324,9 @@ def bench_query(
     return times, buckets, len(response.content)
 
 
-def bench_sse(base: str, url: str, settings: Settings, n: int, interval: float) -> tuple[list[float], int]:
+def bench_sse(
+    base: str, headers: dict[str, str], url: str, settings: Settings, n: int, interval: float
+) -> tuple[list[float], int]:
     """Delay from `recorder.metrics()` to the SSE client parsing the point."""
     run_id = new_run(url, "bench sse", n)
     sent: dict[int, float] = {}
@@ -322,7 +336,10 @@ def bench_sse(base: str, url: str, settings: Settings, n: int, interval: float) 
     def client() -> None:
         try:
             timeout = httpx.Timeout(10, read=60)
-            with httpx.Client(timeout=timeout) as http, http.stream("GET", f"{base}/api/runs/{run_id}/events") as r:
+            with (
+                httpx.Client(timeout=timeout, headers=headers) as http,
+                http.stream("GET", f"{base}/api/runs/{run_id}/events") as r,
+            ):
                 r.raise_for_status()
                 event, data = "", []
                 for line in r.iter_lines():
@@ -376,16 +393,16 @@ def bench_backend(backend: str, args: argparse.Namespace, tmp: Path, settings: S
         log(f"{backend}: series ingest, {args.series_points:,} points in batches of {args.series_batch:,}")
         result.series_points, result.series_s, series_run = bench_series(url, args.series_points, args.series_batch)
         log(f"{backend}: {result.series_points / result.series_s:,.0f} points/s")
-        with our_server(url, tmp, settings) as base:
+        with our_server(url, tmp, settings) as (base, headers):
             log(f"{backend}: chart query × {args.query_reps}")
             result.query_ms, result.query_buckets, result.query_bytes = bench_query(
-                base, series_run, args.series_points, args.query_reps
+                base, headers, series_run, args.series_points, args.query_reps
             )
             log(f"{backend}: median {statistics.median(result.query_ms):.1f} ms")
             if not args.skip_sse:
                 log(f"{backend}: event delay, {args.sse_points} points every {args.sse_interval * 1000:.0f} ms")
                 result.sse_delays_s, result.sse_sent = bench_sse(
-                    base, url, settings, args.sse_points, args.sse_interval
+                    base, headers, url, settings, args.sse_points, args.sse_interval
                 )
     return result
 

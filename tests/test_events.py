@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import statistics
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,10 +17,11 @@ import pytest
 from helpers import bearer, tiny_run_config
 from live_server import Event, EventStream, live_server
 from sqlalchemy import delete, select
+from sqlalchemy import event as sqlalchemy_event
 
-from app import run_state
-from app.db import session_scope
-from app.events import MAX_POINTS_PER_EVENT, Cursor, current_cursor, new_events
+from app import event_hub, run_state
+from app.db import get_engine, session_scope
+from app.events import MAX_POINTS_PER_EVENT, Cursor, StreamEvent, current_cursor, new_events
 from app.metric_store import Point, ingest
 from app.models import Evaluation, Run, Sample
 from app.settings import Settings
@@ -177,6 +182,88 @@ def test_a_vanished_run_is_gone(database_url: str) -> None:
     assert cursor == Cursor(1, 2, 3, 4)
 
 
+# -- app.event_hub: one poller per run, fanned out -----------------------------------------------------------------
+
+
+def metrics_of(events: Sequence[Event | StreamEvent]) -> dict[str, list[list[float]]]:
+    """All metric points in these events, per key."""
+    merged: dict[str, list[list[float]]] = {}
+    for event in events:
+        if event.name == "metrics":
+            for key, points in event.data.items():
+                merged.setdefault(key, []).extend(points)
+    return merged
+
+
+async def take(stream: AsyncGenerator[StreamEvent | None, None]) -> StreamEvent:
+    """The next event of a hub stream (keep-alives skipped)."""
+    while (event := await anext(stream)) is None:
+        pass
+    return event
+
+
+def test_a_lagging_viewer_catches_up_without_loss_or_duplicates(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A viewer that stops reading while the feed runs on overflows its queue, then reads what it missed itself."""
+    monkeypatch.setattr(event_hub, "QUEUE_LIMIT", 2)
+    url = database_url
+    run_id = new_run(url)
+    expected = add_points(url, run_id, "loss", range(3))
+
+    async def scenario() -> tuple[list[StreamEvent], list[StreamEvent]]:
+        hub = event_hub.EventHub(url, poll_s=0.01)
+        slow, steady = hub.watch(run_id, Cursor(), 5.0), hub.watch(run_id, Cursor(), 5.0)
+        slow_events = [await take(slow), await take(slow)]  # status, the first batch; then it stops reading
+        steady_events = [await take(steady), await take(steady)]
+        for batch in range(1, 8):  # each batch lands in its own poll of the feed
+            expected["loss"] += add_points(url, run_id, "loss", range(batch * 3, batch * 3 + 3))["loss"]
+            steady_events.append(await take(steady))
+        assert hub.feeds[run_id].viewers and any(v.lagging for v in hub.feeds[run_id].viewers)
+        while metrics_of(slow_events) != expected:
+            slow_events.append(await take(slow))
+        await slow.aclose()
+        await steady.aclose()
+        assert not hub.feeds, "a feed nobody watches is dropped"
+        return slow_events, steady_events
+
+    slow_events, steady_events = asyncio.run(scenario())
+    for events in (slow_events, steady_events):
+        assert metrics_of(events) == expected, "every point once, in order"
+        seqs = [e.cursor.seq for e in events]
+        assert seqs == sorted(seqs) and [e.name for e in events].count("status") == 1
+        assert events[-1].cursor == current_cursor_of(url, run_id)
+
+
+def test_viewers_at_different_cursors_each_get_their_own_stream(database_url: str) -> None:
+    """One viewer follows the feed live; another joins with an old cursor and one ahead of the feed: each receives
+    exactly what it lacks, and each event id is a cursor of its own stream."""
+    url = database_url
+    run_id = new_run(url)
+    first = add_points(url, run_id, "loss", range(2))
+    start = current_cursor_of(url, run_id)
+    second = add_points(url, run_id, "loss", range(2, 4))
+
+    async def scenario() -> dict[str, list[StreamEvent]]:
+        hub = event_hub.EventHub(url, poll_s=0.01)
+        live = hub.watch(run_id, Cursor(), 5.0)
+        received = {"live": [await take(live), await take(live)]}
+        late = hub.watch(run_id, start, 5.0)
+        received["late"] = [await take(late)]
+        third = add_points(url, run_id, "loss", [4])
+        received["live"].append(await take(live))
+        received["late"].append(await take(late))
+        assert received["late"][-1].data == third == received["live"][-1].data
+        await live.aclose()
+        await late.aclose()
+        return received
+
+    received = asyncio.run(scenario())
+    assert metrics_of(received["live"])["loss"] == first["loss"] + second["loss"] + [[4, 2.0]]
+    assert metrics_of(received["late"])["loss"] == second["loss"] + [[4, 2.0]]
+    assert received["late"][-1].cursor == received["live"][-1].cursor == current_cursor_of(url, run_id)
+
+
 # -- the SSE endpoint over HTTP ------------------------------------------------------------------------------------
 
 
@@ -207,16 +294,6 @@ def create_run(server: Served) -> dict[str, Any]:
 
 def events_url(server: Served, run_id: int) -> str:
     return f"{server.url}/api/runs/{run_id}/events"
-
-
-def metrics_of(events: list[Event]) -> dict[str, list[list[float]]]:
-    """All metric points in these events, per key."""
-    merged: dict[str, list[list[float]]] = {}
-    for event in events:
-        if event.name == "metrics":
-            for key, points in event.data.items():
-                merged.setdefault(key, []).extend(points)
-    return merged
 
 
 def is_metrics(event: Event) -> bool:
@@ -313,3 +390,51 @@ def test_each_event_id_covers_only_itself_and_what_came_before(server: Served, d
 def test_unknown_run_stream_is_404(server: Served) -> None:
     response = httpx.get(events_url(server, 987654), headers=server.headers)
     assert response.status_code == 404
+
+
+def count_queries(url: str, seconds: float) -> int:
+    """Statements the database receives from this process in `seconds` (the server runs in this process)."""
+    count = 0
+
+    def counted(*_: object) -> None:
+        nonlocal count
+        count += 1
+
+    engine = get_engine(url)
+    sqlalchemy_event.listen(engine, "before_cursor_execute", counted)
+    try:
+        time.sleep(seconds)
+    finally:
+        sqlalchemy_event.remove(engine, "before_cursor_execute", counted)
+    return count
+
+
+def test_many_viewers_cost_the_database_what_one_does(server: Served, database_url: str) -> None:
+    """Twenty open run pages: no stream holds a connection between polls, one poller serves them all, and each
+    gets every new point."""
+    run_id = create_run(server)["id"]
+    add_points(database_url, run_id, "loss", range(3))
+    with contextlib.ExitStack() as stack:
+        first = stack.enter_context(EventStream(events_url(server, run_id), headers=server.headers))
+        first.until(is_metrics)
+        alone = count_queries(database_url, 1.0)
+        viewers = [first] + [
+            stack.enter_context(EventStream(events_url(server, run_id), headers=server.headers)) for _ in range(19)
+        ]
+        for viewer in viewers[1:]:
+            viewer.until(is_metrics)
+        crowded = count_queries(database_url, 1.0)
+        assert crowded <= 2 * alone + 5, f"{crowded} statements/s with 20 viewers, {alone} with one"
+
+        pool = get_engine(database_url).pool
+        held = []
+        for _ in range(20):
+            held.append(pool.checkedout())  # type: ignore[attr-defined]
+            time.sleep(0.03)
+        assert statistics.median(held) == 0, f"connections checked out while 20 streams wait: {held}"
+
+        new = add_points(database_url, run_id, "loss", range(3, 6))
+        for viewer in viewers:
+            assert [(e.name, e.data) for e in viewer.until(is_metrics)] == [("metrics", new)]
+        health = httpx.get(f"{server.url}/healthz")
+        assert health.status_code == 200

@@ -1,4 +1,8 @@
-"""Server-sent events: one stream per run page, pushing only what is new since the client's cursor."""
+"""Server-sent events: one stream per run page, pushing only what is new since the client's cursor.
+
+The stream holds no database connection: the run is looked up in a short transaction, and the events come from the
+run's shared feed (app/event_hub.py), so a hundred viewers of a run cost the database what one does.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,16 @@ import json
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from app.db import session_scope
-from app.deps import REQUIRE, RunDep, SettingsDep
+from app.deps import REQUIRE, IdPath, SettingsDep
+from app.event_hub import EventHub
 from app.events import Cursor, StreamEvent, new_events
-from app.models import Role
+from app.models import Role, Run
 
 router = APIRouter(prefix="/api/runs", tags=["events"], dependencies=[Depends(REQUIRE[Role.TRAINER])])
 
@@ -25,39 +31,65 @@ def _format(name: str, data: object, event_id: str) -> str:
     return f"id: {event_id}\nevent: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-@router.get("/{run_id}/events", response_class=StreamingResponse)
+@router.get(
+    "/{run_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, 404: {"description": "No such run."}},
+)
 async def run_events(
-    run: RunDep,
+    run_id: IdPath,
     request: Request,
     settings: SettingsDep,
-    cursor: str | None = Query(None, description="Start after this cursor (from GET /api/runs/{id})."),
+    cursor: str | None = Query(None, max_length=100, description="Start after this cursor (from GET /api/runs/{id})."),
     last_event_id: str | None = Header(None, alias="Last-Event-ID"),
 ) -> StreamingResponse:
     """`text/event-stream` of `status`, `metrics`, `samples` and `evaluations` events. Each event's id is a cursor;
     a reconnecting client sends it back as Last-Event-ID and receives only what came after."""
-    run_id, url, poll = run.id, settings.database_url, settings.events_poll_s
+    if not await run_in_threadpool(_exists, settings.database_url, run_id):
+        raise HTTPException(status_code=404, detail=f"run {run_id} not found")
     start = Cursor.decode(last_event_id or cursor)
+    events: AsyncIterator[StreamEvent | None]
+    if settings.events_shared:
+        hub: EventHub = request.app.state.event_hub
+        events = hub.watch(run_id, start, KEEPALIVE_S)
+    else:
+        events = _poll_per_client(settings.database_url, run_id, start, settings.events_poll_s)
+    return StreamingResponse(
+        _sse(events), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+
+
+def _exists(database_url: str, run_id: int) -> bool:
+    with session_scope(database_url) as session:
+        return session.scalar(select(Run.id).where(Run.id == run_id)) is not None
+
+
+async def _sse(events: AsyncIterator[StreamEvent | None]) -> AsyncIterator[str]:
+    """The wire format; None (nothing new for a while) becomes a comment that keeps proxies from closing."""
+    yield "retry: 2000\n\n"
+    async for event in events:
+        yield ": keep-alive\n\n" if event is None else _format(event.name, event.data, event.cursor.encode())
+
+
+async def _poll_per_client(
+    database_url: str, run_id: int, position: Cursor, poll_s: float
+) -> AsyncIterator[StreamEvent | None]:
+    """Each client polls the database itself (events_shared off): simple, and the reference of the load bench."""
 
     def poll_once(position: Cursor) -> tuple[list[StreamEvent], Cursor]:
-        with session_scope(url) as session:
+        with session_scope(database_url) as session:
             return new_events(session, run_id, position)
 
-    async def stream() -> AsyncIterator[str]:
-        position, quiet_since = start, time.monotonic()
-        yield "retry: 2000\n\n"
-        while not await request.is_disconnected():
-            events, position = await run_in_threadpool(poll_once, position)
-            for event in events:
-                yield _format(event.name, event.data, event.cursor.encode())
-            if events:
-                quiet_since = time.monotonic()
-                if events[0].name == "gone":
-                    return
-            elif time.monotonic() - quiet_since > KEEPALIVE_S:
-                yield ": keep-alive\n\n"
-                quiet_since = time.monotonic()
-            await asyncio.sleep(poll)
-
-    return StreamingResponse(
-        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    )
+    quiet_since = time.monotonic()
+    while True:
+        events, position = await run_in_threadpool(poll_once, position)
+        for event in events:
+            yield event
+            if event.name == "gone":
+                return
+        if events:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > KEEPALIVE_S:
+            yield None
+            quiet_since = time.monotonic()
+        await asyncio.sleep(poll_s)
