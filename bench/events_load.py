@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import statistics
 import sys
@@ -49,6 +50,7 @@ from app.metric_store import Point, ingest  # noqa: E402
 PROBE_KEY = "bench/written_at"
 WRITE_INTERVAL_S = 0.25
 HEALTH_INTERVAL_S = 0.2
+DRAIN_S = 5.0
 TARGET_DELAY_P95_S = 2.0
 TARGET_HEALTH_P95_MS = 200.0
 
@@ -72,7 +74,7 @@ class Phase:
             "seconds": self.seconds,
             "points_written": self.written,
             "points_received": len(d),
-            "expected_received": self.written * self.connected,
+            "points_lost": self.written * self.connected - len(d),
             "delay_p50_s": round(statistics.median(d), 3) if d else None,
             "delay_p95_s": round(percentile(d, 95), 3) if d else None,
             "delay_max_s": round(max(d), 3) if d else None,
@@ -140,18 +142,22 @@ class Writer(threading.Thread):
     def __init__(self, database_url: str, run_id: int) -> None:
         super().__init__(name="writer", daemon=True)
         self.database_url, self.run_id = database_url, run_id
-        self.step, self.stop_event = 0, threading.Event()
+        self.written_at: list[float] = []
+        self.stop_event = threading.Event()
 
     def run(self) -> None:
         while not self.stop_event.wait(WRITE_INTERVAL_S):
+            now = time.time()
             with session_scope(self.database_url) as session:
-                ingest(session, self.run_id, [Point(PROBE_KEY, self.step, time.time(), time.time())])
-            self.step += 1
+                ingest(session, self.run_id, [Point(PROBE_KEY, len(self.written_at), now, now)])
+            self.written_at.append(now)
+
+    def written_between(self, start: float, end: float) -> int:
+        return sum(start <= t < end for t in self.written_at)
 
 
-async def viewer(
-    client: httpx.AsyncClient, url: str, phase: Phase, ready: asyncio.Event, measuring: list[bool]
-) -> None:
+async def viewer(client: httpx.AsyncClient, url: str, phase: Phase, ready: asyncio.Event, window: list[float]) -> None:
+    """One client: the delay of every probe point written inside the measurement window [window[0], window[1])."""
     async with client.stream("GET", url) as response:
         response.raise_for_status()
         phase.connected += 1
@@ -163,8 +169,8 @@ async def viewer(
                 event = line[6:].strip()
             elif line.startswith("data:") and event == "metrics":
                 now = time.time()
-                if measuring[0]:
-                    for _step, written_at in json.loads(line[5:]).get(PROBE_KEY, []):
+                for _step, written_at in json.loads(line[5:]).get(PROBE_KEY, []):
+                    if window[0] <= written_at < window[1]:
                         phase.delays_s.append(now - written_at)
             elif not line:
                 event = ""
@@ -187,20 +193,21 @@ async def watch(
     url = f"{base}/api/runs/{run_id}/events?cursor={cursor}"
     limits = httpx.Limits(max_connections=phase.viewers + 10, max_keepalive_connections=phase.viewers + 10)
     timeout = httpx.Timeout(30, read=None)
-    ready, stop, measuring = asyncio.Event(), asyncio.Event(), [False]
+    ready, stop, window = asyncio.Event(), asyncio.Event(), [math.inf, math.inf]
     async with (
         httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout) as streams,
         httpx.AsyncClient(timeout=30) as health,
     ):
-        tasks = [asyncio.create_task(viewer(streams, url, phase, ready, measuring)) for _ in range(phase.viewers)]
+        tasks = [asyncio.create_task(viewer(streams, url, phase, ready, window)) for _ in range(phase.viewers)]
         await asyncio.wait_for(ready.wait(), 120)
         before = await asyncio.to_thread(statements_so_far, count_file)
-        measuring[0], first_step = True, writer.step
+        window[0] = time.time()
         probe = asyncio.create_task(prober(health, base, phase, stop))
         await asyncio.sleep(phase.seconds)
-        measuring[0] = False
-        phase.written = writer.step - first_step
+        window[1] = time.time()
         stop.set()
+        await asyncio.sleep(DRAIN_S)  # points written just before the end are still on their way
+        phase.written = writer.written_between(window[0], window[1])
         phase.statements = await asyncio.to_thread(statements_so_far, count_file) - before
         await probe
         for task in tasks:

@@ -21,11 +21,11 @@ from app.settings import Settings
 
 
 @contextmanager
-def live_server(settings: Settings) -> Iterator[str]:
-    """Serve create_app(settings) on a free port of 127.0.0.1; yields the base URL."""
+def live_server(settings: Settings, port: int = 0) -> Iterator[str]:
+    """Serve create_app(settings) on 127.0.0.1 (a free port unless `port` is given); yields the base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
         create_app(settings), log_level="warning", lifespan="on", timeout_graceful_shutdown=1, access_log=False

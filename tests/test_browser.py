@@ -504,6 +504,39 @@ def team(tmp_path: Path, tiny_model_dir: Path) -> Iterator[tuple[str, Settings, 
         get_engine(settings.database_url).dispose()
 
 
+def test_run_page_reconnects_after_a_server_restart(tmp_path: Path, page: Any, page_errors: list[str]) -> None:
+    """The web server restarts while a run page is open: the page says so, reconnects by itself and backfills what
+    was recorded meanwhile from its last event id, each point once."""
+    from live_server import live_server
+
+    settings = Settings(data_dir=tmp_path, broker_url=f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}")
+    upgrade(settings.database_url)
+    url, port, objectives = settings.database_url, free_port(), ["positivity", "brevity"]
+    config = {"objectives": [{"name": name, "type": "brevity"} for name in objectives]}
+    with session_scope(url) as session:
+        run_id = run_state.create_run(session, "restarted", config, 100, "local").id
+    write_metrics(url, run_id, range(20), objectives)
+    points = "document.querySelector('#chart-weights').dataset.points === '{}'"
+    live_state = "document.querySelector('#live-state').textContent.includes('{}')"
+
+    with live_server(settings, port) as base:
+        log_in(page, base, settings, "trainer")
+        page.goto(f"{base}/runs/{run_id}")
+        page.wait_for_function(points.format(20))
+        page.wait_for_function(live_state.format("live"))
+    page.wait_for_function(live_state.format("reconnecting"))
+    write_metrics(url, run_id, range(20, 35), objectives)  # recorded while the server is down
+    with live_server(settings, port):
+        page.wait_for_function(points.format(35), timeout=TIMEOUT_MS)
+        page.wait_for_function(live_state.format("live"))
+        write_metrics(url, run_id, range(35, 40), objectives)
+        page.wait_for_function(points.format(40))
+        steps = page.evaluate("document.querySelector('#chart-weights').uplot.data[0]")
+    assert steps == list(range(40)), "every step once, in order"
+    get_engine(url).dispose()
+    assert page_errors == []
+
+
 def log_in_with_password(page: Any, base: str, name: str, password: str, then: str) -> None:
     page.goto(f"{base}{then}")
     page.wait_for_url(re.compile(r".*/login\?next=.*"))
