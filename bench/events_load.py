@@ -1,7 +1,8 @@
 """Many viewers: event streams of one run on one web process, shared feed against per-client polling.
 
 While a run records (a writer ingests one point every 250 ms whose value is the time it was written), N clients
-stream `GET /api/runs/{id}/events` for a fixed time and a prober calls `/healthz` every 200 ms. Measured per phase:
+stream `GET /api/runs/{id}/events` for a fixed time and a prober (a process of its own) calls `/healthz` every
+200 ms. Measured per phase:
 
     event delay   client receive time − write time, every point at every client; p50 / p95 / max
     healthz       latency of each call; p50 / p95
@@ -176,13 +177,18 @@ async def viewer(client: httpx.AsyncClient, url: str, phase: Phase, ready: async
                 event = ""
 
 
-async def prober(client: httpx.AsyncClient, base: str, phase: Phase, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        start = time.perf_counter()
-        response = await client.get(f"{base}/healthz")
-        response.raise_for_status()
-        phase.health_ms.append((time.perf_counter() - start) * 1000)
-        await asyncio.sleep(HEALTH_INTERVAL_S)
+def probe(base: str, seconds: float) -> None:
+    """`/healthz` every HEALTH_INTERVAL_S for `seconds`, in a process of its own (so that the 200 clients' event
+    loop does not delay the answers it times); prints the latencies in ms as one JSON list."""
+    latencies: list[float] = []
+    deadline = time.monotonic() + seconds
+    with httpx.Client(timeout=30) as client:
+        while time.monotonic() < deadline:
+            start = time.perf_counter()
+            client.get(f"{base}/healthz").raise_for_status()
+            latencies.append((time.perf_counter() - start) * 1000)
+            time.sleep(HEALTH_INTERVAL_S)
+    print(json.dumps(latencies))
 
 
 async def watch(
@@ -193,23 +199,21 @@ async def watch(
     url = f"{base}/api/runs/{run_id}/events?cursor={cursor}"
     limits = httpx.Limits(max_connections=phase.viewers + 10, max_keepalive_connections=phase.viewers + 10)
     timeout = httpx.Timeout(30, read=None)
-    ready, stop, window = asyncio.Event(), asyncio.Event(), [math.inf, math.inf]
-    async with (
-        httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout) as streams,
-        httpx.AsyncClient(timeout=30) as health,
-    ):
+    ready, window = asyncio.Event(), [math.inf, math.inf]
+    async with httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout) as streams:
         tasks = [asyncio.create_task(viewer(streams, url, phase, ready, window)) for _ in range(phase.viewers)]
         await asyncio.wait_for(ready.wait(), 120)
         before = await asyncio.to_thread(statements_so_far, count_file)
         window[0] = time.time()
-        probe = asyncio.create_task(prober(health, base, phase, stop))
+        prober = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--probe", base, str(phase.seconds), stdout=asyncio.subprocess.PIPE
+        )
         await asyncio.sleep(phase.seconds)
         window[1] = time.time()
-        stop.set()
+        phase.statements = await asyncio.to_thread(statements_so_far, count_file) - before
         await asyncio.sleep(DRAIN_S)  # points written just before the end are still on their way
         phase.written = writer.written_between(window[0], window[1])
-        phase.statements = await asyncio.to_thread(statements_so_far, count_file) - before
-        await probe
+        phase.health_ms = json.loads((await prober.communicate())[0])
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -242,9 +246,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--pg-url", help="run on a PostgreSQL database created next to this one (default SQLite)")
     parser.add_argument("--serve", nargs=2, metavar=("PORT", "COUNT_FILE"), help=argparse.SUPPRESS)
+    parser.add_argument("--probe", nargs=2, metavar=("BASE_URL", "SECONDS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(int(args.serve[0]), Path(args.serve[1]))
+        return
+    if args.probe:
+        probe(args.probe[0], float(args.probe[1]))
         return
     backend = "postgresql" if args.pg_url else "sqlite"
     with tempfile.TemporaryDirectory(prefix="meal-events-load-") as tmp_name:
