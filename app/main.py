@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -39,6 +40,7 @@ from app.routers import (
 )
 from app.routers.pages import TEMPLATES, home_for
 from app.settings import Settings, get_settings
+from app.sql import refused_nul
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,6 +147,14 @@ def install_security(app: FastAPI, settings: Settings) -> None:
     async def unencodable_text(request: Request, error: UnicodeEncodeError) -> Response:
         # Valid JSON can carry a lone UTF-16 surrogate ("\ud800"), which no database stores.
         return JSONResponse({"detail": "text contains an unpaired surrogate character"}, status_code=422)
+
+    @app.exception_handler(DataError)
+    async def unstorable_text(request: Request, error: DataError) -> Response:
+        # Valid JSON and URLs can carry NUL ("\u0000", %00), which PostgreSQL stores in no text or JSONB column (SQLite
+        # does). Any other DataError is the server's own: a 500, as before.
+        if not refused_nul(error):
+            raise error
+        return JSONResponse({"detail": "text contains a NUL character (\\u0000)"}, status_code=422)
 
     @app.exception_handler(LoginRequired)
     async def to_login(request: Request, error: LoginRequired) -> Response:

@@ -8,6 +8,48 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class ErrorItem(BaseModel):
+    """One thing wrong with a request: where (`loc`, e.g. ["body", "config", "seed"]), what, and its kind."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorOut(BaseModel):
+    """The body of every error answer."""
+
+    detail: str | list[ErrorItem] = Field(
+        ..., description="What is wrong: a message, or (422) one item per invalid field."
+    )
+
+
+ERRORS: dict[int, str] = {
+    400: "The request body could not be read (not UTF-8 JSON).",
+    401: "Not logged in, or an invalid or revoked API token.",
+    403: "The user's role is too low, or a change without its session's CSRF token or from another site.",
+    404: "No such object.",
+    409: "The object's state does not allow this.",
+    413: "The request body is over the server's limit.",
+    422: "Invalid input: the detail names each invalid field, or what is wrong.",
+    429: "Too many failed attempts: try again later (Retry-After).",
+    503: "The message broker is unavailable: stored, but not queued.",
+}
+
+
+def error_responses(*codes: int, descriptions: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for these error codes, each with the ErrorOut body and the shared description (or the
+    one `descriptions` gives)."""
+    described = {**ERRORS, **(descriptions or {})}
+    return {code: {"model": ErrorOut, "description": described[code]} for code in codes}
+
+
+#: Every authenticated API route: not logged in, not allowed, invalid parameters.
+API_ERRORS = error_responses(401, 403, 422)
+#: Routes that read a JSON body: also a body that cannot be read, or one over the limit.
+BODY_ERRORS = error_responses(400, 413, 422)
+
+
 class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

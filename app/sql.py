@@ -23,6 +23,15 @@ def storable_text(value: str) -> str:
     return value.replace("\x00", "\ufffd")
 
 
+def refused_nul(error: DBAPIError) -> bool:
+    """Whether PostgreSQL refused a NUL character of the request's text: psycopg will not send one in a text
+    parameter, and the server cannot convert `\\u0000` in JSON to JSONB."""
+    cause = error.orig
+    if isinstance(cause, psycopg.errors.UntranslatableCharacter):
+        return True
+    return isinstance(cause, psycopg.DataError) and "NUL" in str(cause)
+
+
 def chunked(rows: Sequence[Any], size: int = CHUNK_ROWS) -> list[Sequence[Any]]:
     return [rows[start : start + size] for start in range(0, len(rows), size)]
 

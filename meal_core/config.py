@@ -333,7 +333,8 @@ class RunConfig(Section):
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
-    seed: int = Field(0, ge=0)
+    # Bounded: the trainer seeds torch with seed × 100003 + step, and torch takes seeds under 2**64 only.
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     iterations: int = Field(16, ge=1, le=100_000)
 
     @model_validator(mode="after")
@@ -395,15 +396,39 @@ def load_config(path: str | Path) -> RunConfig:
     return parse_config(parse_config_text(path.read_text(), source=str(path)))
 
 
+MAX_CONFIG_DEPTH = 32  # a run config nests 4 levels deep
+
+
 class _NoAliasLoader(yaml.SafeLoader):
     """A safe loader that refuses anchors' aliases: a few kilobytes of nested aliases expand to gigabytes (the
-    "billion laughs"), and a run config never needs them."""
+    "billion laughs"), and a run config never needs them. Deep nesting (it would exhaust Python's recursion limit)
+    and integers too long to convert are refused too, each as a YAML error that says where."""
+
+    depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed", event.start_mark)
-        return super().compose_node(parent, index)
+        if self.depth >= MAX_CONFIG_DEPTH:
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"nested more than {MAX_CONFIG_DEPTH} levels deep", event.start_mark
+            )
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_yaml_int(self, node: Any) -> Any:
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits())
+            raise yaml.constructor.ConstructorError(None, None, "integer too long", node.start_mark) from None
+
+
+_NoAliasLoader.add_constructor("tag:yaml.org,2002:int", _NoAliasLoader.construct_yaml_int)
 
 
 def parse_config_text(text: str, source: str = "config") -> Any:

@@ -86,6 +86,7 @@ def test_config_limits_name_the_field_and_never_echo_the_input(trainer: TestClie
         "model__name_or_path": ("m" * 5000, "model.name_or_path"),
         "lora__target_modules": (["q_proj"] * 100, "lora.target_modules"),
         "eval__reference_point": ([0.0] * 100, "eval.reference_point"),
+        "seed": (2**70, "seed"),  # the trainer's torch seeds must stay under 2**64
     }
     for path, (value, field) in cases.items():
         response = trainer.post("/api/runs", json={"name": "x", "config": config_with(**{path: value})})
@@ -124,6 +125,56 @@ def test_ids_beyond_any_database_are_a_422_not_a_500(trainer: TestClient) -> Non
         ("GET", "/api/runs/-1"),
     ]:
         assert trainer.request(method, path).status_code == 422, path
+
+
+def test_config_text_too_deeply_nested_or_with_too_long_a_number_is_a_422(trainer: TestClient) -> None:
+    for text, problem in [
+        ("[" * 100_000, "nested more than"),  # would exhaust the parser's recursion
+        ("- " * 50_000, "nested more than"),
+        ('{"a": ' * 1000 + "1" + "}" * 1000, "nested more than"),
+        ("seed: " + "9" * 5000, "integer too long"),  # over Python's int conversion limit
+    ]:
+        response = trainer.post("/api/config/parse", json={"text": text})
+        assert response.status_code == 422, (text[:20], response.text)
+        [item] = response.json()["detail"]
+        assert item["loc"] == ["body", "text"] and problem in item["msg"] and len(response.content) < 2000
+
+
+def test_a_sample_step_beyond_any_database_is_a_422(trainer: TestClient, embedded_settings: Settings) -> None:
+    from app import run_state
+    from app.db import session_scope
+
+    with session_scope(embedded_settings.database_url) as session:
+        run_id = run_state.create_run(session, "r", {}, 1, "t").id
+    for step in (2**31, 2**63, 2**64):
+        assert trainer.get(f"/api/runs/{run_id}/samples", params={"step": step}).status_code == 422
+
+
+def test_nul_characters_are_refused_where_the_database_cannot_store_them(database_url: str, tmp_path: Path) -> None:
+    """PostgreSQL stores NUL in no text or JSONB column (SQLite does): whatever carries one is a 422 there, never
+    a 500."""
+    from app import run_state
+    from app.db import session_scope
+
+    settings = Settings(data_dir=tmp_path, database_url=database_url, broker_url=f"sqla+sqlite:///{tmp_path / 'b'}")
+    with session_scope(settings.database_url) as session:
+        run_id = run_state.create_run(session, "r", {}, 1, "t").id
+    requests = [
+        ("GET", "/api/runs?status=%00", None),
+        ("GET", f"/api/runs/{run_id}/metrics?keys=a%00", None),
+        ("PATCH", "/api/users/a%00", {}),
+        ("POST", "/api/auth/login", {"name": "\x00", "password": "x"}),
+        ("POST", "/api/tokens", {"label": "a\x00"}),
+        ("POST", "/api/runs", {"name": "a\x00", "config": {}}),
+        ("POST", "/api/runs", {"name": "a", "config": {"data": {"train_prompts": "builtin:train\x00"}}}),
+        ("POST", "/api/playground", {"run_id": run_id, "prompt": "a\x00", "weights": ["auto"]}),
+    ]
+    with TestClient(create_app(settings), headers=bearer(settings, "admin")) as admin:
+        for method, path, body in requests:
+            response = admin.request(method, path, json=body)
+            assert response.status_code < 500, (method, path, body, response.text)
+            if database_url.startswith("postgresql"):
+                assert response.status_code == 422 and "NUL" in response.text, (method, path, body, response.text)
 
 
 def test_pages_with_odd_ids(app, embedded_settings: Settings) -> None:  # type: ignore[no-untyped-def]

@@ -13,8 +13,9 @@ from sqlalchemy import select
 from app import auth
 from app.deps import AdminDep, SessionDep, UserDep
 from app.models import USER_NAME_PATTERN, Role, User
+from app.schemas import API_ERRORS, BODY_ERRORS, error_responses
 
-router = APIRouter(tags=["auth"])
+router = APIRouter(tags=["auth"], responses=API_ERRORS)
 
 Name = Annotated[str, Field(min_length=2, max_length=32, pattern=USER_NAME_PATTERN)]
 Password = Annotated[str, Field(min_length=1, max_length=auth.MAX_PASSWORD_LENGTH)]
@@ -104,7 +105,10 @@ def _set_session_cookie(request: Request, response: Response, cookie: str) -> No
 @router.post(
     "/api/auth/login",
     response_model=MeOut,
-    responses={401: {"description": "Wrong name or password"}, 429: {"description": "Too many failed attempts"}},
+    responses={
+        **BODY_ERRORS,
+        **error_responses(401, 429, descriptions={401: "Wrong name or password.", 429: "Too many failed attempts."}),
+    },
 )
 def login(body: LoginIn, request: Request, response: Response, session: SessionDep) -> MeOut:
     limiter: auth.LoginLimiter = request.app.state.login_limiter
@@ -137,7 +141,21 @@ def me(user: UserDep) -> MeOut:
     return MeOut(name=user.name, role=user.role, csrf_token=user.csrf_token)
 
 
-@router.post("/api/auth/password", status_code=status.HTTP_204_NO_CONTENT, responses={400: {}, 403: {}})
+@router.post(
+    "/api/auth/password",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={
+        **BODY_ERRORS,
+        **error_responses(
+            400,
+            403,
+            descriptions={
+                400: "The body could not be read, or the new password is not allowed.",
+                403: "The current password is wrong.",
+            },
+        ),
+    },
+)
 def change_password(body: PasswordIn, request: Request, response: Response, session: SessionDep, user: UserDep) -> None:
     """Change one's own password; every session ends, this one starts afresh."""
     row = session.get(User, user.id)
@@ -174,7 +192,7 @@ def my_tokens(session: SessionDep, user: UserDep) -> list[TokenOut]:
     return [TokenOut.model_validate(t) for t in auth.user_tokens(session, row)]
 
 
-@router.post("/api/tokens", response_model=NewToken, status_code=status.HTTP_201_CREATED)
+@router.post("/api/tokens", response_model=NewToken, status_code=status.HTTP_201_CREATED, responses=BODY_ERRORS)
 def create_token(body: TokenIn, request: Request, session: SessionDep, user: UserDep) -> NewToken:
     row = session.get(User, user.id)
     assert row is not None
@@ -185,7 +203,7 @@ def create_token(body: TokenIn, request: Request, session: SessionDep, user: Use
     return NewToken(token=token, **TokenOut.model_validate(stored).model_dump())
 
 
-@router.delete("/api/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT, responses={404: {}})
+@router.delete("/api/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404))
 def revoke_token(token_id: Annotated[int, Path(ge=1, le=2**31 - 1)], session: SessionDep, user: UserDep) -> None:
     row = session.get(User, user.id)
     assert row is not None
@@ -201,7 +219,12 @@ def list_users(session: SessionDep, admin: AdminDep) -> list[User]:
     return list(session.scalars(select(User).order_by(User.name)))
 
 
-@router.post("/api/users", response_model=NewUser, status_code=status.HTTP_201_CREATED, responses={409: {}})
+@router.post(
+    "/api/users",
+    response_model=NewUser,
+    status_code=status.HTTP_201_CREATED,
+    responses={**BODY_ERRORS, **error_responses(409)},
+)
 def add_user(body: UserIn, session: SessionDep, admin: AdminDep) -> NewUser:
     password = body.password or auth.generate_password()
     try:
@@ -212,7 +235,7 @@ def add_user(body: UserIn, session: SessionDep, admin: AdminDep) -> NewUser:
     return NewUser(password=None if body.password else password, **UserOut.model_validate(user).model_dump())
 
 
-@router.patch("/api/users/{name}", response_model=UserOut, responses={404: {}, 409: {}})
+@router.patch("/api/users/{name}", response_model=UserOut, responses={**BODY_ERRORS, **error_responses(404, 409)})
 def change_user(
     name: Annotated[str, Path(max_length=32)], body: UserChange, session: SessionDep, admin: AdminDep
 ) -> User:

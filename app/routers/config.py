@@ -11,9 +11,12 @@ from pydantic import BaseModel, Field
 from app.deps import REQUIRE
 from app.models import Role
 from app.routers.runs import config_errors_as_422
+from app.schemas import API_ERRORS, BODY_ERRORS
 from meal_core.config import ConfigError, RunConfig, config_json_schema, parse_config, parse_config_text
 
-router = APIRouter(prefix="/api/config", tags=["config"], dependencies=[Depends(REQUIRE[Role.TRAINER])])
+router = APIRouter(
+    prefix="/api/config", tags=["config"], dependencies=[Depends(REQUIRE[Role.TRAINER])], responses=API_ERRORS
+)
 
 MAX_CONFIG_TEXT = 1_000_000
 
@@ -32,7 +35,7 @@ def defaults() -> dict[str, Any]:
     return RunConfig().model_dump(mode="json")
 
 
-@router.post("/parse")
+@router.post("/parse", responses=BODY_ERRORS)
 def parse(body: ConfigText) -> dict[str, Any]:
     """Parse YAML or JSON text and validate it: the whole config with defaults filled in, or 422 naming each field
     (`loc` ["body", "text"] when the text itself is not YAML/JSON, ["body", "config", *path] for a bad field)."""

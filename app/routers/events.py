@@ -21,6 +21,7 @@ from app.deps import REQUIRE, IdPath, SettingsDep
 from app.event_hub import EventHub
 from app.events import Cursor, StreamEvent, new_events
 from app.models import Role, Run
+from app.schemas import API_ERRORS, error_responses
 
 router = APIRouter(prefix="/api/runs", tags=["events"], dependencies=[Depends(REQUIRE[Role.TRAINER])])
 
@@ -34,7 +35,7 @@ def _format(name: str, data: object, event_id: str) -> str:
 @router.get(
     "/{run_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, 404: {"description": "No such run."}},
+    responses={200: {"content": {"text/event-stream": {}}}, **API_ERRORS, **error_responses(404)},
 )
 async def run_events(
     run_id: IdPath,

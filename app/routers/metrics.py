@@ -10,11 +10,14 @@ from sqlalchemy import select
 from app.deps import REQUIRE, RunDep, SessionDep, SettingsDep
 from app.metric_store import query_series
 from app.models import MetricLatest, Role
+from app.schemas import API_ERRORS, error_responses
 
-router = APIRouter(prefix="/api/runs", tags=["metrics"], dependencies=[Depends(REQUIRE[Role.TRAINER])])
+router = APIRouter(
+    prefix="/api/runs", tags=["metrics"], dependencies=[Depends(REQUIRE[Role.TRAINER])], responses=API_ERRORS
+)
 
 
-@router.get("/{run_id}/metrics")
+@router.get("/{run_id}/metrics", responses=error_responses(404))
 def run_metrics(
     run: RunDep,
     session: SessionDep,
@@ -42,7 +45,7 @@ def run_metrics(
     }
 
 
-@router.get("/{run_id}/metric-keys")
+@router.get("/{run_id}/metric-keys", responses=error_responses(404))
 def metric_keys(run: RunDep, session: SessionDep) -> list[dict[str, Any]]:
     """Every metric key of the run with its latest step and value."""
     rows = session.execute(

@@ -21,10 +21,11 @@ from sqlalchemy import select
 from app.deps import REQUIRE, SessionDep, SettingsDep, TrainerDep
 from app.models import JobStatus, PlaygroundGeneration, Role, Run
 from app.queue import BrokerUnavailable, enqueue_playground
+from app.schemas import API_ERRORS, BODY_ERRORS, error_responses
 from meal_core.data import DataError, load_prompts
 from meal_core.inference import BASE, checkpoint_names
 
-router = APIRouter(tags=["playground"], dependencies=[Depends(REQUIRE[Role.TRAINER])])
+router = APIRouter(tags=["playground"], dependencies=[Depends(REQUIRE[Role.TRAINER])], responses=API_ERRORS)
 
 MAX_PROMPT = 4000
 RunId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
@@ -89,7 +90,7 @@ def check_weights(weights: Sequence[list[float] | Literal["auto"]], objectives: 
     "/api/playground",
     response_model=Created,
     status_code=status.HTTP_201_CREATED,
-    responses={404: {}, 422: {}, 503: {}},
+    responses={**BODY_ERRORS, **error_responses(404, 503)},
 )
 def create_generation(body: PlaygroundIn, session: SessionDep, settings: SettingsDep, user: TrainerDep) -> Created:
     run = session.get(Run, body.run_id)
@@ -120,7 +121,7 @@ def create_generation(body: PlaygroundIn, session: SessionDep, settings: Setting
     return Created(id=generation.id)
 
 
-@router.get("/api/playground/{generation_id}", response_model=PlaygroundOut, responses={404: {}})
+@router.get("/api/playground/{generation_id}", response_model=PlaygroundOut, responses=error_responses(404))
 def get_generation(generation_id: RunId, session: SessionDep) -> PlaygroundGeneration:
     generation = session.get(PlaygroundGeneration, generation_id)
     if generation is None:
@@ -140,7 +141,7 @@ def list_generations(
     return list(session.scalars(query))
 
 
-@router.get("/api/runs/{run_id}/checkpoints", response_model=list[str], responses={404: {}})
+@router.get("/api/runs/{run_id}/checkpoints", response_model=list[str], responses=error_responses(404))
 def run_checkpoints(run_id: RunId, session: SessionDep, settings: SettingsDep) -> list[str]:
     """The run's checkpoints, newest first, then "base" (the untrained policy)."""
     if session.get(Run, run_id) is None:
@@ -148,7 +149,7 @@ def run_checkpoints(run_id: RunId, session: SessionDep, settings: SettingsDep) -
     return [*reversed(checkpoint_names(settings.runs_dir / f"run-{run_id}")), BASE]
 
 
-@router.get("/api/runs/{run_id}/prompts", response_model=list[str], responses={404: {}})
+@router.get("/api/runs/{run_id}/prompts", response_model=list[str], responses=error_responses(404))
 def run_eval_prompts(run_id: RunId, session: SessionDep, settings: SettingsDep) -> list[str]:
     """The run's held-out evaluation prompts, when they are the shipped set or a file inside the data folder."""
     run = session.get(Run, run_id)

@@ -14,8 +14,9 @@ from sqlalchemy import select
 from app import review
 from app.deps import ReviewerDep, SessionDep, TrainerDep
 from app.models import PlaygroundGeneration, Review, ReviewItem, ReviewQueue, Run, utcnow
+from app.schemas import API_ERRORS, BODY_ERRORS, error_responses
 
-router = APIRouter(prefix="/api/review", tags=["review"])
+router = APIRouter(prefix="/api/review", tags=["review"], responses=API_ERRORS)
 
 Id = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
@@ -84,7 +85,12 @@ def _queue_out(session: SessionDep, queue: ReviewQueue, reviewer: str) -> QueueO
     return out
 
 
-@router.post("/queues", response_model=QueueOut, status_code=status.HTTP_201_CREATED, responses={404: {}, 422: {}})
+@router.post(
+    "/queues",
+    response_model=QueueOut,
+    status_code=status.HTTP_201_CREATED,
+    responses={**BODY_ERRORS, **error_responses(404)},
+)
 def create_queue(body: QueueIn, session: SessionDep, user: TrainerDep) -> QueueOut:
     source = body.source
     try:
@@ -126,12 +132,12 @@ def list_queues(
     return [_queue_out(session, queue, user.name) for queue in session.scalars(query)]
 
 
-@router.get("/queues/{queue_id}", response_model=QueueOut, responses={404: {}})
+@router.get("/queues/{queue_id}", response_model=QueueOut, responses=error_responses(404))
 def get_queue(queue_id: Id, session: SessionDep, user: ReviewerDep) -> QueueOut:
     return _queue_out(session, _queue(session, queue_id), user.name)
 
 
-@router.get("/queues/{queue_id}/items", responses={404: {}})
+@router.get("/queues/{queue_id}/items", responses=error_responses(404))
 def queue_items(queue_id: Id, session: SessionDep, user: ReviewerDep) -> list[dict[str, Any]]:
     """The queue's items as you may see them, each with your review (blind queues reveal run, weights and scores
     once you submit)."""
@@ -147,7 +153,7 @@ def queue_items(queue_id: Id, session: SessionDep, user: ReviewerDep) -> list[di
     return [review.item_view(queue, item, mine.get(item.id)) for item in items]
 
 
-@router.put("/items/{item_id}/review", responses={404: {}, 409: {}, 422: {}})
+@router.put("/items/{item_id}/review", responses={**BODY_ERRORS, **error_responses(404, 409)})
 def put_review(item_id: Id, body: ReviewIn, session: SessionDep, user: ReviewerDep) -> dict[str, Any]:
     item = session.get(ReviewItem, item_id)
     if item is None:
@@ -164,7 +170,7 @@ def put_review(item_id: Id, body: ReviewIn, session: SessionDep, user: ReviewerD
     return review.item_view(queue, item, saved)
 
 
-@router.post("/queues/{queue_id}/close", response_model=QueueOut, responses={404: {}})
+@router.post("/queues/{queue_id}/close", response_model=QueueOut, responses=error_responses(404))
 def close_queue(queue_id: Id, session: SessionDep, user: TrainerDep) -> QueueOut:
     queue = _queue(session, queue_id)
     if queue.status == "open":
@@ -172,14 +178,27 @@ def close_queue(queue_id: Id, session: SessionDep, user: TrainerDep) -> QueueOut
     return _queue_out(session, queue, user.name)
 
 
-@router.get("/queues/{queue_id}/summary", responses={404: {}})
+@router.get("/queues/{queue_id}/summary", responses=error_responses(404))
 def queue_summary(queue_id: Id, session: SessionDep, user: TrainerDep) -> dict[str, Any]:
     """Progress per reviewer and, per objective and overall: Krippendorff's alpha, pairwise agreement between
     reviewers, and agreement of the team with the reward objective."""
     return review.summary(session, _queue(session, queue_id))
 
 
-@router.get("/queues/{queue_id}/export", responses={404: {}})
+@router.get(
+    "/queues/{queue_id}/export",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The submitted reviews: one JSON object a line (jsonl), or CSV with a header row.",
+            "content": {
+                "application/x-ndjson": {"schema": {"type": "string"}},
+                "text/csv": {"schema": {"type": "string"}},
+            },
+        },
+        **error_responses(404),
+    },
+)
 def export(
     queue_id: Id, session: SessionDep, user: TrainerDep, format: Literal["jsonl", "csv"] = Query("jsonl")
 ) -> Response:

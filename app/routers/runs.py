@@ -13,11 +13,13 @@ from app.deps import REQUIRE, RunDep, SessionDep, SettingsDep, TrainerDep
 from app.events import current_cursor
 from app.models import MetricLatest, Role, Run
 from app.queue import BrokerUnavailable, enqueue_training
-from app.schemas import RunCreate, RunOut, RunSummary
+from app.schemas import API_ERRORS, BODY_ERRORS, RunCreate, RunOut, RunSummary, error_responses
 from meal_core.config import ConfigError, parse_config
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/api/runs", tags=["runs"], dependencies=[Depends(REQUIRE[Role.TRAINER])])
+router = APIRouter(
+    prefix="/api/runs", tags=["runs"], dependencies=[Depends(REQUIRE[Role.TRAINER])], responses=API_ERRORS
+)
 
 REWARD_PREFIX = "reward/"
 
@@ -77,7 +79,12 @@ def _enqueue(session: SessionDep, settings: SettingsDep, run: Run) -> None:
     session.refresh(run)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=RunOut)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RunOut,
+    responses={**BODY_ERRORS, **error_responses(503)},
+)
 def create_run(body: RunCreate, session: SessionDep, settings: SettingsDep, user: TrainerDep) -> RunOut:
     try:
         config = parse_config(body.config)
@@ -109,12 +116,12 @@ def list_runs(
     return [run_summary(session, run, positions, latest[run.id]) for run in runs]
 
 
-@router.get("/{run_id}", response_model=RunOut)
+@router.get("/{run_id}", response_model=RunOut, responses=error_responses(404))
 def get_run(run: RunDep, session: SessionDep) -> RunOut:
     return run_out(session, run, cursor=True)
 
 
-@router.post("/{run_id}/stop", response_model=RunOut)
+@router.post("/{run_id}/stop", response_model=RunOut, responses=error_responses(404, 409))
 def stop_run(run: RunDep, session: SessionDep, user: TrainerDep) -> RunOut:
     try:
         run_state.request_stop(session, run.id, user.name)
@@ -125,7 +132,7 @@ def stop_run(run: RunDep, session: SessionDep, user: TrainerDep) -> RunOut:
     return run_out(session, run)
 
 
-@router.post("/{run_id}/resume", response_model=RunOut)
+@router.post("/{run_id}/resume", response_model=RunOut, responses=error_responses(404, 409, 503))
 def resume_run(run: RunDep, session: SessionDep, settings: SettingsDep, user: TrainerDep) -> RunOut:
     try:
         run_state.requeue(session, run.id, user.name)

@@ -5,18 +5,20 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query
 from sqlalchemy import func, select
 
-from app.deps import REQUIRE, RunDep, SessionDep
+from app.deps import MAX_ID, REQUIRE, RunDep, SessionDep
 from app.models import Role, Sample
-from app.schemas import SampleOut
+from app.schemas import API_ERRORS, SampleOut, error_responses
 
-router = APIRouter(prefix="/api/runs", tags=["samples"], dependencies=[Depends(REQUIRE[Role.TRAINER])])
+router = APIRouter(
+    prefix="/api/runs", tags=["samples"], dependencies=[Depends(REQUIRE[Role.TRAINER])], responses=API_ERRORS
+)
 
 
-@router.get("/{run_id}/samples", response_model=list[SampleOut])
+@router.get("/{run_id}/samples", response_model=list[SampleOut], responses=error_responses(404))
 def run_samples(
     run: RunDep,
     session: SessionDep,
-    step: int | None = Query(None, ge=0, description="Only this iteration; default: the latest one."),
+    step: int | None = Query(None, ge=0, le=MAX_ID, description="Only this iteration; default: the latest one."),
     accepted: bool | None = Query(None),
     limit: int = Query(100, ge=1, le=1000),
 ) -> list[Sample]:
@@ -28,7 +30,7 @@ def run_samples(
     return list(session.scalars(query.order_by(Sample.position).limit(limit)))
 
 
-@router.get("/{run_id}/sample-steps")
+@router.get("/{run_id}/sample-steps", responses=error_responses(404))
 def sample_steps(run: RunDep, session: SessionDep) -> list[int]:
     """The iterations that have samples, for the run page's step slider."""
     return list(session.scalars(select(Sample.step).where(Sample.run_id == run.id).distinct().order_by(Sample.step)))

@@ -1,0 +1,220 @@
+"""The API against its own OpenAPI schema: schemathesis generates requests for every operation (valid ones and
+invalid ones), sends them to the app in-process as an admin with an API token, and checks every answer: never a
+server error, only documented status codes, and content types and bodies that match the schema.
+
+The database is a real SQLite one in tmp_path, the broker a real SQLite one too (POST /api/runs enqueues), with two
+runs, their samples and metrics, a playground generation and a review queue in it; valid cases of an operation
+with ids in its path name one of those rows some of the time (every such id at least once). Nothing is mocked.
+
+SCHEMA_FUZZ_SCALE=10 multiplies the number of cases, for a deeper search than CI's.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import hypothesis
+import pytest
+import schemathesis
+from helpers import bearer
+from hypothesis import HealthCheck, given
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.python import asgi
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from app.main import create_app
+from app.settings import Settings
+
+SCALE = float(os.environ.get("SCHEMA_FUZZ_SCALE", "1"))
+#: Cases per operation and generation mode: 30 operations with inputs and 7 without make about 1,050 cases, in about
+#: a minute on two busy cores.
+MAX_EXAMPLES = {GenerationMode.POSITIVE: 24, GenerationMode.NEGATIVE: 12}
+#: Fewer valid cases where each one hashes a password (Argon2id: about a second on a busy core); their invalid
+#: cases are refused before any hashing.
+FEWER_VALID = {"POST /api/auth/password": 5, "POST /api/users": 10}
+MIN_CASES = 1000
+
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+
+#: Invalid input may also be refused as too large (413: over the server's body limit): schemathesis' default list
+#: of the statuses that reject invalid data leaves 413 out. (Also: no schemathesis.toml found around is read.)
+CONFIG = schemathesis.Config.from_dict(
+    {"checks": {"negative_data_rejection": {"expected-statuses": [400, 401, 403, 404, 409, 413, 422, 429]}}}
+)
+
+#: Operations not fuzzed, and why. Only ones that cannot be fuzzed in-process: nothing is left out for failing.
+EXCLUDED = {
+    # A server-sent event stream: it never ends (a keep-alive every 15 s), so every case would wait out a timeout.
+    ("GET", "/api/runs/{run_id}/events"),
+}
+
+#: Path parameters naming rows that seed_database and the admin's first tokens made.
+REAL = {
+    "run_id": [1, 2],
+    "queue_id": [1],
+    "item_id": [1, 6],
+    "generation_id": [1],
+    "token_id": [1, 2],
+    "name": ["admin", "reviewer"],
+}
+
+
+def seed_database(settings: Settings) -> None:
+    """Two runs (one finished, with samples and metrics; one queued), a playground generation with outputs and a
+    review queue of the finished run's samples: ids 1 and 2 of most tables are real rows."""
+    from app import auth, metric_store, review, run_state
+    from app.db import session_scope
+    from app.models import JobStatus, PlaygroundGeneration, Role, RunStatus, Sample
+    from meal_core.config import RunConfig
+
+    config = RunConfig().model_dump(mode="json")
+    objectives = [o["name"] for o in config["objectives"]]
+    with session_scope(settings.database_url) as session:
+        auth.create_user(session, "reviewer", Role.REVIEWER, "a long enough password")
+        finished = run_state.create_run(session, "finished", config, 2, "admin").id
+        run_state.create_run(session, "queued", config, 2, "admin")
+        assert run_state.claim(session, finished, "worker@test")
+        assert run_state.finish(session, finished, "worker@test", RunStatus.SUCCEEDED)
+        for step in (1, 2):
+            for position in range(3):
+                w = position / 2
+                session.add(
+                    Sample(
+                        run_id=finished,
+                        step=step,
+                        position=position,
+                        prompt_id=f"p{position}",
+                        prompt=f"prompt {position}",
+                        weights=[w, 1 - w][: len(objectives)],
+                        response=f"response {step}.{position}",
+                        raw_rewards={name: 0.1 * position for name in objectives},
+                        normalized_rewards={name: 0.0 for name in objectives},
+                        accepted=position % 2 == 0,
+                    )
+                )
+        points = [
+            metric_store.Point(f"reward/{name}", step, 0.5 * step, float(step))
+            for name in objectives
+            for step in (1, 2)
+        ]
+        metric_store.ingest(session, finished, [*points, metric_store.Point("loss", 1, 1.0, 1.0)])
+        output = {"weights": [0.5, 0.5], "auto": False, "samples": [{"text": "hi", "scores": {}}]}
+        session.add(
+            PlaygroundGeneration(
+                run_id=finished,
+                created_by="admin",
+                prompt="hello",
+                weights=[[0.5, 0.5], [1.0, 0.0]],
+                seed=0,
+                temperature=0.7,
+                max_new_tokens=8,
+                samples=1,
+                status=JobStatus.SUCCEEDED,
+                outputs=[output, {**output, "weights": [1.0, 0.0]}],
+            )
+        )
+        items = review.sample_items(session, review.SampleSelection(run_id=finished), objectives)
+        review.create_queue(session, "queue", "admin", review.SINGLE, False, objectives, items, {"type": "samples"})
+
+
+@pytest.fixture()
+def api_schema(embedded_settings: Settings) -> Iterator[Any]:
+    seed_database(embedded_settings)
+    app = create_app(embedded_settings)
+    schema = schemathesis.openapi.from_asgi(
+        "/openapi.json", app, config=CONFIG, headers=bearer(embedded_settings, "admin")
+    )
+
+    @schema.auth()
+    class AdminToken:
+        """A fresh admin token whenever the one in use stops working: cases may revoke it (DELETE /api/tokens/{id}
+        with its id), and a 401 fetches a new one and replays the request."""
+
+        def get(self, case: Any, context: Any) -> str:
+            return bearer(embedded_settings, "admin")["Authorization"]
+
+        def set(self, case: Any, data: str, context: Any) -> None:
+            case.headers = {**(case.headers or {}), "Authorization": data}
+
+    yield schema
+    asgi.shutdown_lifespans()  # the app's lifespan (its stale-run sweeper) ends with the test
+
+
+def operations(schema: Any) -> list[Any]:
+    found = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if (operation.method.upper(), operation.path) not in EXCLUDED:
+            found.append(operation)
+    return found
+
+
+def has_inputs(operation: Any) -> bool:
+    return bool(operation.body) or any(True for _ in operation.iter_parameters())
+
+
+def cases_of(operation: Any, mode: GenerationMode) -> st.SearchStrategy[Any]:
+    """Schemathesis' cases of the operation; where the path has ids, valid ones also with each of the REAL ids (as
+    often as the rest of the request varies: Hypothesis does not send the same case twice)."""
+    generated = operation.as_strategy(generation_mode=mode)
+    names = [parameter.name for parameter in operation.path_parameters]
+    if mode == GenerationMode.NEGATIVE or not names:
+        return generated
+    real = [
+        operation.as_strategy(generation_mode=mode, path_parameters={name: value})
+        for name in names
+        for value in REAL[name]
+    ]
+    return st.one_of(st.one_of(real), generated)
+
+
+def fuzz(operation: Any, mode: GenerationMode, cases: Counter[str]) -> None:
+    """Up to MAX_EXAMPLES[mode] cases of one operation, each sent and checked; the first failure (shrunk) raises."""
+    label = f"{operation.label} ({mode.value})"
+    checks = CHECKS if mode == GenerationMode.POSITIVE else [*CHECKS, negative_data_rejection]
+    examples = MAX_EXAMPLES[mode]
+    if mode == GenerationMode.POSITIVE:
+        examples = FEWER_VALID.get(operation.label, examples)
+
+    @hypothesis.seed(zlib.crc32(label.encode()))  # fixed per operation and mode: CI runs the same cases every time
+    @hypothesis.settings(
+        max_examples=max(1, round(examples * SCALE)),
+        deadline=None,
+        database=None,
+        phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate, hypothesis.Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+        print_blob=False,
+    )
+    @given(case=cases_of(operation, mode))
+    def check(case: Any) -> None:
+        cases[label] += 1
+        case.call_and_validate(checks=checks)
+
+    check()
+
+
+def test_every_operation_answers_as_documented(api_schema: Any) -> None:
+    cases: Counter[str] = Counter()
+    failures: dict[str, BaseException] = {}
+    for operation in operations(api_schema):
+        for mode in MAX_EXAMPLES:
+            if mode == GenerationMode.NEGATIVE and not has_inputs(operation):
+                continue  # no parameters and no body: nothing to make invalid
+            try:
+                fuzz(operation, mode, cases)
+            except (Exception, BaseExceptionGroup) as error:  # schemathesis raises a BaseExceptionGroup of failures
+                failures[f"{operation.label} ({mode.value})"] = error
+    report = "\n\n".join(f"== {label}\n{error}" for label, error in failures.items())
+    assert not failures, f"{len(failures)} of {len(cases)} operations and modes failed:\n{report}"
+    assert sum(cases.values()) >= MIN_CASES * min(SCALE, 1), cases
