@@ -46,10 +46,13 @@ class ModelConfig(Section):
         "to read them. experts: one LoRA adapter per objective, mixed per row by the weights "
         "(Δ(w) = Σ_k w_k B_k A_k, plus a shared adapter if lora.shared). tag+experts: both.",
     )
-    max_prompt_tokens: int = Field(192, ge=8, description="Longer conditioned prompts are truncated from the left.")
+    max_prompt_tokens: int = Field(
+        192, ge=8, le=32_768, description="Longer conditioned prompts are truncated from the left."
+    )
     cpu_threads: int | None = Field(
         None,
         ge=1,
+        le=1024,
         description="torch CPU threads (default: torch's choice, every core). When several training processes share "
         "a machine, give each its share: oversubscribed threads made generation ~6x slower in our measurements.",
     )
@@ -57,7 +60,7 @@ class ModelConfig(Section):
 
 class LoraConfig(Section):
     r: int = Field(8, ge=1, le=256, description="LoRA rank.")
-    alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    alpha: int = Field(16, ge=1, le=4096, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[Annotated[str, Field(min_length=1, max_length=MAX_SHORT)]] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
@@ -84,8 +87,10 @@ class SentimentObjective(ObjectiveBase):
 
 class ReadabilityObjective(ObjectiveBase):
     type: Literal["readability"] = "readability"
-    cap: float = Field(90.0, description="Flesch reading ease is capped here: degenerate text saturates it.")
-    floor: float = Field(-20.0, description="…and floored here.")
+    cap: float = Field(
+        90.0, ge=-1000.0, le=1000.0, description="Flesch reading ease is capped here: degenerate text saturates it."
+    )
+    floor: float = Field(-20.0, ge=-1000.0, le=1000.0, description="…and floored here.")
 
 
 class BrevityObjective(ObjectiveBase):
@@ -126,7 +131,7 @@ class HFClassifierObjective(ObjectiveBase):
     separator: str = Field(
         "\n\n", max_length=MAX_SHORT, description="Joins prompt and response for input_format 'pair'."
     )
-    max_length: int = Field(512, ge=8)
+    max_length: int = Field(512, ge=8, le=32_768)
     trust_remote_code: bool = False
 
     @field_validator("output")
@@ -176,6 +181,7 @@ class DataConfig(Section):
     max_train_prompts: int | None = Field(
         16,
         ge=1,
+        le=10_000_000,
         description="Cycle only the first N training prompts (empty: all of them). A small pool is revisited, so "
         "each prompt's learned weights take several hindsight steps within a short run, as the demo's 16 do.",
     )
@@ -193,7 +199,7 @@ class AlgorithmConfig(Section):
     max_new_tokens: int = Field(48, ge=1, le=4096)
     temperature: float = Field(1.0, gt=0.0, le=5.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0, description="0 disables top-k filtering.")
+    top_k: int = Field(0, ge=0, le=1_000_000, description="0 disables top-k filtering.")
     # Proposal and exploration
     exploration_share: float = Field(
         0.25,
@@ -201,7 +207,7 @@ class AlgorithmConfig(Section):
         le=1.0,
         description="Share of the batch's non-corner rows conditioned on Dirichlet draws instead of the proposal.",
     )
-    dirichlet_alpha: float = Field(1.0, gt=0.0, description="Concentration of exploration and static draws.")
+    dirichlet_alpha: float = Field(1.0, gt=0.0, le=1000.0, description="Concentration of exploration and static draws.")
     corner_share: float = Field(
         0.5,
         ge=0.0,
@@ -214,8 +220,8 @@ class AlgorithmConfig(Section):
     normalization: Literal["group", "calibrated"] = Field(
         "group", description="group: z-score within each prompt's candidates; calibrated: base-policy statistics."
     )
-    clip: float = Field(3.0, gt=0.0, description="Normalised scores are clipped to [-clip, clip].")
-    calibration_prompts: int = Field(16, ge=1, description="Training prompts sampled to calibrate μ and σ.")
+    clip: float = Field(3.0, gt=0.0, le=100.0, description="Normalised scores are clipped to [-clip, clip].")
+    calibration_prompts: int = Field(16, ge=1, le=100_000, description="Training prompts sampled to calibrate μ and σ.")
     selection: Literal["best", "top_q", "ric_quantile"] = Field(
         "best",
         description="best: argmax utility per prompt; top_q: best share q; ric_quantile: any objective above its "
@@ -251,21 +257,23 @@ class AlgorithmConfig(Section):
         "1: off (for non-English text).",
     )
     # Hindsight and weight learning
-    hindsight_temperature: float = Field(1.0, gt=0.0, description="τ in t = softmax(r / τ).")
+    hindsight_temperature: float = Field(1.0, gt=0.0, le=1000.0, description="τ in t = softmax(r / τ).")
     hindsight_mix: float = Field(
         0.5, ge=0.0, le=1.0, description="For exploration draws: w* = (1 - mix) * draw + mix * t."
     )
-    weight_lr: float = Field(0.5, gt=0.0, description="η_z, step size on the learnable weight logits.")
-    net_hidden: int = Field(64, ge=1, description="Hidden width of the preference-weight-net.")
-    meta_lr: float = Field(1e-3, gt=0.0, description="β, Adam learning rate of the preference-weight-net.")
-    meta_steps: int = Field(5, ge=0, description="Meta (outer) steps per iteration.")
+    weight_lr: float = Field(0.5, gt=0.0, le=1000.0, description="η_z, step size on the learnable weight logits.")
+    net_hidden: int = Field(64, ge=1, le=65_536, description="Hidden width of the preference-weight-net.")
+    meta_lr: float = Field(1e-3, gt=0.0, le=10.0, description="β, Adam learning rate of the preference-weight-net.")
+    meta_steps: int = Field(5, ge=0, le=10_000, description="Meta (outer) steps per iteration.")
     # Policy update
-    policy_lr: float = Field(5e-4, gt=0.0, description="α, AdamW learning rate of the LoRA adapters.")
-    policy_epochs: int = Field(2, ge=0, description="Passes over the replay buffer per iteration.")
-    max_policy_steps: int = Field(4, ge=1, description="Upper bound on policy optimizer steps per iteration.")
-    micro_batch_size: int = Field(8, ge=1)
-    replay_size: int = Field(256, ge=1, description="Accepted samples kept for the base step.")
-    max_grad_norm: float = Field(1.0, gt=0.0)
+    policy_lr: float = Field(5e-4, gt=0.0, le=10.0, description="α, AdamW learning rate of the LoRA adapters.")
+    policy_epochs: int = Field(2, ge=0, le=1000, description="Passes over the replay buffer per iteration.")
+    max_policy_steps: int = Field(
+        4, ge=1, le=100_000, description="Upper bound on policy optimizer steps per iteration."
+    )
+    micro_batch_size: int = Field(8, ge=1, le=4096)
+    replay_size: int = Field(256, ge=1, le=1_000_000, description="Accepted samples kept for the base step.")
+    max_grad_norm: float = Field(1.0, gt=0.0, le=1e6)
     base_loss: Literal["sft", "pairwise", "sft+pairwise"] = Field(
         "sft",
         description="sft: likelihood of accepted responses under their weights. pairwise: conditional DPO on "
@@ -276,10 +284,11 @@ class AlgorithmConfig(Section):
     warm_start_prompts: int = Field(
         0,
         ge=0,
+        le=1_000_000,
         description="Offline stage before the loop: hindsight-labelled base-model samples for this many prompts "
         "(with experts their soft labels train every expert alike, so the demo has none).",
     )
-    warm_start_epochs: int = Field(1, ge=1)
+    warm_start_epochs: int = Field(1, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _batch_fits(self) -> AlgorithmConfig:
@@ -289,28 +298,31 @@ class AlgorithmConfig(Section):
 
 
 class EvalConfig(Section):
-    every: int = Field(0, ge=0, description="Evaluate every E iterations (0: only at the end).")
+    every: int = Field(0, ge=0, le=1_000_000, description="Evaluate every E iterations (0: only at the end).")
     at_start: bool = Field(True, description="Also evaluate the untrained policy (step 0): the baseline front.")
-    prompts: int = Field(12, ge=1, description="Held-out prompts per evaluation.")
+    prompts: int = Field(12, ge=1, le=100_000, description="Held-out prompts per evaluation.")
     samples_per_weight: int = Field(
         2,
         ge=1,
+        le=1000,
         description="Responses per prompt and weight. Per-response controllability needs a few hundred responses "
         "(prompts × grid points × this) to stand out from chance.",
     )
     grid_points: int = Field(11, ge=2, le=101, description="K=2: weights w1 = 0, 1/(n-1), …, 1.")
     lattice_divisions: int = Field(4, ge=1, le=20, description="K≥3: simplex lattice with this many divisions.")
-    temperature: float = Field(0.7, gt=0.0)
-    max_new_tokens: int | None = Field(None, ge=1, description="Default: algorithm.max_new_tokens.")
+    temperature: float = Field(0.7, gt=0.0, le=100.0)
+    max_new_tokens: int | None = Field(None, ge=1, le=4096, description="Default: algorithm.max_new_tokens.")
     reference_point: list[float] | None = Field(
         None, max_length=8, description="Hypervolume reference in normalised reward space; default -clip per objective."
     )
-    probe_pairs: int = Field(16, ge=0, description="Response pairs for the teacher-forced conditioning probe.")
+    probe_pairs: int = Field(
+        16, ge=0, le=100_000, description="Response pairs for the teacher-forced conditioning probe."
+    )
 
 
 class CheckpointConfig(Section):
-    every: int = Field(4, ge=0, description="Checkpoint every N iterations (0: only at the end).")
-    keep_last: int = Field(2, ge=1)
+    every: int = Field(4, ge=0, le=1_000_000, description="Checkpoint every N iterations (0: only at the end).")
+    keep_last: int = Field(2, ge=1, le=1000)
 
 
 def _demo_objectives() -> list[ObjectiveConfig]:

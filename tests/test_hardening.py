@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import json
 import time
+import typing
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 from helpers import bearer, tiny_run_config
 from live_server import live_server
+from pydantic import BaseModel
 
 from app.main import create_app
 from app.settings import Settings
-from meal_core.config import RunConfig
+from meal_core.config import ObjectiveConfig, RunConfig
 
 ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
@@ -327,3 +330,26 @@ def test_a_broker_error_does_not_stick(embedded_settings: Settings, tmp_path: Pa
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_every_number_of_a_config_has_bounds() -> None:
+    """A config is untrusted input that sizes the worker's memory: every number has a lower and an upper bound."""
+    unbounded = []
+
+    def visit(model: type[Any], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            nested = [a for a in typing.get_args(annotation) or (annotation,) if isinstance(a, type)]
+            for kind in nested:
+                if issubclass(kind, BaseModel):
+                    visit(kind, f"{prefix}{name}.")
+            if not any(kind in (int, float) for kind in nested) or any(kind is bool for kind in nested):
+                continue
+            constraints = {type(m).__name__ for m in field.metadata}
+            if not ({"Ge", "Gt"} & constraints and {"Le", "Lt"} & constraints):
+                unbounded.append(f"{prefix}{name}")
+
+    visit(RunConfig, "")
+    for objective in typing.get_args(typing.get_args(ObjectiveConfig)[0]):
+        visit(objective, f"objectives[{objective.__name__}].")
+    assert unbounded == []
