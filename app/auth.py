@@ -8,6 +8,8 @@ with Argon2id (argon2-cffi). Nothing here knows about HTTP; `app.deps` turns it 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import hmac
 import re
@@ -109,13 +111,22 @@ def hash_password(password: str) -> str:
     return _hasher.hash(check_password(password))
 
 
-def password_matches(user: User, password: str) -> bool:
-    if not user.password_hash or len(password) > MAX_PASSWORD_LENGTH:
+def password_matches(user: User | None, password: str) -> bool:
+    """Whether `password` is `user`'s. Without a user (an unknown name) or a password hash, a hash is still
+    verified, so that the answer takes as long and does not tell which names exist."""
+    if user is None or not user.password_hash or len(password) > MAX_PASSWORD_LENGTH:
+        with contextlib.suppress(VerificationError, InvalidHashError):
+            _hasher.verify(_decoy_hash(), password[:MAX_PASSWORD_LENGTH])
         return False
     try:
         return _hasher.verify(user.password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
+
+
+@functools.cache
+def _decoy_hash() -> str:
+    return _hasher.hash(secrets.token_urlsafe(15))
 
 
 def generate_password() -> str:

@@ -119,7 +119,7 @@ def login(body: LoginIn, request: Request, response: Response, session: SessionD
             429, f"too many failed logins; try again in {int(wait) + 1} s", {"Retry-After": str(int(wait) + 1)}
         )
     user = auth.find_user(session, body.name)
-    if user is None or user.disabled or not auth.password_matches(user, body.password):
+    if not auth.password_matches(user, body.password) or user is None or user.disabled:
         limiter.failed(client, body.name)
         raise HTTPException(401, "wrong user name or password")
     limiter.succeeded(client, body.name)
