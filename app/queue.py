@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from functools import lru_cache
+from typing import Any
 
 from celery import Celery
 
@@ -12,6 +13,21 @@ TRAIN_RUN = "meal.train_run"
 PLAYGROUND_GENERATE = "meal.playground_generate"
 QUEUE = "meal"  # training: one run per worker, for hours
 PLAYGROUND_QUEUE = "playground"  # generations for the playground: seconds each, never behind a training run
+# Redis (kombu) puts a message that a worker took but has not acknowledged back in the queue once it has been out
+# this long (kombu's default: 1 hour). Workers acknowledge a training message only when its run ends (acks_late), so
+# with the default every run longer than an hour had its message handed to the next idle worker, which found the run
+# taken and skipped it. Recovery never waits on a redelivery: a dead worker's run is failed by the heartbeat sweep
+# (or by `meal up` at once) and resuming it sends a new message. So a week: longer than any run we expect, and a run
+# that is longer still only gets one such harmless skip.
+VISIBILITY_TIMEOUT_S = 7 * 24 * 3600
+
+
+def redis_transport_options(broker_url: str) -> dict[str, Any]:
+    """Transport options for a Redis broker; none for others (kombu's SQLAlchemy transport, embedded mode's, hands
+    options it does not know to create_engine, which refuses them)."""
+    if broker_url.partition(":")[0] in ("redis", "rediss", "sentinel"):
+        return {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+    return {}
 
 
 @lru_cache
@@ -22,7 +38,13 @@ def broker_client(broker_url: str) -> Celery:
         broker_connection_retry_on_startup=True,
         task_ignore_result=True,
         # A request waits on this: with kombu's default retries an unreachable broker took ~6 s to report.
-        broker_transport_options={"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2},
+        broker_transport_options={
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.2,
+            **redis_transport_options(broker_url),  # as the workers', though only a consumer uses it
+        },
         broker_connection_timeout=2,
     )
     return client

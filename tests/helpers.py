@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -143,6 +146,16 @@ SYNTHETIC_OBJECTIVES = [
     {"name": "letters", "type": "python", "function": "helpers:letters"},
     {"name": "symbols", "type": "python", "function": "helpers:symbols"},
 ]
+
+PACE_S = 1.0
+
+
+def paced_letters(prompts: list[str], responses: list[str]) -> list[float]:
+    """letters(), taking PACE_S seconds a batch, as a real reward model takes its time: a run with this objective
+    spends at least PACE_S on each iteration however fast the machine is (fault tests need a run that is still
+    training when the fault ends). Used as `helpers:paced_letters`; the worker needs tests/ on its PYTHONPATH."""
+    time.sleep(PACE_S)
+    return letters(prompts, responses)
 
 
 # -- users: every request has one ------------------------------------------------------------------------------------
@@ -293,3 +306,146 @@ def worker_env(settings: Any) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+# -- fault injection: a private Redis server, a TCP proxy that can cut a connection -----------------------------------
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free port of 127.0.0.1 (never the shared one), with its append-only file
+    in `directory`, fsynced at every write: killed with SIGKILL and started again on the same port, it comes back
+    with every message it had taken."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory, self.port = directory, free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = -1
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def client(self, db: int = 0) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.url(db), socket_connect_timeout=2, socket_timeout=5)
+
+    def start(self, timeout: float = 30) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not Path(binary).exists():
+            pytest.fail("redis-server is not installed; these tests start a Redis server of their own", pytrace=False)
+        command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
+        command += ["--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no"]
+        command += ["--logfile", str(self.directory / "redis.log")]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.restarts += 1
+        deadline = time.monotonic() + timeout
+        with contextlib.closing(self.client()) as client:
+            while True:
+                try:
+                    if client.ping():
+                        return
+                except Exception:
+                    if self.process.poll() is not None or time.monotonic() > deadline:
+                        log = self.directory / "redis.log"
+                        pytest.fail(f"redis-server did not start: {log.read_text() if log.exists() else ''}")
+                    time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or the OOM killer would: no shutdown, no last save."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:`port` to `target` (host, port), two threads per connection. `cut()` drops every proxied
+    connection and stops listening, so new connections are refused, until `restore()` listens again on the same
+    port: a database server that went away and came back, as its clients see it."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self.connections = 0  # accepted so far
+        self.dropped = 0  # connections that cut() closed
+        self._listener: socket.socket | None = None
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self.restore()
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), name=f"proxy-{self.port}", daemon=True).start()
+
+    def cut(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+            listener.close()
+        with self._lock:
+            dropped, self._open = self._open, set()
+        self.dropped += len(dropped) // 2
+        for sock in dropped:
+            self._close(sock)
+
+    def close(self) -> None:
+        self.cut()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:  # cut(): the listener is shut
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._listener is not listener:  # cut() meanwhile
+                    client.close()
+                    upstream.close()
+                    return
+                self._open |= {client, upstream}
+                self.connections += 1
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        with self._lock:
+            self._open -= {source, sink}
+        self._close(source)
+        self._close(sink)
+
+    @staticmethod
+    def _close(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()

@@ -192,8 +192,19 @@ class DatabaseRecorder:
             run_state.report_progress(session, self.run_id, *progress)
 
     def close(self) -> None:
-        """Stop the thread and write whatever is still buffered."""
+        """Stop the thread and write whatever is still buffered. A database that is away is waited for as during
+        training, until writes have failed for give_up_s: a run that ends during a short outage keeps its last
+        records (the last flush used to be tried once, and the run's last iterations and result were lost)."""
         self._closing.set()
         self._thread.join()
         self._last_heartbeat = 0.0
-        self.flush()
+        while True:
+            try:
+                self.flush()
+                return
+            except Exception:
+                failing_since = self._failing_since
+                if failing_since is None or time.monotonic() - failing_since > self.give_up_s:
+                    raise
+                log.warning("run %s: last records not stored yet, will retry: %s", self.run_id, self._last_error)
+                time.sleep(min(1.0, self.flush_s * 5))
