@@ -50,6 +50,7 @@ SWAGGER_DIST = ROOT / "node_modules" / "swagger-ui-dist"
 
 def sweep_stale_runs(settings: Settings) -> list[int]:
     with session_scope(settings.database_url) as session:
+        run_state.fail_stale_generations(session, timedelta(seconds=settings.playground_timeout_s))
         return run_state.fail_stale_runs(session, timedelta(seconds=settings.heartbeat_timeout_s))
 
 

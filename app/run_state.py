@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.models import Run, RunStatus, utcnow
+from app.models import JobStatus, PlaygroundGeneration, Run, RunStatus, utcnow
 from app.sql import storable_text
 
 
@@ -176,6 +176,30 @@ def _fail_live(session: Session, run_ids: Iterable[int], reason: str) -> list[in
             error=f"{reason}; resume to continue from the last checkpoint",
         )
     return failed
+
+
+def fail_stale_generations(session: Session, timeout: timedelta, now: datetime | None = None) -> list[int]:
+    """Playground generations still running `timeout` after they were asked for: their worker died with them
+    (a generation takes seconds). They fail, so the page stops waiting; asking again queues a new one."""
+    cutoff = (now or utcnow()) - timeout
+    stale = list(
+        session.scalars(
+            select(PlaygroundGeneration.id).where(
+                PlaygroundGeneration.status == JobStatus.RUNNING, PlaygroundGeneration.created_at < cutoff
+            )
+        )
+    )
+    if stale:
+        session.execute(
+            update(PlaygroundGeneration)
+            .where(PlaygroundGeneration.id.in_(stale), PlaygroundGeneration.status == JobStatus.RUNNING)
+            .values(
+                status=JobStatus.FAILED,
+                finished_at=utcnow(),
+                error=f"the playground worker vanished: still running after {int(timeout.total_seconds())} s",
+            )
+        )
+    return stale
 
 
 def queue_positions(session: Session) -> dict[int, int]:

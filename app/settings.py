@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     port: int = 8000
     heartbeat_interval_s: float = Field(5.0, gt=0)
     heartbeat_timeout_s: float = Field(120.0, gt=0, description="A running run with no heartbeat this long failed.")
+    playground_timeout_s: float = Field(
+        600.0, gt=0, description="A playground generation still running this long after it was asked for failed."
+    )
     recorder_flush_s: float = Field(0.5, gt=0, description="Worker flushes buffered metrics at least this often.")
     events_poll_s: float = Field(0.5, gt=0, description="How often a run's event feed looks for new rows.")
     events_shared: bool = Field(

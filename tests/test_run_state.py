@@ -9,7 +9,7 @@ from sqlalchemy import update
 
 from app import run_state
 from app.db import session_scope
-from app.models import Run, RunStatus
+from app.models import JobStatus, PlaygroundGeneration, Run, RunStatus
 
 TIMEOUT = timedelta(seconds=120)
 
@@ -203,3 +203,44 @@ def test_queue_positions_oldest_first(database_url: str) -> None:
     assert b not in positions
     assert positions[a] == len(before) + 1 and positions[c] == len(before) + 2
     assert sorted(positions.values()) == list(range(1, len(positions) + 1))
+
+
+def test_a_playground_generation_whose_worker_died_fails(database_url: str) -> None:
+    """A generation takes seconds: one still running long after it was asked for lost its worker."""
+    run_id = new_run(database_url)
+    now = datetime.now(UTC)
+    ids = {}
+    with session_scope(database_url) as session:
+        for name, status, age in (
+            ("dead", JobStatus.RUNNING, TIMEOUT + timedelta(seconds=5)),
+            ("young", JobStatus.RUNNING, timedelta(seconds=5)),
+            ("waiting", JobStatus.QUEUED, TIMEOUT * 3),  # its worker may be busy or restarting: it keeps waiting
+        ):
+            generation = PlaygroundGeneration(
+                run_id=run_id,
+                created_by="t",
+                prompt="p",
+                weights=[[1, 0]],
+                seed=0,
+                temperature=0.7,
+                max_new_tokens=4,
+                samples=1,
+                status=status,
+                created_at=now - age,
+            )
+            session.add(generation)
+            session.flush()
+            ids[name] = generation.id
+    with session_scope(database_url) as session:
+        assert run_state.fail_stale_generations(session, TIMEOUT) == [ids["dead"]]
+    with session_scope(database_url) as session:
+        status = {name: session.get(PlaygroundGeneration, i) for name, i in ids.items()}
+        assert {name: g.status for name, g in status.items() if g} == {
+            "dead": JobStatus.FAILED,
+            "young": JobStatus.RUNNING,
+            "waiting": JobStatus.QUEUED,
+        }
+        dead = status["dead"]
+        assert dead is not None and dead.error is not None and "vanished" in dead.error and dead.finished_at
+    with session_scope(database_url) as session:
+        assert run_state.fail_stale_generations(session, TIMEOUT) == []
