@@ -13,6 +13,7 @@ itself), so every event id a client receives is a cursor of that client's own st
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field, replace
 
@@ -21,8 +22,13 @@ from starlette.concurrency import run_in_threadpool
 from app.db import session_scope
 from app.events import PART_OF_EVENT, Cursor, StreamEvent, current_cursor, new_events
 
-#: Events a client may have waiting before it counts as lagging and catches up from the database instead.
-QUEUE_LIMIT = 256
+log = logging.getLogger(__name__)
+
+#: Events a client may have waiting before it counts as lagging and catches up from the database instead (an event
+#: can hold thousands of points: a stalled tab must not pin much memory).
+QUEUE_LIMIT = 64
+#: Longest wait between polls while the database fails.
+MAX_BACKOFF_S = 10.0
 
 
 @dataclass(eq=False)
@@ -69,10 +75,17 @@ class RunFeed:
     def leave(self, viewer: Viewer) -> None:
         self.viewers.discard(viewer)
 
-    def resync(self, viewer: Viewer) -> Cursor:
-        """A lagging viewer drops what waits for it and restarts from where the feed stands now."""
+    @property
+    def idle(self) -> bool:
+        """Nobody watches and nobody is joining."""
+        return not self.viewers and not self._starting.locked()
+
+    async def resync(self, viewer: Viewer) -> Cursor:
+        """A lagging viewer drops what waits for it and restarts from where the feed stands now (the feed may have
+        ended meanwhile, e.g. after reporting a deleted run while the viewer lagged: joining starts it again)."""
         viewer.discard_waiting()
-        assert self.head is not None
+        if self.head is None or self._task is None or self._task.done():
+            return await self.join(viewer)
         return self.head
 
     def _current(self) -> Cursor:
@@ -84,10 +97,18 @@ class RunFeed:
             return new_events(session, self.run_id, head)
 
     async def _follow(self) -> None:
+        failures = 0
         try:
             while self.viewers:
                 assert self.head is not None
-                events, after = await run_in_threadpool(self._poll, self.head)
+                try:
+                    events, after = await run_in_threadpool(self._poll, self.head)
+                except Exception:  # the database is away: keep the viewers and the cursor, try again later
+                    failures += 1
+                    log.warning("run %s: event feed poll failed (%d in a row)", self.run_id, failures, exc_info=True)
+                    await asyncio.sleep(min(MAX_BACKOFF_S, self.poll_s * 2**failures))
+                    continue
+                failures = 0
                 before = self.head
                 for event in events:
                     for viewer in list(self.viewers):
@@ -126,7 +147,7 @@ class EventHub:
                         return
                     position = event.cursor
                 if viewer.lagging:
-                    head = feed.resync(viewer)
+                    head = await feed.resync(viewer)
                     continue
                 try:
                     before, event = await asyncio.wait_for(viewer.queue.get(), keepalive_s)
@@ -135,7 +156,7 @@ class EventHub:
                     head = position  # nothing to catch up
                     continue
                 if event.name == "gone":
-                    yield event
+                    yield StreamEvent(event.name, event.data, position)
                     return
                 part = PART_OF_EVENT[event.name]
                 mine, theirs_before, theirs_after = (getattr(c, part) for c in (position, before, event.cursor))
@@ -149,7 +170,7 @@ class EventHub:
                     head = replace(position, **{part: theirs_after})
         finally:
             feed.leave(viewer)
-            if not feed.viewers and self.feeds.get(run_id) is feed:
+            if feed.idle and self.feeds.get(run_id) is feed:
                 del self.feeds[run_id]  # its poller stops at its next turn
 
     async def _catch_up(self, run_id: int, position: Cursor, upto: Cursor) -> AsyncIterator[StreamEvent]:

@@ -14,9 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import bearer, tiny_run_config
+from db_fixtures import migrated_database
+from helpers import TcpProxy, bearer, tiny_run_config
 from live_server import Event, EventStream, live_server
-from sqlalchemy import delete, select
+from sqlalchemy import delete, make_url, select
 from sqlalchemy import event as sqlalchemy_event
 
 from app import event_hub, run_state
@@ -262,6 +263,37 @@ def test_viewers_at_different_cursors_each_get_their_own_stream(database_url: st
     assert metrics_of(received["live"])["loss"] == first["loss"] + second["loss"] + [[4, 2.0]]
     assert metrics_of(received["late"])["loss"] == second["loss"] + [[4, 2.0]]
     assert received["late"][-1].cursor == received["live"][-1].cursor == current_cursor_of(url, run_id)
+
+
+def test_a_feed_outlives_a_database_outage(tmp_path: Path) -> None:
+    """PostgreSQL refuses every connection for a while (a TCP proxy cut): the feed's polls fail, its viewer stays,
+    and once the database is back the viewer gets what was written meanwhile, as if nothing happened."""
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(contextlib.contextmanager(migrated_database)("postgresql", tmp_path))
+        target = make_url(url)
+        proxy = TcpProxy((target.host or "127.0.0.1", target.port or 5432))
+        stack.callback(proxy.close)
+        through_proxy = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        run_id = new_run(url)
+        first = add_points(url, run_id, "loss", range(3))
+
+        async def scenario() -> list[StreamEvent]:
+            hub = event_hub.EventHub(through_proxy, poll_s=0.05)
+            stream = hub.watch(run_id, Cursor(), 30.0)
+            received = [await take(stream), await take(stream)]
+            proxy.cut()
+            during = add_points(url, run_id, "loss", range(3, 6))  # written directly, while the feed is cut off
+            await asyncio.sleep(1.0)  # several polls fail meanwhile
+            proxy.restore()
+            received.append(await asyncio.wait_for(take(stream), 60))
+            assert received[-1].data == during
+            await stream.aclose()
+            return received
+
+        received = asyncio.run(scenario())
+        get_engine(through_proxy).dispose()
+    assert [e.name for e in received] == ["status", "metrics", "metrics"]
+    assert metrics_of(received) == {"loss": first["loss"] + [[s, s * 0.5] for s in range(3, 6)]}
 
 
 # -- the SSE endpoint over HTTP ------------------------------------------------------------------------------------

@@ -7,9 +7,10 @@ run's shared feed (app/event_hub.py), so a hundred viewers of a run cost the dat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
@@ -49,7 +50,7 @@ async def run_events(
     if not await run_in_threadpool(_exists, settings.database_url, run_id):
         raise HTTPException(status_code=404, detail=f"run {run_id} not found")
     start = Cursor.decode(last_event_id or cursor)
-    events: AsyncIterator[StreamEvent | None]
+    events: AsyncGenerator[StreamEvent | None, None]
     if settings.events_shared:
         hub: EventHub = request.app.state.event_hub
         events = hub.watch(run_id, start, KEEPALIVE_S)
@@ -65,16 +66,18 @@ def _exists(database_url: str, run_id: int) -> bool:
         return session.scalar(select(Run.id).where(Run.id == run_id)) is not None
 
 
-async def _sse(events: AsyncIterator[StreamEvent | None]) -> AsyncIterator[str]:
+async def _sse(events: AsyncGenerator[StreamEvent | None, None]) -> AsyncIterator[str]:
     """The wire format; None (nothing new for a while) becomes a comment that keeps proxies from closing."""
     yield "retry: 2000\n\n"
-    async for event in events:
-        yield ": keep-alive\n\n" if event is None else _format(event.name, event.data, event.cursor.encode())
+    # Closed as soon as the client goes, even if the cancellation lands elsewhere: the viewer leaves its feed now.
+    async with contextlib.aclosing(events):
+        async for event in events:
+            yield ": keep-alive\n\n" if event is None else _format(event.name, event.data, event.cursor.encode())
 
 
 async def _poll_per_client(
     database_url: str, run_id: int, position: Cursor, poll_s: float
-) -> AsyncIterator[StreamEvent | None]:
+) -> AsyncGenerator[StreamEvent | None, None]:
     """Each client polls the database itself (events_shared off): simple, and the reference of the load bench."""
 
     def poll_once(position: Cursor) -> tuple[list[StreamEvent], Cursor]:
