@@ -16,7 +16,18 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="Embedded mode keeps its SQLite files and run folders here.")
     database_url: str = Field("", description="SQLAlchemy URL; default: SQLite file in data_dir.")
     broker_url: str = Field("", description="Celery broker; default: SQLite broker file in data_dir.")
-    runs_dir: Path = Field(Path(""), description="Run folders (checkpoints, JSONL); default: data_dir/runs.")
+    runs_dir: Path = Field(
+        Path(""),
+        description="Run folders (checkpoints, config) on this machine; default: data_dir/runs. With an artefact "
+        "store, the cache of what this machine used from it.",
+    )
+    artifacts_url: str = Field(
+        "",
+        max_length=2000,
+        description="The artefact store every machine reads and writes run folders and checkpoints in: a folder, or "
+        "s3://bucket/prefix (endpoint and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY). "
+        "Default: none, runs_dir is the store (one machine).",
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     heartbeat_interval_s: float = Field(5.0, gt=0)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -143,8 +143,11 @@ class Trainer:
         recorder: Recorder | None = None,
         policy: Policy | None = None,
         objectives: list[Objective] | None = None,
+        on_checkpoint: Callable[[Path], None] | None = None,
     ) -> None:
+        """`on_checkpoint(path)` is called after each checkpoint is saved, complete (the worker publishes it)."""
         self.config = config
+        self.on_checkpoint = on_checkpoint
         self.algo = config.algorithm
         self.names = config.objective_names
         self.k = len(self.names)
@@ -752,9 +755,12 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path:
-        return checkpoint.save_checkpoint(
+        saved = checkpoint.save_checkpoint(
             self.run_dir, self.iteration, self.policy.save_adapter, self.state_dict(), self.config.checkpoint.keep_last
         )
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(saved)
+        return saved
 
     def load_checkpoint(self, path: Path) -> None:
         state = checkpoint.load_state(path)

@@ -116,6 +116,20 @@ def tiny_run_config(model_dir: Path, **overrides: Any) -> RunConfig:
     return parse_config(data)
 
 
+NONDETERMINISTIC_KEYS = ("time/", "throughput/")
+
+
+def deterministic_metrics(run_dir: Path) -> list[tuple[int, str, float]]:
+    """A JSONL run's metrics without the timings: what two runs of the same seed must agree on."""
+    from meal_core.recorder import read_jsonl
+
+    return [
+        (row["step"], row["key"], row["value"])
+        for row in read_jsonl(run_dir / "metrics.jsonl")
+        if not row["key"].startswith(NONDETERMINISTIC_KEYS)
+    ]
+
+
 def randomize_lora(policy: Any, seed: int) -> None:
     """LoRA B starts at zero (a no-op adapter); random values in every adapter weight make each adapter (each
     expert) change the model's output, and differently."""
@@ -449,3 +463,59 @@ class TcpProxy:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
         sock.close()
+
+
+class S3Server:
+    """An S3 protocol server of the test's own (moto's `moto_server`, a dev dependency) on a free port: the artefact
+    store that workers on different machines share. `env()` is what a process needs to reach it (the standard AWS
+    variables), `bucket()` makes a fresh bucket and returns its URL."""
+
+    KEYS = {"AWS_ACCESS_KEY_ID": "meal-test", "AWS_SECRET_ACCESS_KEY": "meal-test", "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self._buckets = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        return {**self.KEYS, "AWS_ENDPOINT_URL": self.endpoint}
+
+    def start(self, timeout: float = 60) -> None:
+        binary = Path(sys.executable).parent / "moto_server"
+        self.process = subprocess.Popen(
+            [str(binary), "-H", "127.0.0.1", "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"moto_server did not start (exit code {self.process.poll()})", pytrace=False)
+                time.sleep(0.1)
+
+    def bucket(self) -> str:
+        import s3fs
+
+        self._buckets += 1
+        name = f"meal-{self._buckets}"
+        fs = s3fs.S3FileSystem(
+            key=self.KEYS["AWS_ACCESS_KEY_ID"],
+            secret=self.KEYS["AWS_SECRET_ACCESS_KEY"],
+            client_kwargs={"endpoint_url": self.endpoint},
+        )
+        fs.mkdir(name)
+        return f"s3://{name}/artifacts"
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()

@@ -6,21 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import tiny_run_config
+from helpers import deterministic_metrics, tiny_run_config
 
 from meal_core.recorder import JsonlRecorder, NullRecorder, read_jsonl
 from meal_core.trainer import CORNER, DRAW, PROPOSAL, Trainer
 from meal_core.weights import softmax
-
-NONDETERMINISTIC_KEYS = ("time/", "throughput/")
-
-
-def deterministic_metrics(run_dir: Path) -> list[tuple[int, str, float]]:
-    return [
-        (row["step"], row["key"], row["value"])
-        for row in read_jsonl(run_dir / "metrics.jsonl")
-        if not row["key"].startswith(NONDETERMINISTIC_KEYS)
-    ]
 
 
 def kl(target: np.ndarray, weights: np.ndarray) -> float:

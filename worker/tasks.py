@@ -10,7 +10,6 @@ import threading
 import traceback
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,12 +17,13 @@ from celery.signals import worker_shutting_down
 from sqlalchemy import select, update
 
 from app import run_state
+from app.artifacts import ArtifactStore, open_store
 from app.db import session_scope
 from app.models import Evaluation, JobStatus, PlaygroundGeneration, Run, RunStatus, utcnow
 from app.settings import get_settings
 from app.sql import storable_text
 from meal_core.config import RunConfig, parse_config
-from meal_core.inference import BASE, LoadedRun, checkpoint_names
+from meal_core.inference import BASE, LoadedRun
 from meal_core.policy import Sampling
 from meal_core.trainer import Trainer
 from worker.celery_app import celery_app
@@ -70,7 +70,15 @@ def train_run(run_id: int) -> str:
     error: str | None = "the worker was terminated while training; resume to continue"
     try:
         config = parse_config(stored_config)
-        trainer = Trainer(config, settings.runs_dir / f"run-{run_id}", recorder)
+        store = open_store(settings)
+        # Resuming on any machine: the store's newest checkpoint into this machine's cache, where resume looks.
+        store.fetch_latest(run_id)
+        trainer = Trainer(
+            config,
+            store.run_dir(run_id),
+            recorder,
+            on_checkpoint=lambda saved: store.publish(run_id, saved, config.checkpoint.keep_last),
+        )
         if trainer.resume():
             log.info("run %s: resuming from iteration %s", run_id, trainer.iteration)
         status = trainer.train(config.iterations)
@@ -101,16 +109,16 @@ class PolicyCache:
 
     def __init__(self, size: int = 2) -> None:
         self.size = size
-        self._loaded: OrderedDict[tuple[int, str], LoadedRun] = OrderedDict()
+        self._loaded: OrderedDict[tuple[int, str, str | None], LoadedRun] = OrderedDict()
 
-    def get(self, run_id: int, config: RunConfig, run_dir: Path, checkpoint: str | None) -> LoadedRun:
-        names = checkpoint_names(run_dir)
-        chosen = checkpoint or (names[-1] if names else BASE)
-        key = (run_id, chosen)
+    def get(self, run_id: int, config: RunConfig, store: ArtifactStore, checkpoint: str | None) -> LoadedRun:
+        latest = store.fetch_latest(run_id)  # the normaliser and the net come from the newest checkpoint
+        chosen = checkpoint or latest or BASE
+        key = (run_id, chosen, latest)
         if key in self._loaded:
             self._loaded.move_to_end(key)
             return self._loaded[key]
-        loaded = LoadedRun(config, run_dir, chosen)
+        loaded = LoadedRun(config, store.fetch(run_id, [chosen]), chosen)
         self._loaded[key] = loaded
         while len(self._loaded) > self.size:
             self._loaded.popitem(last=False)
@@ -220,8 +228,7 @@ def playground_generate(generation_id: int) -> str:
         front, step = latest_front(session, job.run_id)
     values: dict[str, Any] = {"status": JobStatus.FAILED, "finished_at": utcnow()}
     try:
-        run_dir = settings.runs_dir / f"run-{job.run_id}"
-        loaded = POLICIES.get(job.run_id, parse_config(job.config), run_dir, job.checkpoint)
+        loaded = POLICIES.get(job.run_id, parse_config(job.config), open_store(settings), job.checkpoint)
         outputs = playground_outputs(job, loaded, front, step)
         values.update(status=JobStatus.SUCCEEDED, outputs=outputs, checkpoint=loaded.checkpoint)
     except Exception as exc:  # shown on the playground page; the worker carries on

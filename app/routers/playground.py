@@ -18,12 +18,15 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
+from app.artifacts import ArtifactError, open_store
 from app.deps import REQUIRE, SessionDep, SettingsDep, TrainerDep
 from app.models import JobStatus, PlaygroundGeneration, Role, Run
 from app.queue import BrokerUnavailable, enqueue_playground
 from app.schemas import API_ERRORS, BODY_ERRORS, error_responses
 from meal_core.data import DataError, load_prompts
-from meal_core.inference import BASE, checkpoint_names
+from meal_core.inference import BASE
+
+STORE_WAIT_S = 5.0  # how long a page waits on an artefact store that fails before it answers 503
 
 router = APIRouter(tags=["playground"], dependencies=[Depends(REQUIRE[Role.TRAINER])], responses=API_ERRORS)
 
@@ -141,12 +144,16 @@ def list_generations(
     return list(session.scalars(query))
 
 
-@router.get("/api/runs/{run_id}/checkpoints", response_model=list[str], responses=error_responses(404))
+@router.get("/api/runs/{run_id}/checkpoints", response_model=list[str], responses=error_responses(404, 503))
 def run_checkpoints(run_id: RunId, session: SessionDep, settings: SettingsDep) -> list[str]:
     """The run's checkpoints, newest first, then "base" (the untrained policy)."""
     if session.get(Run, run_id) is None:
         raise HTTPException(404, f"run {run_id} not found")
-    return [*reversed(checkpoint_names(settings.runs_dir / f"run-{run_id}")), BASE]
+    try:
+        names = open_store(settings, retry_s=STORE_WAIT_S).checkpoint_names(run_id)
+    except ArtifactError as exc:
+        raise HTTPException(503, str(exc)) from exc
+    return [*reversed(names), BASE]
 
 
 @router.get("/api/runs/{run_id}/prompts", response_model=list[str], responses=error_responses(404))

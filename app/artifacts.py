@@ -1,0 +1,230 @@
+"""The artefact store: where run folders and checkpoints live so that every machine finds them.
+
+`MEAL_ARTIFACTS_URL` names it: a folder (local, or a mount every machine shares), or `s3://bucket/prefix` on any
+S3-compatible server, through fsspec/s3fs, with the endpoint and keys from the standard `AWS_ENDPOINT_URL`,
+`AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`. Each machine keeps what it used in a cache, `MEAL_RUNS_DIR`, whose
+run folders are what meal_core reads and writes. Unset (the embedded default), there is no store apart from that
+folder: the run folders in `MEAL_RUNS_DIR` are the store, and nothing is copied.
+
+Layout under the store's root, the same as a run folder's:
+
+    run-<id>/config.json
+    run-<id>/checkpoints/iter-000012/adapter/…      the peft adapter
+    run-<id>/checkpoints/iter-000012/state.pt        the rest of the run's state
+    run-<id>/checkpoints/iter-000012.complete        written last: the checkpoint's files and sizes
+
+A checkpoint is visible only once its `.complete` marker exists, and the marker is written after every file of the
+checkpoint: a worker that dies while uploading leaves files nobody reads. A fetched checkpoint is checked against
+the marker's sizes and renamed into the cache only once whole, as meal_core saves one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from app.settings import Settings
+from meal_core import checkpoint as checkpoints
+from meal_core.inference import BASE, CheckpointError
+
+log = logging.getLogger(__name__)
+
+MARKER = ".complete"
+CONFIG_FILE = "config.json"
+RETRY_S = 60.0  # how long a store operation is retried before it fails (an S3 endpoint restarting, a network blip)
+T = TypeVar("T")
+
+
+class ArtifactError(RuntimeError):
+    """The store could not be read or written within RETRY_S, or holds a checkpoint that is not whole."""
+
+
+class ArtifactStore(Protocol):
+    """What the worker and the web server need of the store; `run_dir` is the machine's local copy of a run."""
+
+    def run_dir(self, run_id: int) -> Path: ...
+
+    def checkpoint_names(self, run_id: int) -> list[str]: ...
+
+    def publish(self, run_id: int, checkpoint: Path, keep_last: int) -> None: ...
+
+    def fetch(self, run_id: int, names: Iterable[str]) -> Path: ...
+
+    def fetch_latest(self, run_id: int) -> str | None: ...
+
+
+class LocalStore:
+    """The embedded default: the cache folder is the store, so publishing and fetching have nothing to do."""
+
+    def __init__(self, runs_dir: Path) -> None:
+        self.runs_dir = runs_dir
+
+    def run_dir(self, run_id: int) -> Path:
+        return self.runs_dir / f"run-{run_id}"
+
+    def checkpoint_names(self, run_id: int) -> list[str]:
+        return [path.name for path in checkpoints.list_checkpoints(self.run_dir(run_id))]
+
+    def publish(self, run_id: int, checkpoint: Path, keep_last: int) -> None:
+        """meal_core saved the checkpoint in place, complete (a rename), and pruned the old ones."""
+
+    def fetch(self, run_id: int, names: Iterable[str]) -> Path:
+        return self.run_dir(run_id)
+
+    def fetch_latest(self, run_id: int) -> str | None:
+        names = self.checkpoint_names(run_id)
+        return names[-1] if names else None
+
+
+class RemoteStore:
+    """A store that fsspec reaches (S3, or a folder other than the cache): checkpoints are uploaded file by file,
+    then their marker; fetched into the cache on first use and kept there while the store has them."""
+
+    def __init__(self, fs: Any, root: str, runs_dir: Path, retry_s: float = RETRY_S) -> None:
+        self.fs, self.root, self.runs_dir, self.retry_s = fs, root.rstrip("/"), runs_dir, retry_s
+
+    # -- addresses --------------------------------------------------------------------------------------------------
+
+    def run_dir(self, run_id: int) -> Path:
+        return self.runs_dir / f"run-{run_id}"
+
+    def _remote(self, run_id: int, *parts: str) -> str:
+        return "/".join([self.root, f"run-{run_id}", *parts])
+
+    def _checkpoints(self, run_id: int) -> str:
+        return self._remote(run_id, checkpoints.checkpoint_dir(Path()).name)
+
+    # -- reading ----------------------------------------------------------------------------------------------------
+
+    def checkpoint_names(self, run_id: int) -> list[str]:
+        """The run's complete checkpoints in the store, oldest first."""
+        folder = self._checkpoints(run_id)
+
+        def listing() -> list[str]:
+            self.fs.invalidate_cache(folder)  # another machine may have written since this process last looked
+            try:
+                entries = self.fs.ls(folder, detail=False)
+            except FileNotFoundError:
+                return []
+            return [entry.rsplit("/", 1)[-1] for entry in entries]
+
+        names = self._retrying(f"list the checkpoints of run {run_id}", listing)
+        return sorted(
+            name.removesuffix(MARKER) for name in names if name.endswith(MARKER) and name.startswith(checkpoints.PREFIX)
+        )
+
+    def fetch_latest(self, run_id: int) -> str | None:
+        """Bring the store's newest checkpoint into the cache (where Trainer.resume and LoadedRun look); None if the
+        store has none. Cached checkpoints the store no longer keeps are removed: the cache stays bounded."""
+        names = self.checkpoint_names(run_id)
+        if names:
+            self.fetch(run_id, [names[-1]])
+        for cached in checkpoints.list_checkpoints(self.run_dir(run_id)):
+            if cached.name not in names:
+                shutil.rmtree(cached, ignore_errors=True)
+        return names[-1] if names else None
+
+    def fetch(self, run_id: int, names: Iterable[str]) -> Path:
+        """Make the named checkpoints whole in the cache; returns the local run folder."""
+        local_run = self.run_dir(run_id)
+        for name in names:
+            if name == BASE:  # the untrained policy: nothing to fetch
+                continue
+            target = checkpoints.checkpoint_dir(local_run) / name
+            if (target / "state.pt").is_file():
+                continue  # complete: a checkpoint never changes once published
+            self._download(run_id, name, target)
+        return local_run
+
+    def _download(self, run_id: int, name: str, target: Path) -> None:
+        remote = f"{self._checkpoints(run_id)}/{name}"
+        try:
+            marker = self._retrying(f"read {name}'s marker", self.fs.cat_file, remote + MARKER)
+        except FileNotFoundError:
+            have = self.checkpoint_names(run_id) or "none"
+            raise CheckpointError(f"checkpoint {name!r}: the store has {have}") from None
+        sizes: dict[str, int] = json.loads(marker)
+        staging = target.with_name(f".{name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        for relative, size in sizes.items():
+            local = staging / relative
+            local.parent.mkdir(parents=True, exist_ok=True)
+            self._retrying(f"download {name}/{relative}", self.fs.get_file, f"{remote}/{relative}", str(local))
+            if local.stat().st_size != size:
+                raise ArtifactError(f"{name}/{relative}: {local.stat().st_size} bytes, its marker says {size}")
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        log.info("run %s: fetched checkpoint %s (%d files)", run_id, name, len(sizes))
+
+    # -- writing ----------------------------------------------------------------------------------------------------
+
+    def publish(self, run_id: int, checkpoint: Path, keep_last: int) -> None:
+        """Upload a checkpoint meal_core just saved (and the run's config), then its marker; then drop the store's
+        checkpoints beyond the newest `keep_last`, marker first, so none is ever visible while half deleted."""
+        files = {str(path.relative_to(checkpoint)): path for path in sorted(checkpoint.rglob("*")) if path.is_file()}
+        remote = f"{self._checkpoints(run_id)}/{checkpoint.name}"
+        config = checkpoint.parent.parent / CONFIG_FILE
+        if config.is_file():
+            self._retrying("upload the run's config", self.fs.put_file, str(config), self._remote(run_id, CONFIG_FILE))
+        for relative, path in files.items():
+            self._retrying(f"upload {checkpoint.name}/{relative}", self.fs.put_file, str(path), f"{remote}/{relative}")
+        marker = json.dumps({relative: path.stat().st_size for relative, path in files.items()}).encode()
+        self._retrying(f"mark {checkpoint.name} complete", self.fs.pipe_file, remote + MARKER, marker)
+        for old in self.checkpoint_names(run_id)[:-keep_last]:
+            self._retrying(f"drop {old}", self._drop, run_id, old)
+
+    def _drop(self, run_id: int, name: str) -> None:
+        remote = f"{self._checkpoints(run_id)}/{name}"
+        self.fs.rm_file(remote + MARKER)
+        with contextlib.suppress(FileNotFoundError):  # a marker whose files were already gone
+            self.fs.rm(remote, recursive=True)
+
+    # -- faults -----------------------------------------------------------------------------------------------------
+
+    def _retrying(self, what: str, action: Callable[..., T], *args: Any) -> T:
+        """action(*args), retried with back-off for retry_s when it fails for a reason other than a missing file."""
+        deadline, pause = time.monotonic() + self.retry_s, 0.5
+        while True:
+            try:
+                return action(*args)
+            except FileNotFoundError:
+                raise
+            except Exception as exc:
+                if time.monotonic() + pause > deadline:
+                    raise ArtifactError(f"the artefact store failed to {what}: {type(exc).__name__}: {exc}") from exc
+                log.warning("artefact store: could not %s (%s); retrying in %.1f s", what, exc, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 10.0)
+
+
+def storage_options(url: str) -> dict[str, Any]:
+    """fsspec's options for the URL. For S3: the endpoint of `AWS_ENDPOINT_URL` (boto reads the keys itself), and no
+    listing cache, since other machines write the same prefix."""
+    if "://" not in url or url.startswith("file://"):
+        return {"auto_mkdir": True}  # a shared folder: make a run's folders as its files are written
+    if not url.startswith("s3://"):
+        return {}
+    options: dict[str, Any] = {"use_listings_cache": False}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        options["client_kwargs"] = {"endpoint_url": endpoint}
+    return options
+
+
+def open_store(settings: Settings, retry_s: float = RETRY_S) -> ArtifactStore:
+    """The store the settings name: LocalStore for the default (no URL, or the cache folder itself). A web request
+    gives a shorter `retry_s` than a worker: it answers 503 rather than wait."""
+    url = settings.artifacts_url
+    if not url or ("://" not in url and Path(url).resolve() == settings.runs_dir.resolve()):
+        return LocalStore(settings.runs_dir)
+    import fsspec  # only where a store is configured
+
+    fs, root = fsspec.core.url_to_fs(url, **storage_options(url))
+    return RemoteStore(fs, root, settings.runs_dir, retry_s)
