@@ -15,10 +15,11 @@ os.environ["MEAL_ALLOWED_ROOTS"] = json.dumps([tempfile.gettempdir()])
 
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 from fault_helpers import Workers  # noqa: E402
-from helpers import build_tiny_causal_lm  # noqa: E402
+from helpers import CHROMIUM, CHROMIUM_ARGS, build_tiny_causal_lm  # noqa: E402
 
 from app.db import get_engine  # noqa: E402
 from app.migrate import upgrade  # noqa: E402
@@ -53,3 +54,33 @@ def workers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Workers]
     if report is None or report.failed:
         for worker in started.started:
             print(f"---- {worker.log_path.name} ----\n{worker.output()[-8000:]}")
+
+
+@pytest.fixture()
+def page_errors() -> list[str]:
+    """Uncaught exceptions and console errors of the test's page: a test ends by asserting there were none."""
+    return []
+
+
+@pytest.fixture()
+def page(page_errors: list[str]) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    def on_console(message: Any) -> None:
+        # A 4xx the page asked for on purpose (the invalid form submission) is logged by Chromium too: not a bug.
+        if message.type == "error" and "Failed to load resource" not in message.text:
+            page_errors.append(f"console: {message.text}")
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            # Playwright's wait_for_function evaluates its predicates in the page, which the panel's CSP forbids
+            # (no eval): the tests' own probes bypass it. test_pages_work_under_the_csp visits without bypass.
+            context = browser.new_context(viewport={"width": 1400, "height": 1000}, bypass_csp=True)
+            page = context.new_page()
+            page.set_default_timeout(20_000)
+            page.on("pageerror", lambda error: page_errors.append(f"page error: {error}"))
+            page.on("console", on_console)
+            yield page
+        finally:
+            browser.close()

@@ -222,23 +222,39 @@ def session_cookie(settings: Any, role: str = "trainer", name: str | None = None
         return cookie, login.csrf_token
 
 
+# -- the browser: Debian's Chromium, driven by playwright (tests/conftest.py's `page`) ------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
 # -- real worker processes -------------------------------------------------------------------------------------------
 
 MEAL = Path(sys.executable).with_name("meal")
 
 
-class WorkerProcess:
-    """`meal worker` in its own process group, its output in a file."""
+class ServiceProcess:
+    """A `meal` command (web server, worker, …) in its own process group, its output in a file."""
 
-    def __init__(self, env: dict[str, str], directory: Path, *args: str) -> None:
-        self.env, self.directory, self.args = env, directory, args
-        self.log_path = directory / f"worker-{uuid.uuid4().hex[:6]}.log"
+    kind = "service"
+
+    def __init__(self, command: list[str], env: dict[str, str], directory: Path) -> None:
+        self.command, self.env, self.directory = command, env, directory
+        self.log_path = directory / f"{self.kind}-{uuid.uuid4().hex[:6]}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [str(MEAL), "worker", "--name", f"test-{uuid.uuid4().hex[:8]}@%h", "--loglevel", "INFO", *self.args],
+                self.command,
                 env=self.env,
                 cwd=self.directory,
                 stdout=log,
@@ -270,6 +286,16 @@ class WorkerProcess:
                 self.process.wait(timeout=10)
         with_signal(self.process.pid, signal.SIGKILL)  # whatever is left of the group
         self.process.wait(timeout=10)
+
+
+class WorkerProcess(ServiceProcess):
+    """`meal worker` with a unique node name and INFO logging, plus `args`."""
+
+    kind = "worker"
+
+    def __init__(self, env: dict[str, str], directory: Path, *args: str) -> None:
+        name = f"test-{uuid.uuid4().hex[:8]}@%h"
+        super().__init__([str(MEAL), "worker", "--name", name, "--loglevel", "INFO", *args], env, directory)
 
 
 def with_signal(group: int, sig: signal.Signals) -> None:

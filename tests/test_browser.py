@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import WorkerProcess, ensure_user, session_cookie, trained_run, worker_env
+from helpers import CHROMIUM, WorkerProcess, ensure_user, session_cookie, trained_run, worker_env
 
 from app import run_state
 from app.auth import SESSION_COOKIE
@@ -34,16 +34,6 @@ from app.models import Evaluation, PlaygroundGeneration, RunStatus, Sample
 from app.queue import PLAYGROUND_QUEUE
 from app.settings import Settings
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SCREENSHOT = Path("/tmp/run_page.png")
 TIMEOUT_MS = 120_000
 
@@ -108,36 +98,6 @@ def meal_up(tmp_path: Path) -> Iterator[str]:
     finally:
         stop_process_group(process)
         print(f"--- meal up output ---\n{log_path.read_text()[-8000:]}")
-
-
-@pytest.fixture()
-def page_errors() -> list[str]:
-    """Uncaught exceptions and console errors of the test's page: a test ends by asserting there were none."""
-    return []
-
-
-@pytest.fixture()
-def page(page_errors: list[str]) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    def on_console(message: Any) -> None:
-        # A 4xx the page asked for on purpose (the invalid form submission) is logged by Chromium too: not a bug.
-        if message.type == "error" and "Failed to load resource" not in message.text:
-            page_errors.append(f"console: {message.text}")
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            # Playwright's wait_for_function evaluates its predicates in the page, which the panel's CSP forbids
-            # (no eval): the tests' own probes bypass it. test_pages_work_under_the_csp visits without bypass.
-            context = browser.new_context(viewport={"width": 1400, "height": 1000}, bypass_csp=True)
-            page = context.new_page()
-            page.set_default_timeout(20_000)
-            page.on("pageerror", lambda error: page_errors.append(f"page error: {error}"))
-            page.on("console", on_console)
-            yield page
-        finally:
-            browser.close()
 
 
 def tiny_form_values(model_dir: Path) -> dict[str, str]:
