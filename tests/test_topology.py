@@ -246,12 +246,12 @@ def test_the_compose_topology_survives_a_killed_worker_with_the_store_on_s3(
     assert generation["checkpoint"] == f"iter-{TOTAL:06d}"
 
     # The browser, against this topology: the admin of .env logs in and watches the resumed run's page.
-    page.goto(f"{base_url}/login")
+    page.goto(f"{base_url}/runs/{first}")
+    page.wait_for_url(re.compile(r".*/login\?next=.*"))
     page.fill("#login-name", ADMIN)
     page.fill("#login-password", machines.compose.dotenv["MEAL_ADMIN_PASSWORD"])
     page.click("#login-button")
-    page.wait_for_url(f"{base_url}/")
-    page.goto(f"{base_url}/runs/{first}")
+    page.wait_for_url(f"{base_url}/runs/{first}")
     page.wait_for_selector("#run-status", timeout=60_000)
     page.wait_for_function("document.querySelector('#run-status').textContent === 'succeeded'", timeout=60_000)
     page.wait_for_selector(".uplot canvas", timeout=60_000)

@@ -8,6 +8,10 @@ function safeNext(value) {
   return value && value.startsWith("/") && !value.startsWith("//") && !value.startsWith("/\\") ? value : "/";
 }
 
+// The button is disabled in the page until this module has taken over the form: a click before it would submit the
+// form natively, password included.
+document.getElementById("login-button").disabled = false;
+
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
   const box = document.getElementById("login-error");
