@@ -14,6 +14,10 @@ import torch
 PREFIX = "iter-"
 
 
+def name_of(iteration: int) -> str:
+    return f"{PREFIX}{iteration:06d}"
+
+
 def checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
 
@@ -51,7 +55,7 @@ def save_checkpoint(run_dir: Path, iteration: int, save_adapter: Any, state: dic
     """save_adapter(directory) writes the peft adapter; `state` is torch-saved beside it."""
     root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{PREFIX}{iteration:06d}"
+    final = root / name_of(iteration)
     staging = root / f".{final.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()

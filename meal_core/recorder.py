@@ -31,6 +31,10 @@ class Recorder(Protocol):
     def status(self, status: str, message: str | None = None) -> None: ...
     def progress(self, done: int, total: int, eta_seconds: float | None) -> None: ...
     def should_stop(self) -> bool: ...
+    def before_checkpoint(self) -> None:
+        """Write what is buffered, if it can: a checkpoint should not run ahead of the run's records (a run resumed
+        from it would never record the steps in between). Best effort: it must not raise."""
+        ...
 
 
 class NullRecorder:
@@ -53,6 +57,9 @@ class NullRecorder:
 
     def should_stop(self) -> bool:
         return False
+
+    def before_checkpoint(self) -> None:
+        return None
 
 
 class JsonlRecorder(NullRecorder):
@@ -141,3 +148,7 @@ class MultiRecorder:
 
     def should_stop(self) -> bool:
         return any(r.should_stop() for r in self.recorders)
+
+    def before_checkpoint(self) -> None:
+        for r in self.recorders:
+            r.before_checkpoint()

@@ -148,6 +148,7 @@ class Trainer:
         """`on_checkpoint(path)` is called after each checkpoint is saved, complete (the worker publishes it)."""
         self.config = config
         self.on_checkpoint = on_checkpoint
+        self._saved: Path | None = None  # the checkpoint this process saved last
         self.algo = config.algorithm
         self.names = config.objective_names
         self.k = len(self.names)
@@ -755,12 +756,17 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path:
-        saved = checkpoint.save_checkpoint(
+        """Save (once per iteration: the last one may be due both by `checkpoint.every` and at the end or a stop)
+        after the recorder has written what it holds, then hand it to `on_checkpoint`."""
+        if self._saved is not None and self._saved.name == checkpoint.name_of(self.iteration):
+            return self._saved
+        self.recorder.before_checkpoint()
+        self._saved = checkpoint.save_checkpoint(
             self.run_dir, self.iteration, self.policy.save_adapter, self.state_dict(), self.config.checkpoint.keep_last
         )
         if self.on_checkpoint is not None:
-            self.on_checkpoint(saved)
-        return saved
+            self.on_checkpoint(self._saved)
+        return self._saved
 
     def load_checkpoint(self, path: Path) -> None:
         state = checkpoint.load_state(path)

@@ -157,3 +157,32 @@ def test_stop_checkpoints_and_resume_continues(tiny_model_dir: Path, tmp_path: P
     resumed = Trainer(config, tmp_path)
     assert resumed.resume() and resumed.iteration == 1
     assert resumed.train() == "succeeded" and resumed.iteration == 3
+
+
+class CheckpointWatcher(NullRecorder):
+    """Notes, at each before_checkpoint, which checkpoints already exist and how many steps were recorded."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir, self.recorded, self.calls = run_dir, 0, []
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        self.recorded = max(self.recorded, step)
+
+    def before_checkpoint(self) -> None:
+        existing = sorted(p.name for p in (self.run_dir / "checkpoints").glob("iter-*"))
+        self.calls.append((self.recorded, existing))
+
+
+def test_the_recorder_is_flushed_before_each_checkpoint_and_each_iteration_saved_once(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A checkpoint must not run ahead of the records: the recorder gets before_checkpoint() when the iteration's
+    records are in and the checkpoint is not yet on disk. The last iteration, due by `every` and at the end, is
+    saved once."""
+    config = tiny_run_config(tiny_model_dir, checkpoint__every=2, iterations=4)
+    watcher = CheckpointWatcher(tmp_path)
+    saved: list[str] = []
+    Trainer(config, tmp_path, watcher, on_checkpoint=lambda path: saved.append(path.name)).train()
+    assert saved == ["iter-000002", "iter-000004"]
+    assert [recorded for recorded, _ in watcher.calls] == [2, 4]
+    assert [existing for _, existing in watcher.calls] == [[], ["iter-000002"]]

@@ -110,6 +110,14 @@ class DatabaseRecorder:
 
     # -- flushing -----------------------------------------------------------------------------------------------
 
+    def before_checkpoint(self) -> None:
+        """Flush now, so that a checkpoint is not published ahead of its records. If the database is away, the
+        rows stay buffered and the flush loop and close() keep trying, as always (give_up_s decides)."""
+        try:
+            self.flush()
+        except Exception as error:
+            log.warning("run %s: records not flushed before the checkpoint: %s", self.run_id, error)
+
     def _loop(self) -> None:
         failures = 0
         while not self._closing.wait(self.flush_s):
