@@ -39,8 +39,8 @@ RUN pip install -e . \
 # -- 3. the runtime -------------------------------------------------------------------------------------------------
 FROM python:${PYTHON}-slim
 RUN useradd --create-home --uid 10001 meal \
-    && mkdir -p /data /artifacts \
-    && chown meal:meal /data /artifacts
+    && mkdir -p /data \
+    && chown meal:meal /data
 COPY --from=python /opt/venv /opt/venv
 COPY --from=python /srv/meal /srv/meal
 COPY --from=assets /srv/meal/node_modules /srv/meal/node_modules

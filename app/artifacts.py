@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -59,6 +60,8 @@ class ArtifactStore(Protocol):
 
     def fetch_latest(self, run_id: int) -> str | None: ...
 
+    def adopt(self, run_id: int, keep_last: int) -> None: ...
+
 
 class LocalStore:
     """The embedded default: the cache folder is the store, so publishing and fetching have nothing to do."""
@@ -81,6 +84,9 @@ class LocalStore:
     def fetch_latest(self, run_id: int) -> str | None:
         names = self.checkpoint_names(run_id)
         return names[-1] if names else None
+
+    def adopt(self, run_id: int, keep_last: int) -> None:
+        """Nothing to adopt: the cache is the store."""
 
 
 class RemoteStore:
@@ -122,14 +128,25 @@ class RemoteStore:
 
     def fetch_latest(self, run_id: int) -> str | None:
         """Bring the store's newest checkpoint into the cache (where Trainer.resume and LoadedRun look); None if the
-        store has none. Cached checkpoints the store no longer keeps are removed: the cache stays bounded."""
+        store has none. Cached checkpoints older than it that the store no longer keeps leave the cache, so that it
+        stays bounded; newer ones stay (a trainer on this machine may be uploading one; see also `adopt`)."""
         names = self.checkpoint_names(run_id)
-        if names:
-            self.fetch(run_id, [names[-1]])
+        if not names:
+            return None
+        self.fetch(run_id, [names[-1]])
         for cached in checkpoints.list_checkpoints(self.run_dir(run_id)):
-            if cached.name not in names:
+            if cached.name < names[-1] and cached.name not in names:
                 shutil.rmtree(cached, ignore_errors=True)
-        return names[-1] if names else None
+        return names[-1]
+
+    def adopt(self, run_id: int, keep_last: int) -> None:
+        """Publish this machine's newest checkpoint of the run if the store has none as new: one saved before the
+        store was configured, or one whose upload was cut off. Called before a run resumes on this machine."""
+        cached = checkpoints.list_checkpoints(self.run_dir(run_id))
+        names = self.checkpoint_names(run_id)
+        if cached and (not names or cached[-1].name > names[-1]):
+            log.info("run %s: publishing checkpoint %s that the store did not have", run_id, cached[-1].name)
+            self.publish(run_id, cached[-1], keep_last)
 
     def fetch(self, run_id: int, names: Iterable[str]) -> Path:
         """Make the named checkpoints whole in the cache; returns the local run folder."""
@@ -145,22 +162,27 @@ class RemoteStore:
 
     def _download(self, run_id: int, name: str, target: Path) -> None:
         remote = f"{self._checkpoints(run_id)}/{name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # A staging folder of this download's own: other processes sharing the cache may fetch the same checkpoint.
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}.fetch-"))
         try:
-            marker = self._retrying(f"read {name}'s marker", self.fs.cat_file, remote + MARKER)
-        except FileNotFoundError:
+            sizes: dict[str, int] = json.loads(
+                self._retrying(f"read {name}'s marker", self.fs.cat_file, remote + MARKER)
+            )
+            for relative, size in sizes.items():
+                local = staging / relative
+                local.parent.mkdir(parents=True, exist_ok=True)
+                self._retrying(f"download {name}/{relative}", self.fs.get_file, f"{remote}/{relative}", str(local))
+                if local.stat().st_size != size:
+                    raise ArtifactError(f"{name}/{relative}: {local.stat().st_size} bytes, its marker says {size}")
+            if not (target / "state.pt").is_file():  # another process may have completed it meanwhile
+                shutil.rmtree(target, ignore_errors=True)
+                staging.rename(target)
+        except FileNotFoundError:  # not in the store, or pruned by its run's worker while we fetched it
             have = self.checkpoint_names(run_id) or "none"
             raise CheckpointError(f"checkpoint {name!r}: the store has {have}") from None
-        sizes: dict[str, int] = json.loads(marker)
-        staging = target.with_name(f".{name}.partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        for relative, size in sizes.items():
-            local = staging / relative
-            local.parent.mkdir(parents=True, exist_ok=True)
-            self._retrying(f"download {name}/{relative}", self.fs.get_file, f"{remote}/{relative}", str(local))
-            if local.stat().st_size != size:
-                raise ArtifactError(f"{name}/{relative}: {local.stat().st_size} bytes, its marker says {size}")
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         log.info("run %s: fetched checkpoint %s (%d files)", run_id, name, len(sizes))
 
     # -- writing ----------------------------------------------------------------------------------------------------
@@ -170,19 +192,31 @@ class RemoteStore:
         checkpoints beyond the newest `keep_last`, marker first, so none is ever visible while half deleted."""
         files = {str(path.relative_to(checkpoint)): path for path in sorted(checkpoint.rglob("*")) if path.is_file()}
         remote = f"{self._checkpoints(run_id)}/{checkpoint.name}"
+        # Published before (a resumed run saving the iteration it resumed at): invisible while it is rewritten.
+        self._retrying(f"withdraw {checkpoint.name}", self._remove_marker, remote + MARKER)
         config = checkpoint.parent.parent / CONFIG_FILE
         if config.is_file():
             self._retrying("upload the run's config", self.fs.put_file, str(config), self._remote(run_id, CONFIG_FILE))
         for relative, path in files.items():
             self._retrying(f"upload {checkpoint.name}/{relative}", self.fs.put_file, str(path), f"{remote}/{relative}")
         marker = json.dumps({relative: path.stat().st_size for relative, path in files.items()}).encode()
-        self._retrying(f"mark {checkpoint.name} complete", self.fs.pipe_file, remote + MARKER, marker)
+        self._retrying(f"mark {checkpoint.name} complete", self._write_marker, remote + MARKER, marker)
         for old in self.checkpoint_names(run_id)[:-keep_last]:
             self._retrying(f"drop {old}", self._drop, run_id, old)
 
+    def _write_marker(self, path: str, content: bytes) -> None:
+        """Whole or not at all: written beside it, then moved (an S3 object is whole anyway; a file is not)."""
+        partial = f"{path}.{os.getpid()}.partial"
+        self.fs.pipe_file(partial, content)
+        self.fs.mv(partial, path)
+
+    def _remove_marker(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(path)
+
     def _drop(self, run_id: int, name: str) -> None:
         remote = f"{self._checkpoints(run_id)}/{name}"
-        self.fs.rm_file(remote + MARKER)
+        self._remove_marker(remote + MARKER)
         with contextlib.suppress(FileNotFoundError):  # a marker whose files were already gone
             self.fs.rm(remote, recursive=True)
 
@@ -204,7 +238,7 @@ class RemoteStore:
                 pause = min(pause * 2, 10.0)
 
 
-def storage_options(url: str) -> dict[str, Any]:
+def storage_options(url: str, quick: bool = False) -> dict[str, Any]:
     """fsspec's options for the URL. For S3: the endpoint of `AWS_ENDPOINT_URL` (boto reads the keys itself), and no
     listing cache, since other machines write the same prefix."""
     if "://" not in url or url.startswith("file://"):
@@ -215,6 +249,8 @@ def storage_options(url: str) -> dict[str, Any]:
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         options["client_kwargs"] = {"endpoint_url": endpoint}
+    if quick:  # a web request: fail within seconds rather than through botocore's own retries
+        options["config_kwargs"] = {"connect_timeout": 2, "read_timeout": 10, "retries": {"max_attempts": 1}}
     return options
 
 
@@ -222,9 +258,13 @@ def open_store(settings: Settings, retry_s: float = RETRY_S) -> ArtifactStore:
     """The store the settings name: LocalStore for the default (no URL, or the cache folder itself). A web request
     gives a shorter `retry_s` than a worker: it answers 503 rather than wait."""
     url = settings.artifacts_url
-    if not url or ("://" not in url and Path(url).resolve() == settings.runs_dir.resolve()):
+    folder = url.removeprefix("file://")
+    if not url or ("://" not in folder and Path(folder).resolve() == settings.runs_dir.resolve()):
         return LocalStore(settings.runs_dir)
     import fsspec  # only where a store is configured
 
-    fs, root = fsspec.core.url_to_fs(url, **storage_options(url))
+    quick = retry_s < RETRY_S
+    fs, root = fsspec.core.url_to_fs(url, **storage_options(url, quick))
+    if quick and hasattr(fs, "retries"):
+        fs.retries = 1  # s3fs retries some errors itself, 5 times by default
     return RemoteStore(fs, root, settings.runs_dir, retry_s)

@@ -351,6 +351,22 @@ def worker_env(settings: Any) -> dict[str, str]:
 # -- fault injection: a private Redis server, a TCP proxy that can cut a connection -----------------------------------
 
 
+def wait_healthy(base_url: str, alive: Any, what: Any = "", timeout: float = 120) -> None:
+    """Poll `/healthz` until it answers 200; fail when `alive()` turns false or the time is up, showing `what()`."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if not alive() or time.monotonic() > deadline:
+            pytest.fail(f"the web server at {base_url} did not become healthy: {what() if callable(what) else what}")
+        time.sleep(0.3)
+
+
 def free_port() -> int:
     """A TCP port of 127.0.0.1 that nothing listens on now."""
     with socket.socket() as sock:

@@ -106,6 +106,33 @@ def test_old_checkpoints_are_pruned_in_the_store_and_in_caches(store_url: str, t
         reader.fetch(3, ["iter-000001"])
 
 
+def test_a_checkpoint_the_store_lacks_is_kept_and_adopted(store_url: str, tmp_path: Path) -> None:
+    """A checkpoint saved before the store was configured (or whose upload was cut off) is newer than anything in
+    the store: fetching does not remove it, and adopting publishes it."""
+    first = machine(store_url, tmp_path / "a")
+    first.publish(4, fake_checkpoint(first.run_dir(4), 1, b"1"), keep_last=2)
+    local_only = fake_checkpoint(first.run_dir(4), 2, b"2")
+    assert first.fetch_latest(4) == "iter-000001"
+    assert local_only.is_dir()
+    first.adopt(4, keep_last=2)
+    other = machine(store_url, tmp_path / "b")
+    assert other.fetch_latest(4) == "iter-000002"
+    assert files_of(other.run_dir(4) / "checkpoints" / "iter-000002") == files_of(local_only)
+
+
+def test_publishing_an_iteration_again_replaces_it_whole(store_url: str, tmp_path: Path) -> None:
+    writer = machine(store_url, tmp_path / "a")
+    saved = fake_checkpoint(writer.run_dir(6), 3, b"old")
+    writer.publish(6, saved, keep_last=2)
+    (saved / "state.pt").write_bytes(b"new state")
+    writer.publish(6, saved, keep_last=2)
+    reader = machine(store_url, tmp_path / "b")
+    assert reader.fetch_latest(6) == "iter-000003"
+    assert (reader.run_dir(6) / "checkpoints" / "iter-000003" / "state.pt").read_bytes() == b"new state"
+    assert writer.checkpoint_names(6) == ["iter-000003"]
+    assert not [p for p in writer.fs.ls(f"{writer.root}/run-6/checkpoints", detail=False) if "partial" in p]
+
+
 def test_a_fetched_checkpoint_that_is_not_whole_is_refused(store_url: str, tmp_path: Path) -> None:
     writer = machine(store_url, tmp_path / "a")
     writer.publish(5, fake_checkpoint(writer.run_dir(5), 4), keep_last=1)
@@ -154,12 +181,14 @@ def test_a_run_resumed_on_another_machine_from_the_store_is_exact(
 
     first, second = machine(store_url, tmp_path / "a"), machine(store_url, tmp_path / "b")
     records = tmp_path / "records"  # the database's part, shared by both machines
-    Trainer(
-        config,
-        first.run_dir(1),
-        JsonlRecorder(records),
-        on_checkpoint=lambda saved: first.publish(1, saved, config.checkpoint.keep_last),
-    ).train(2)
+    published: list[str] = []
+
+    def publish(saved: Path) -> None:
+        published.append(saved.name)
+        first.publish(1, saved, config.checkpoint.keep_last)
+
+    Trainer(config, first.run_dir(1), JsonlRecorder(records), on_checkpoint=publish).train(2)
+    assert published == ["iter-000002"]  # due by checkpoint.every and at the end: saved and published once
     assert not second.run_dir(1).exists()
     assert second.fetch_latest(1) == "iter-000002"
     resumed = Trainer(config, second.run_dir(1), JsonlRecorder(records))

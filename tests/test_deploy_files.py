@@ -67,16 +67,17 @@ def test_the_dockerfile_copies_only_what_exists_and_runs_an_installed_command() 
     parser.parse_args(cmd[1:])
 
 
-def test_the_app_finds_its_folders_beside_its_packages() -> None:
-    """What the image must hold at /srv/meal besides the packages (the Dockerfile copies each)."""
-    for folder in (
-        app_main.UPLOT_DIST,
-        app_main.SWAGGER_DIST,
-        migrate.MIGRATIONS,
-        Path(pages.TEMPLATES.env.loader.searchpath[0]),
-    ):  # type: ignore[attr-defined]
+def test_the_image_holds_the_folders_the_app_finds_beside_its_packages() -> None:
+    """The app reads templates, migrations and npm assets relative to its package folders: the runtime stage (the
+    Dockerfile's last) must copy each to the same place under /srv/meal."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    runtime = dockerfile[dockerfile.rindex("\nFROM ") :]
+    copied = {line.split()[-1].rstrip("/") for line in re.findall(r"^COPY (.+)$", runtime, flags=re.M)}
+    searchpath = pages.TEMPLATES.env.loader.searchpath[0]  # type: ignore[attr-defined]
+    for folder in (app_main.UPLOT_DIST, app_main.SWAGGER_DIST, migrate.MIGRATIONS, Path(searchpath)):
         assert folder.is_dir(), folder
-        assert folder.resolve().is_relative_to(ROOT), folder
+        top = folder.resolve().relative_to(ROOT).parts[0]
+        assert f"/srv/meal/{top}" in copied, f"the Dockerfile's runtime stage does not copy /srv/meal/{top}"
 
 
 @pytest.mark.parametrize("profiles", [[], ["--profile", "minio"]], ids=["default", "minio"])

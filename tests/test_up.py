@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import bearer, tiny_run_config
+from helpers import bearer, tiny_run_config, wait_healthy
 
 from app.settings import Settings
 
@@ -37,15 +37,7 @@ def up(tmp_path: Path) -> Iterator[tuple[str, Settings, Path]]:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.3)
+        wait_healthy(base, lambda: process.poll() is None, lambda: log.read_text()[-3000:])
         yield base, Settings(data_dir=data), log
     finally:
         os.killpg(process.pid, signal.SIGTERM)

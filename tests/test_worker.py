@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from db_fixtures import REDIS_DB_WORKER, redis_broker_url
+from fault_helpers import CHEAP
 from helpers import WorkerProcess, bearer, tiny_run_config, with_signal
 from live_server import Event, EventStream, live_server
 
@@ -25,20 +25,8 @@ from app.queue import enqueue_training
 from app.settings import Settings
 from meal_core.checkpoint import latest_checkpoint
 
-MEAL = Path(sys.executable).with_name("meal")
 TOTAL = 8  # iterations of the stop/resume run
 KEY = "reward/positivity"  # recorded at every iteration
-# Even cheaper than tiny_run_config's defaults: the worker shares two CPU cores with the test and the server.
-CHEAP = {
-    "data__prompts_per_iteration": 2,
-    "algorithm__samples_per_prompt": 2,
-    "algorithm__max_new_tokens": 8,
-    "algorithm__calibration_prompts": 2,
-    "eval__prompts": 1,
-    "eval__grid_points": 2,
-    "eval__probe_pairs": 2,
-    "eval__at_start": False,
-}
 
 
 @dataclass

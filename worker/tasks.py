@@ -71,8 +71,10 @@ def train_run(run_id: int) -> str:
     try:
         config = parse_config(stored_config)
         store = open_store(settings)
-        # Resuming on any machine: the store's newest checkpoint into this machine's cache, where resume looks.
+        # Resuming on any machine: the store's newest checkpoint into this machine's cache, where resume looks (or
+        # this machine's own, published first, if it is newer).
         store.fetch_latest(run_id)
+        store.adopt(run_id, config.checkpoint.keep_last)
         trainer = Trainer(
             config,
             store.run_dir(run_id),

@@ -153,6 +153,8 @@ def run_checkpoints(run_id: RunId, session: SessionDep, settings: SettingsDep) -
         names = open_store(settings, retry_s=STORE_WAIT_S).checkpoint_names(run_id)
     except ArtifactError as exc:
         raise HTTPException(503, str(exc)) from exc
+    except Exception as exc:  # a URL fsspec cannot open, a bucket that is gone: the operator's to fix, not a 500
+        raise HTTPException(503, f"the artefact store cannot be read: {type(exc).__name__}") from exc
     return [*reversed(names), BASE]
 
 
