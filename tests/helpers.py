@@ -367,6 +367,17 @@ def wait_healthy(base_url: str, alive: Any, what: Any = "", timeout: float = 120
         time.sleep(0.3)
 
 
+def terminate(process: subprocess.Popen[bytes] | None, grace: float = 30) -> None:
+    """SIGTERM a server process of a test, SIGKILL if it is still there after `grace` seconds."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+
+
 def free_port() -> int:
     """A TCP port of 127.0.0.1 that nothing listens on now."""
     with socket.socket() as sock:
@@ -420,12 +431,7 @@ class RedisServer:
             self.process.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        terminate(self.process)
 
 
 class TcpProxy:
@@ -555,9 +561,4 @@ class S3Server:
         return f"s3://{name}/artifacts"
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        terminate(self.process)
