@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from app.models import Role
-from app.queue import PLAYGROUND_QUEUE
-from app.settings import Settings
+from app.store.models import Role
+from app.store.queue import PLAYGROUND_QUEUE
+from app.store.settings import Settings
 from meal_core.cli import CLIError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -32,8 +32,8 @@ def register_migrate(sub: argparse._SubParsersAction) -> Handler:  # type: ignor
 
 
 def migrate(args: argparse.Namespace) -> int:
-    from app.migrate import upgrade
-    from app.settings import Settings
+    from app.store.migrate import upgrade
+    from app.store.settings import Settings
 
     _apply_data_dir(args)
     settings = Settings()
@@ -59,8 +59,8 @@ def web(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.main import create_app
-    from app.migrate import upgrade
-    from app.settings import Settings
+    from app.store.migrate import upgrade
+    from app.store.settings import Settings
 
     _apply_data_dir(args)
     settings = Settings()
@@ -94,7 +94,7 @@ def _interrupt(signum: int, frame: object) -> None:  # noqa: ARG001
 def up(args: argparse.Namespace) -> int:
     """Migrate, then run `meal web`, the training worker and the playground worker as child processes, restarting
     any that dies; Ctrl-C stops them all."""
-    from app.migrate import upgrade
+    from app.store.migrate import upgrade
 
     _apply_data_dir(args)
     settings = Settings()
@@ -176,8 +176,8 @@ class Child:
 
     def fail_its_runs(self, settings: Settings, reason: str) -> list[int]:
         """The runs this worker held: the worker names itself host:pid (worker.tasks.worker_name)."""
-        from app import run_state
-        from app.db import session_scope
+        from app.store import run_state
+        from app.store.db import session_scope
 
         assert self.process is not None
         try:
@@ -232,9 +232,9 @@ def register_users(sub: argparse._SubParsersAction) -> Handler:  # type: ignore[
 
 def users(args: argparse.Namespace) -> int:
     from app import auth
-    from app.db import session_scope
-    from app.migrate import upgrade
-    from app.models import User
+    from app.store.db import session_scope
+    from app.store.migrate import upgrade
+    from app.store.models import User
 
     settings = _settings(args)
     upgrade(settings.database_url)
@@ -275,8 +275,8 @@ def register_tokens(sub: argparse._SubParsersAction) -> Handler:  # type: ignore
 
 def tokens(args: argparse.Namespace) -> int:
     from app import auth
-    from app.db import session_scope
-    from app.migrate import upgrade
+    from app.store.db import session_scope
+    from app.store.migrate import upgrade
 
     settings = _settings(args)
     upgrade(settings.database_url)
@@ -318,7 +318,7 @@ def embedded_first_admin(settings: Settings) -> str | None:
     """Embedded mode's first start: an `admin` user with no password and a one-time login link for it (returned);
     None when users exist already."""
     from app import auth
-    from app.db import session_scope
+    from app.store.db import session_scope
 
     keyring = auth.Keyring(auth.load_secret(settings))
     with session_scope(settings.database_url) as session:
@@ -332,7 +332,7 @@ def deployed_first_admin(settings: Settings) -> None:
     """Deployed mode refuses a missing or example secret, and creates the first admin from MEAL_ADMIN_NAME and
     MEAL_ADMIN_PASSWORD when the database has no user yet."""
     from app import auth
-    from app.db import session_scope
+    from app.store.db import session_scope
 
     try:
         auth.load_secret(settings)

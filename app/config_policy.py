@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.models import Role
-from app.settings import Settings
+from app.store.models import Role
+from app.store.settings import Settings
 from meal_core.config import DEFAULT_MODEL, RunConfig
 
 

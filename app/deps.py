@@ -11,9 +11,9 @@ from fastapi import Depends, HTTPException, Path, Request
 from sqlalchemy.orm import Session
 
 from app.auth import CSRF_HEADER, SESSION_COOKIE, Keyring, session_user, token_user
-from app.db import session_scope
-from app.models import Role, Run
-from app.settings import Settings
+from app.store.db import session_scope
+from app.store.models import Role, Run
+from app.store.settings import Settings
 
 
 def get_settings_dep(request: Request) -> Settings:

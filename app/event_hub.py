@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, replace
 
 from starlette.concurrency import run_in_threadpool
 
-from app.db import session_scope
 from app.events import PART_OF_EVENT, Cursor, StreamEvent, current_cursor, new_events
+from app.store.db import session_scope
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 from sqlalchemy import ColumnElement, func, select, true
 from sqlalchemy.orm import Session
 
-from app.models import Evaluation, MetricPoint, Run, Sample
 from app.schemas import EvaluationOut, RunOut, SampleOut
+from app.store.models import Evaluation, MetricPoint, Run, Sample
 
 MAX_POINTS_PER_EVENT = 5000
 MAX_SAMPLES_PER_EVENT = 200

@@ -20,9 +20,7 @@ from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from app import run_state
 from app.auth import Keyring, LoginLimiter, load_secret
-from app.db import session_scope
 from app.deps import SAFE_METHODS, LoginRequired, PageForbidden, ReviewerPage, UserDep
 from app.event_hub import EventHub
 from app.routers import (
@@ -39,8 +37,10 @@ from app.routers import (
     samples,
 )
 from app.routers.pages import TEMPLATES, home_for
-from app.settings import Settings, get_settings
-from app.sql import refused_nul
+from app.store import run_state
+from app.store.db import session_scope
+from app.store.settings import Settings, get_settings
+from app.store.sql import refused_nul
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,7 +27,7 @@ from scipy.stats import spearmanr
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.models import PlaygroundGeneration, Review, ReviewItem, ReviewQueue, Sample, utcnow
+from app.store.models import PlaygroundGeneration, Review, ReviewItem, ReviewQueue, Sample, utcnow
 
 SINGLE, COMPARISON = "single", "comparison"
 RATINGS = ("1", "2", "3", "4", "5")

@@ -45,8 +45,8 @@ sys.path.insert(0, str(BENCH))
 
 from panel import ROOT, Server, admin_headers, bench_database, free_port, log, new_run, percentile  # noqa: E402
 
-from app.db import session_scope  # noqa: E402
-from app.metric_store import Point, ingest  # noqa: E402
+from app.store.db import session_scope  # noqa: E402
+from app.store.metric_store import Point, ingest  # noqa: E402
 
 PROBE_KEY = "bench/written_at"
 WRITE_INTERVAL_S = 0.25
@@ -110,9 +110,9 @@ def serve(port: int, count_file: Path) -> None:
     import uvicorn
     from sqlalchemy import event
 
-    from app.db import get_engine
     from app.main import create_app
-    from app.settings import get_settings
+    from app.store.db import get_engine
+    from app.store.settings import get_settings
 
     app = create_app()
     statements = 0

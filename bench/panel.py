@@ -6,7 +6,7 @@ Measured in one run:
     recorder:  `worker.recorder.DatabaseRecorder.metrics(step, {30 keys})` in a loop (values computed beforehand),
                then `close()`; timed from the first call until close() returns, i.e. until every point is committed
                (the background flush thread writes while the loop runs). Checked: the run holds every point.
-    series:    one key, 1,000,000 points, through `app.metric_store.ingest` in batches of 5,000 (one transaction
+    series:    one key, 1,000,000 points, through `app.store.metric_store.ingest` in batches of 5,000 (one transaction
                each): the series the chart query reads.
 (2) chart query: GET /api/runs/{id}/metrics?keys=<the 1M key>&max_points=1000 through the real HTTP API (uvicorn in
     a subprocess, one httpx client and keep-alive connection), after 3 warm-up calls; median and p95 of ≥ 30 calls.
@@ -60,13 +60,13 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app import run_state  # noqa: E402
 from app.auth import Keyring, create_token, create_user, find_user, load_secret  # noqa: E402
-from app.db import get_engine, session_scope  # noqa: E402
-from app.metric_store import Point, ingest  # noqa: E402
-from app.migrate import upgrade  # noqa: E402
-from app.models import MetricPoint, Role  # noqa: E402
-from app.settings import Settings  # noqa: E402
+from app.store import run_state  # noqa: E402
+from app.store.db import get_engine, session_scope  # noqa: E402
+from app.store.metric_store import Point, ingest  # noqa: E402
+from app.store.migrate import upgrade  # noqa: E402
+from app.store.models import MetricPoint, Role  # noqa: E402
+from app.store.settings import Settings  # noqa: E402
 from worker.recorder import DatabaseRecorder  # noqa: E402
 
 SERIES_KEY = "loss/policy"

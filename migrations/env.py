@@ -1,12 +1,12 @@
-"""Alembic environment: the URL comes from the caller (app.migrate) or the app settings."""
+"""Alembic environment: the URL comes from the caller (app.store.migrate) or the app settings."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from app.db import get_engine
-from app.models import Base
-from app.settings import get_settings
+from app.store.db import get_engine
+from app.store.models import Base
+from app.store.settings import get_settings
 
 url = context.config.get_main_option("sqlalchemy.url") or get_settings().database_url
 

@@ -21,9 +21,9 @@ import pytest  # noqa: E402
 from fault_helpers import Workers  # noqa: E402
 from helpers import CHROMIUM, CHROMIUM_ARGS, build_tiny_causal_lm  # noqa: E402
 
-from app.db import get_engine  # noqa: E402
-from app.migrate import upgrade  # noqa: E402
-from app.settings import Settings  # noqa: E402
+from app.store.db import get_engine  # noqa: E402
+from app.store.migrate import upgrade  # noqa: E402
+from app.store.settings import Settings  # noqa: E402
 
 # Real PostgreSQL / SQLite databases and brokers for the control panel's tests (tests/db_fixtures.py).
 pytest_plugins = ["db_fixtures"]

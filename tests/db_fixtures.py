@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from app.db import get_engine
-from app.migrate import upgrade
+from app.store.db import get_engine
+from app.store.migrate import upgrade
 
 POSTGRES_URL = os.environ.get("MEAL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("MEAL_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")

@@ -19,9 +19,9 @@ from helpers import WorkerProcess, bearer, tiny_run_config
 from live_server import live_server
 from sqlalchemy import func, select
 
-from app.db import session_scope
-from app.models import Evaluation, MetricPoint, Sample
-from app.settings import Settings
+from app.store.db import session_scope
+from app.store.models import Evaluation, MetricPoint, Sample
+from app.store.settings import Settings
 from meal_core.checkpoint import latest_checkpoint
 
 KEY = "reward/positivity"  # recorded at every iteration

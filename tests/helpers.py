@@ -178,8 +178,8 @@ def paced_letters(prompts: list[str], responses: list[str]) -> list[float]:
 def ensure_user(settings: Any, name: str, role: str, password: str | None = None) -> None:
     """A user of that role in the settings' database (created if missing; its role set if it exists)."""
     from app import auth
-    from app.db import session_scope
-    from app.models import Role
+    from app.store.db import session_scope
+    from app.store.models import Role
 
     with session_scope(settings.database_url) as session:
         user = auth.find_user(session, name)
@@ -193,7 +193,7 @@ def ensure_user(settings: Any, name: str, role: str, password: str | None = None
 def as_user(settings: Any, role: str, name: str | None) -> Iterator[tuple[Any, Any, Any]]:
     """(database session, keyring, user) for a user of `role`, named after the role unless `name` is given."""
     from app import auth
-    from app.db import session_scope
+    from app.store.db import session_scope
 
     name = name or role
     ensure_user(settings, name, role)
@@ -306,9 +306,9 @@ def with_signal(group: int, sig: signal.Signals) -> None:
 def trained_run(settings: Any, model_dir: Path, created_by: str = "ana") -> int:
     """A stored run of the tiny model trained for two iterations (a checkpoint each) in the settings' runs folder,
     with its last evaluation in the database: what the playground and review need."""
-    from app import run_state
-    from app.db import session_scope
-    from app.models import Evaluation
+    from app.store import run_state
+    from app.store.db import session_scope
+    from app.store.models import Evaluation
     from meal_core.recorder import NullRecorder
     from meal_core.trainer import Trainer
 

@@ -17,7 +17,7 @@ import httpx
 import uvicorn
 
 from app.main import create_app
-from app.settings import Settings
+from app.store.settings import Settings
 
 
 @contextmanager

@@ -21,14 +21,14 @@ from helpers import bearer, tiny_run_config
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from app import run_state
-from app.db import session_scope
 from app.main import create_app
-from app.metric_store import ROLLUP_BASE, ROLLUP_LEVELS, Point, ingest
-from app.models import Evaluation, MetricLatest, MetricPoint, MetricRollup, Run, RunStatus, Sample
-from app.queue import QUEUE
-from app.settings import Settings
-from app.sql import insert_ignoring_duplicates
+from app.store import run_state
+from app.store.db import session_scope
+from app.store.metric_store import ROLLUP_BASE, ROLLUP_LEVELS, Point, ingest
+from app.store.models import Evaluation, MetricLatest, MetricPoint, MetricRollup, Run, RunStatus, Sample
+from app.store.queue import QUEUE
+from app.store.settings import Settings
+from app.store.sql import insert_ignoring_duplicates
 from meal_core.config import RunConfig, parse_config
 
 UNREACHABLE_BROKER = "redis://127.0.0.1:1/0"  # nothing listens on port 1

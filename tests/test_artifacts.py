@@ -13,10 +13,10 @@ import pytest
 from helpers import S3Server, bearer, deterministic_metrics, free_port, tiny_run_config
 from live_server import live_server
 
-from app.artifacts import MARKER, ArtifactError, LocalStore, RemoteStore, open_store
-from app.db import session_scope
-from app.models import Run
-from app.settings import Settings
+from app.store.artifacts import MARKER, ArtifactError, LocalStore, RemoteStore, open_store
+from app.store.db import session_scope
+from app.store.models import Run
+from app.store.settings import Settings
 from meal_core.inference import CheckpointError
 from meal_core.recorder import JsonlRecorder, read_jsonl
 from meal_core.trainer import Trainer

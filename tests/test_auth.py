@@ -17,11 +17,11 @@ from sqlalchemy import select
 
 from app import auth
 from app.cli import deployed_first_admin, embedded_first_admin
-from app.db import get_engine, session_scope
 from app.main import create_app
-from app.migrate import upgrade
-from app.models import ApiToken, Role, User, UserSession
-from app.settings import Settings
+from app.store.db import get_engine, session_scope
+from app.store.migrate import upgrade
+from app.store.models import ApiToken, Role, User, UserSession
+from app.store.settings import Settings
 from meal_core.cli import CLIError
 
 PUBLIC, ANY_USER = "public", "any user"

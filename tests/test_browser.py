@@ -25,14 +25,14 @@ import httpx
 import pytest
 from helpers import CHROMIUM, WorkerProcess, ensure_user, session_cookie, trained_run, worker_env
 
-from app import run_state
 from app.auth import SESSION_COOKIE
-from app.db import get_engine, session_scope
-from app.metric_store import Point, ingest
-from app.migrate import upgrade
-from app.models import Evaluation, PlaygroundGeneration, RunStatus, Sample
-from app.queue import PLAYGROUND_QUEUE
-from app.settings import Settings
+from app.store import run_state
+from app.store.db import get_engine, session_scope
+from app.store.metric_store import Point, ingest
+from app.store.migrate import upgrade
+from app.store.models import Evaluation, PlaygroundGeneration, RunStatus, Sample
+from app.store.queue import PLAYGROUND_QUEUE
+from app.store.settings import Settings
 
 SCREENSHOT = Path("/tmp/run_page.png")
 TIMEOUT_MS = 120_000

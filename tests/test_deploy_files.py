@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from app import main as app_main
-from app import migrate
 from app.routers import pages
+from app.store import migrate
 from meal_core.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +44,7 @@ def test_every_compose_command_parses_with_the_installed_cli(service: str, comma
 
 
 def test_every_meal_setting_compose_sets_exists() -> None:
-    from app.settings import Settings
+    from app.store.settings import Settings
 
     environment = services()["web"]["environment"]
     names = {name.removeprefix("MEAL_").lower() for name in environment if name.startswith("MEAL_")}

@@ -20,13 +20,14 @@ from live_server import Event, EventStream, live_server
 from sqlalchemy import delete, make_url, select
 from sqlalchemy import event as sqlalchemy_event
 
-from app import event_hub, run_state
-from app.db import get_engine, session_scope
+from app import event_hub
 from app.events import MAX_POINTS_PER_EVENT, Cursor, StreamEvent, current_cursor, new_events
-from app.metric_store import Point, ingest
-from app.models import Evaluation, Run, Sample
-from app.settings import Settings
-from app.sql import insert_ignoring_duplicates
+from app.store import run_state
+from app.store.db import get_engine, session_scope
+from app.store.metric_store import Point, ingest
+from app.store.models import Evaluation, Run, Sample
+from app.store.settings import Settings
+from app.store.sql import insert_ignoring_duplicates
 
 
 def new_run(url: str) -> int:

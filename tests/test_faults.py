@@ -46,8 +46,8 @@ from fault_helpers import (
 from helpers import RedisServer, TcpProxy, tiny_run_config, with_signal
 from sqlalchemy.engine import make_url
 
-from app.queue import QUEUE, VISIBILITY_TIMEOUT_S
-from app.settings import Settings
+from app.store.queue import QUEUE, VISIBILITY_TIMEOUT_S
+from app.store.settings import Settings
 
 # -- where each test's runs live ---------------------------------------------------------------------------------------
 
@@ -231,7 +231,7 @@ def test_the_redis_broker_keeps_a_message_out_for_the_configured_visibility_time
 ) -> None:
     """A training message is acknowledged when its run ends (acks_late); kombu's Redis default (1 h) would hand a
     longer run's message to another worker. The worker's and the panel's Celery apps both apply ours."""
-    from app.queue import broker_client
+    from app.store.queue import broker_client
     from worker.celery_app import make_celery
 
     assert VISIBILITY_TIMEOUT_S >= 24 * 3600

@@ -17,7 +17,7 @@ from live_server import live_server
 from pydantic import BaseModel
 
 from app.main import create_app
-from app.settings import Settings
+from app.store.settings import Settings
 from meal_core.config import ObjectiveConfig, RunConfig
 
 ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
@@ -144,8 +144,8 @@ def test_config_text_too_deeply_nested_or_with_too_long_a_number_is_a_422(traine
 
 
 def test_a_sample_step_beyond_any_database_is_a_422(trainer: TestClient, embedded_settings: Settings) -> None:
-    from app import run_state
-    from app.db import session_scope
+    from app.store import run_state
+    from app.store.db import session_scope
 
     with session_scope(embedded_settings.database_url) as session:
         run_id = run_state.create_run(session, "r", {}, 1, "t").id
@@ -156,8 +156,8 @@ def test_a_sample_step_beyond_any_database_is_a_422(trainer: TestClient, embedde
 def test_nul_characters_are_refused_where_the_database_cannot_store_them(database_url: str, tmp_path: Path) -> None:
     """PostgreSQL stores NUL in no text or JSONB column (SQLite does): whatever carries one is a 422 there, never
     a 500."""
-    from app import run_state
-    from app.db import session_scope
+    from app.store import run_state
+    from app.store.db import session_scope
 
     settings = Settings(data_dir=tmp_path, database_url=database_url, broker_url=f"sqla+sqlite:///{tmp_path / 'b'}")
     with session_scope(settings.database_url) as session:
@@ -194,8 +194,8 @@ def test_pages_with_odd_ids(app, embedded_settings: Settings) -> None:  # type: 
 
 
 def test_metrics_keys_are_capped(trainer: TestClient, embedded_settings: Settings) -> None:
-    from app import run_state
-    from app.db import session_scope
+    from app.store import run_state
+    from app.store.db import session_scope
 
     with session_scope(embedded_settings.database_url) as session:
         run_id = run_state.create_run(session, "r", {}, 1, "t").id
@@ -206,8 +206,8 @@ def test_metrics_keys_are_capped(trainer: TestClient, embedded_settings: Setting
 
 
 def test_the_runs_list_leaves_configs_out(trainer: TestClient, embedded_settings: Settings) -> None:
-    from app import run_state
-    from app.db import session_scope
+    from app.store import run_state
+    from app.store.db import session_scope
 
     with session_scope(embedded_settings.database_url) as session:
         config = {"objectives": [{"name": "a"}, {"name": "b"}], "model": {"name_or_path": "m" * 400}}
@@ -271,8 +271,8 @@ def test_only_configured_hosts_are_served_and_every_answer_has_security_headers(
 def test_a_huge_last_event_id_starts_the_stream_from_the_beginning(
     embedded_settings: Settings, tiny_model_dir: Path
 ) -> None:
-    from app import run_state
-    from app.db import session_scope
+    from app.store import run_state
+    from app.store.db import session_scope
 
     with session_scope(embedded_settings.database_url) as session:
         run_id = run_state.create_run(session, "r", tiny_run_config(tiny_model_dir).model_dump(mode="json"), 1, "t").id

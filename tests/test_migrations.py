@@ -13,9 +13,9 @@ from alembic.script import ScriptDirectory
 from db_fixtures import DATABASES, create_postgres_database, drop_postgres_database
 from sqlalchemy import inspect
 
-from app.db import get_engine
-from app.migrate import alembic_config, upgrade
-from app.models import Base
+from app.store.db import get_engine
+from app.store.migrate import alembic_config, upgrade
+from app.store.models import Base
 
 
 @pytest.fixture(params=DATABASES)

@@ -11,11 +11,11 @@ import pytest
 from fastapi.testclient import TestClient
 from helpers import session_cookie
 
-from app import run_state
 from app.auth import CSRF_HEADER, SESSION_COOKIE
-from app.db import session_scope
 from app.main import create_app
-from app.settings import Settings
+from app.store import run_state
+from app.store.db import session_scope
+from app.store.settings import Settings
 
 EVIL = "<script>alert(1)</script>"
 

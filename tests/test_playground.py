@@ -14,12 +14,12 @@ from fastapi.testclient import TestClient
 from helpers import WorkerProcess, bearer, trained_run, worker_env
 from sqlalchemy import select
 
-from app.db import get_engine, session_scope
 from app.main import create_app
-from app.migrate import upgrade
-from app.models import PlaygroundGeneration
-from app.queue import PLAYGROUND_QUEUE
-from app.settings import Settings
+from app.store.db import get_engine, session_scope
+from app.store.migrate import upgrade
+from app.store.models import PlaygroundGeneration
+from app.store.queue import PLAYGROUND_QUEUE
+from app.store.settings import Settings
 
 
 @dataclass

@@ -11,9 +11,9 @@ from datetime import datetime
 import pytest
 from sqlalchemy import select
 
-from app import run_state
-from app.db import session_scope
-from app.models import Evaluation, MetricLatest, Run, Sample
+from app.store import run_state
+from app.store.db import session_scope
+from app.store.models import Evaluation, MetricLatest, Run, Sample
 from meal_core.evaluation import EvaluationResult, FrontPoint
 from meal_core.recorder import SampleRecord
 from worker.recorder import DatabaseRecorder, RecorderError

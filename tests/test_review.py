@@ -14,11 +14,12 @@ from fastapi.testclient import TestClient
 from helpers import bearer
 from sqlalchemy.exc import IntegrityError
 
-from app import review, run_state
-from app.db import session_scope
+from app import review
 from app.main import create_app
-from app.models import PlaygroundGeneration, Review, Sample
-from app.settings import Settings
+from app.store import run_state
+from app.store.db import session_scope
+from app.store.models import PlaygroundGeneration, Review, Sample
+from app.store.settings import Settings
 
 OBJECTIVES = ["positivity", "brevity"]
 

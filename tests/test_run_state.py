@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from sqlalchemy import update
 
-from app import run_state
-from app.db import session_scope
-from app.models import JobStatus, PlaygroundGeneration, Run, RunStatus
+from app.store import run_state
+from app.store.db import session_scope
+from app.store.models import JobStatus, PlaygroundGeneration, Run, RunStatus
 
 TIMEOUT = timedelta(seconds=120)
 

@@ -34,7 +34,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from app.main import create_app
-from app.settings import Settings
+from app.store.settings import Settings
 
 SCALE = float(os.environ.get("SCHEMA_FUZZ_SCALE", "1"))
 #: Cases per operation and generation mode: 30 operations with inputs and 7 without make about 1,050 cases, in about
@@ -73,9 +73,10 @@ REAL = {
 def seed_database(settings: Settings) -> None:
     """Two runs (one finished, with samples and metrics; one queued), a playground generation with outputs and a
     review queue of the finished run's samples: ids 1 and 2 of most tables are real rows."""
-    from app import auth, metric_store, review, run_state
-    from app.db import session_scope
-    from app.models import JobStatus, PlaygroundGeneration, Role, RunStatus, Sample
+    from app import auth, review
+    from app.store import metric_store, run_state
+    from app.store.db import session_scope
+    from app.store.models import JobStatus, PlaygroundGeneration, Role, RunStatus, Sample
     from meal_core.config import RunConfig
 
     config = RunConfig().model_dump(mode="json")

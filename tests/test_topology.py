@@ -32,7 +32,7 @@ from db_fixtures import create_postgres_database, drop_postgres_database
 from fault_helpers import HEARTBEAT_TIMEOUT_S, PACED, Panel, figures, paced_config, stored
 from helpers import MEAL, RedisServer, S3Server, ServiceProcess, free_port, wait_healthy, with_signal
 
-from app.settings import Settings
+from app.store.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = "admin"

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from helpers import bearer, tiny_run_config, wait_healthy
 
-from app.settings import Settings
+from app.store.settings import Settings
 
 
 def free_port() -> int:

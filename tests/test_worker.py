@@ -21,8 +21,8 @@ from fault_helpers import CHEAP
 from helpers import WorkerProcess, bearer, tiny_run_config, with_signal
 from live_server import Event, EventStream, live_server
 
-from app.queue import enqueue_training
-from app.settings import Settings
+from app.store.queue import enqueue_training
+from app.store.settings import Settings
 from meal_core.checkpoint import latest_checkpoint
 
 TOTAL = 8  # iterations of the stop/resume run

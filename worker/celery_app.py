@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from celery import Celery
 
-from app.queue import QUEUE, redis_transport_options
-from app.settings import get_settings
+from app.store.queue import QUEUE, redis_transport_options
+from app.store.settings import get_settings
 
 
 def make_celery(broker_url: str) -> Celery:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from app.queue import PLAYGROUND_QUEUE, QUEUE
+from app.store.queue import PLAYGROUND_QUEUE, QUEUE
 
 
 def register_worker(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:  # type: ignore[type-arg]

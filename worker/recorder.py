@@ -15,11 +15,11 @@ from dataclasses import asdict
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from app import run_state
-from app.db import session_scope
-from app.metric_store import Point, ingest
-from app.models import Evaluation, Sample
-from app.sql import insert_ignoring_duplicates, storable_text
+from app.store import run_state
+from app.store.db import session_scope
+from app.store.metric_store import Point, ingest
+from app.store.models import Evaluation, Sample
+from app.store.sql import insert_ignoring_duplicates, storable_text
 from meal_core.evaluation import EvaluationResult
 from meal_core.recorder import SampleRecord
 

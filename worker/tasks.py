@@ -16,12 +16,12 @@ import numpy as np
 from celery.signals import worker_shutting_down
 from sqlalchemy import select, update
 
-from app import run_state
-from app.artifacts import ArtifactStore, open_store
-from app.db import session_scope
-from app.models import Evaluation, JobStatus, PlaygroundGeneration, Run, RunStatus, utcnow
-from app.settings import get_settings
-from app.sql import storable_text
+from app.store import run_state
+from app.store.artifacts import ArtifactStore, open_store
+from app.store.db import session_scope
+from app.store.models import Evaluation, JobStatus, PlaygroundGeneration, Run, RunStatus, utcnow
+from app.store.settings import get_settings
+from app.store.sql import storable_text
 from meal_core.config import RunConfig, parse_config
 from meal_core.inference import BASE, LoadedRun
 from meal_core.policy import Sampling

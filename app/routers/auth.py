@@ -12,8 +12,8 @@ from sqlalchemy import select
 
 from app import auth
 from app.deps import AdminDep, SessionDep, UserDep
-from app.models import USER_NAME_PATTERN, Role, User
 from app.schemas import API_ERRORS, BODY_ERRORS, error_responses
+from app.store.models import USER_NAME_PATTERN, Role, User
 
 router = APIRouter(tags=["auth"], responses=API_ERRORS)
 

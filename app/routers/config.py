@@ -9,9 +9,9 @@ from fastapi import APIRouter, Depends, HTTPException, status
 from pydantic import BaseModel, Field
 
 from app.deps import REQUIRE
-from app.models import Role
 from app.routers.runs import config_errors_as_422
 from app.schemas import API_ERRORS, BODY_ERRORS
+from app.store.models import Role
 from meal_core.config import ConfigError, RunConfig, config_json_schema, parse_config, parse_config_text
 
 router = APIRouter(

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Depends
 from sqlalchemy import select
 
 from app.deps import REQUIRE, RunDep, SessionDep
-from app.models import Evaluation, Role
 from app.schemas import API_ERRORS, EvaluationOut, error_responses
+from app.store.models import Evaluation, Role
 
 router = APIRouter(
     prefix="/api/runs", tags=["evaluations"], dependencies=[Depends(REQUIRE[Role.TRAINER])], responses=API_ERRORS

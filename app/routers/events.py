@@ -17,12 +17,12 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from app.db import session_scope
 from app.deps import REQUIRE, IdPath, SettingsDep
 from app.event_hub import EventHub
 from app.events import Cursor, StreamEvent, new_events
-from app.models import Role, Run
 from app.schemas import API_ERRORS, error_responses
+from app.store.db import session_scope
+from app.store.models import Role, Run
 
 router = APIRouter(prefix="/api/runs", tags=["events"], dependencies=[Depends(REQUIRE[Role.TRAINER])])
 

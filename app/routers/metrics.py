@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from sqlalchemy import select
 
 from app.deps import REQUIRE, RunDep, SessionDep, SettingsDep
-from app.metric_store import query_series
-from app.models import MetricLatest, Role
 from app.schemas import API_ERRORS, error_responses
+from app.store.metric_store import query_series
+from app.store.models import MetricLatest, Role
 
 router = APIRouter(
     prefix="/api/runs", tags=["metrics"], dependencies=[Depends(REQUIRE[Role.TRAINER])], responses=API_ERRORS

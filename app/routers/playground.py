@@ -18,11 +18,11 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from app.artifacts import ArtifactError, open_store
 from app.deps import REQUIRE, SessionDep, SettingsDep, TrainerDep
-from app.models import JobStatus, PlaygroundGeneration, Role, Run
-from app.queue import BrokerUnavailable, enqueue_playground
 from app.schemas import API_ERRORS, BODY_ERRORS, error_responses
+from app.store.artifacts import ArtifactError, open_store
+from app.store.models import JobStatus, PlaygroundGeneration, Role, Run
+from app.store.queue import BrokerUnavailable, enqueue_playground
 from meal_core.data import DataError, load_prompts
 from meal_core.inference import BASE
 

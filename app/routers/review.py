@@ -13,8 +13,8 @@ from sqlalchemy import select
 
 from app import review
 from app.deps import ReviewerDep, SessionDep, TrainerDep
-from app.models import PlaygroundGeneration, Review, ReviewItem, ReviewQueue, Run, utcnow
 from app.schemas import API_ERRORS, BODY_ERRORS, error_responses
+from app.store.models import PlaygroundGeneration, Review, ReviewItem, ReviewQueue, Run, utcnow
 
 router = APIRouter(prefix="/api/review", tags=["review"], responses=API_ERRORS)
 

@@ -7,13 +7,13 @@ import logging
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from sqlalchemy import select
 
-from app import run_state
 from app.config_policy import ConfigNotAllowed, check_config
 from app.deps import REQUIRE, RunDep, SessionDep, SettingsDep, TrainerDep
 from app.events import current_cursor
-from app.models import MetricLatest, Role, Run
-from app.queue import BrokerUnavailable, enqueue_training
 from app.schemas import API_ERRORS, BODY_ERRORS, RunCreate, RunOut, RunSummary, error_responses
+from app.store import run_state
+from app.store.models import MetricLatest, Role, Run
+from app.store.queue import BrokerUnavailable, enqueue_training
 from meal_core.config import ConfigError, parse_config
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Depends, Query
 from sqlalchemy import func, select
 
 from app.deps import MAX_ID, REQUIRE, RunDep, SessionDep
-from app.models import Role, Sample
 from app.schemas import API_ERRORS, SampleOut, error_responses
+from app.store.models import Role, Sample
 
 router = APIRouter(
     prefix="/api/runs", tags=["samples"], dependencies=[Depends(REQUIRE[Role.TRAINER])], responses=API_ERRORS

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from app.settings import Settings
+from app.store.settings import Settings
 from meal_core import checkpoint as checkpoints
 from meal_core.inference import BASE, CheckpointError
 

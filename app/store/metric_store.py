@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import Session
 
-from app.models import MetricLatest, MetricPoint, MetricRollup
-from app.sql import DialectInsert, insert_rows
+from app.store.models import MetricLatest, MetricPoint, MetricRollup
+from app.store.sql import DialectInsert, insert_rows
 
 ROLLUP_BASE = 4
 ROLLUP_LEVELS = 9  # bucket widths 4, 16, …, 262144 steps

@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.models import JobStatus, PlaygroundGeneration, Run, RunStatus, utcnow
-from app.sql import storable_text
+from app.store.models import JobStatus, PlaygroundGeneration, Run, RunStatus, utcnow
+from app.store.sql import storable_text
 
 
 class TransitionError(RuntimeError):
