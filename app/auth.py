@@ -25,8 +25,9 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.store.models import USER_NAME_PATTERN, ApiToken, LoginLink, Role, User, UserSession, utcnow
+from app.store.models import USER_NAME_PATTERN, ApiToken, LoginLink, User, UserSession, utcnow
 from app.store.settings import Settings
+from meal_core.enums import Role
 
 SESSION_COOKIE = "meal_session"
 CSRF_HEADER = "X-CSRF-Token"

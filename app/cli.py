@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from app.store.models import Role
 from app.store.queue import PLAYGROUND_QUEUE
 from app.store.settings import Settings
 from meal_core.cli import CLIError
+from meal_core.enums import Role
 
 Handler = Callable[[argparse.Namespace], int]
 

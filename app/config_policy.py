@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.store.models import Role
 from app.store.settings import Settings
 from meal_core.config import DEFAULT_MODEL, RunConfig
+from meal_core.enums import Role
 
 
 class ConfigNotAllowed(ValueError):

@@ -12,8 +12,9 @@ from sqlalchemy.orm import Session
 
 from app.auth import CSRF_HEADER, SESSION_COOKIE, Keyring, session_user, token_user
 from app.store.db import session_scope
-from app.store.models import Role, Run
+from app.store.models import MAX_ID, Run
 from app.store.settings import Settings
+from meal_core.enums import Role
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -140,7 +141,6 @@ TrainerPage = Annotated[CurrentUser, Depends(PAGE[Role.TRAINER])]
 AdminPage = Annotated[CurrentUser, Depends(PAGE[Role.ADMIN])]
 
 
-MAX_ID = 2**31 - 1  # ids are 32-bit integers in PostgreSQL: a larger one names nothing
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="A database id.")]
 
 

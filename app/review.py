@@ -28,11 +28,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.store.models import PlaygroundGeneration, Review, ReviewItem, ReviewQueue, Sample, utcnow
+from meal_core.enums import QueueKind, QueueStatus, ReviewStatus
 
-SINGLE, COMPARISON = "single", "comparison"
 RATINGS = ("1", "2", "3", "4", "5")
 CHOICES = ("A", "B", "tie")
-DRAFT, SUBMITTED = "draft", "submitted"
 OVERALL = "overall"
 MAX_ITEMS = 2000
 
@@ -124,7 +123,7 @@ def create_queue(
     session: Session,
     name: str,
     created_by: str,
-    kind: str,
+    kind: QueueKind,
     blind: bool,
     objectives: list[str],
     items: list[dict[str, Any]],
@@ -150,7 +149,7 @@ def create_queue(
                 position=position,
                 prompt=item["prompt"],
                 responses=item["responses"],
-                swapped=blind and kind == COMPARISON and shuffler.random() < 0.5,
+                swapped=blind and kind == QueueKind.COMPARISON and shuffler.random() < 0.5,
             )
         )
     session.flush()
@@ -168,7 +167,7 @@ def validate_review(
     queue: ReviewQueue, ratings: dict[str, Any], overall: str | None, submit: bool
 ) -> tuple[dict[str, str], str | None]:
     """Values as the reviewer's form sends them (display order for comparisons); raises ReviewError."""
-    allowed = RATINGS if queue.kind == SINGLE else CHOICES
+    allowed = RATINGS if queue.kind == QueueKind.SINGLE else CHOICES
     unknown = set(ratings) - set(queue.objectives)
     if unknown:
         raise ReviewError(f"ratings: unknown objective(s) {sorted(unknown)}; this queue has {queue.objectives}")
@@ -203,10 +202,10 @@ def save_review(
 ) -> Review:
     """A reviewer's draft or submission for an item, stored in the item's own A/B order. One per reviewer and item;
     editable (a submitted review too) until the queue closes."""
-    if queue.status != "open":
+    if queue.status != QueueStatus.OPEN:
         raise ReviewError("the queue is closed: reviews can no longer change")
     clean, overall = validate_review(queue, ratings, overall, submit)
-    if queue.kind == COMPARISON:
+    if queue.kind == QueueKind.COMPARISON:
         clean = {k: _swap(v, item.swapped) for k, v in clean.items()}
         overall = None if overall is None else _swap(overall, item.swapped)
     review = session.scalar(select(Review).where(Review.item_id == item.id, Review.reviewer == reviewer))
@@ -214,7 +213,8 @@ def save_review(
         review = Review(item_id=item.id, reviewer=reviewer)
         session.add(review)
     review.ratings, review.overall, review.comment = clean, overall, comment
-    review.status = SUBMITTED if submit else (review.status if review.status == SUBMITTED else DRAFT)
+    if submit or review.status != ReviewStatus.SUBMITTED:
+        review.status = ReviewStatus.SUBMITTED if submit else ReviewStatus.DRAFT
     review.updated_at = utcnow()
     session.flush()
     return review
@@ -223,9 +223,9 @@ def save_review(
 def item_view(queue: ReviewQueue, item: ReviewItem, review: Review | None) -> dict[str, Any]:
     """An item as one reviewer may see it: blind queues hide run, weights and scores until their review is
     submitted, and show comparisons in the item's random order."""
-    reveal = not queue.blind or (review is not None and review.status == SUBMITTED)
+    reveal = not queue.blind or (review is not None and review.status == ReviewStatus.SUBMITTED)
     responses = list(item.responses)
-    swapped = queue.kind == COMPARISON and item.swapped
+    swapped = queue.kind == QueueKind.COMPARISON and item.swapped
     if swapped:
         responses = responses[::-1]
     shown = [r if reveal else {"text": r["text"]} for r in responses]
@@ -259,7 +259,7 @@ def judgements(session: Session, queue: ReviewQueue) -> Judgements:
     rows = session.execute(
         select(ReviewItem, Review)
         .join(Review, Review.item_id == ReviewItem.id)
-        .where(ReviewItem.queue_id == queue.id, Review.status == SUBMITTED)
+        .where(ReviewItem.queue_id == queue.id, Review.status == ReviewStatus.SUBMITTED)
     )
     for item, review in rows:
         found.items[item.id] = item
@@ -270,11 +270,11 @@ def judgements(session: Session, queue: ReviewQueue) -> Judgements:
     return found
 
 
-def _code(value: str, kind: str) -> float:
-    return float(value) if kind == SINGLE else float(CHOICES.index(value))
+def _code(value: str, kind: QueueKind) -> float:
+    return float(value) if kind == QueueKind.SINGLE else float(CHOICES.index(value))
 
 
-def krippendorff_alpha(table: dict[tuple[int, str], str], kind: str) -> float | None:
+def krippendorff_alpha(table: dict[tuple[int, str], str], kind: QueueKind) -> float | None:
     """Alpha over reviewers × items (ordinal for ratings, nominal for A/B/tie); None where it is undefined (fewer
     than two reviewers, or no item judged twice, or no variation at all)."""
     import krippendorff
@@ -290,8 +290,8 @@ def krippendorff_alpha(table: dict[tuple[int, str], str], kind: str) -> float | 
         return None
     if len({v for v in data.flatten() if not np.isnan(v)}) < 2:
         return None
-    level: Literal["ordinal", "nominal"] = "ordinal" if kind == SINGLE else "nominal"
-    value_domain = [1.0, 2.0, 3.0, 4.0, 5.0] if kind == SINGLE else [0.0, 1.0, 2.0]
+    level: Literal["ordinal", "nominal"] = "ordinal" if kind == QueueKind.SINGLE else "nominal"
+    value_domain = [1.0, 2.0, 3.0, 4.0, 5.0] if kind == QueueKind.SINGLE else [0.0, 1.0, 2.0]
     return float(krippendorff.alpha(reliability_data=data, level_of_measurement=level, value_domain=value_domain))
 
 
@@ -305,11 +305,11 @@ def pairwise_agreement(table: dict[tuple[int, str], str]) -> float | None:
 
 
 def reward_agreement(
-    table: dict[tuple[int, str], str], items: dict[int, ReviewItem], objective: str, kind: str
+    table: dict[tuple[int, str], str], items: dict[int, ReviewItem], objective: str, kind: QueueKind
 ) -> float | None:
     """Ratings: Spearman between each item's mean rating and its score on the objective (needs 3 items).
     Comparisons: the share of non-tie judgements that chose the response scoring higher on the objective."""
-    if kind == SINGLE:
+    if kind == QueueKind.SINGLE:
         by_item: dict[int, list[float]] = {}
         for (item, _), value in table.items():
             by_item.setdefault(item, []).append(float(value))
@@ -331,15 +331,15 @@ def reward_agreement(
 
 
 def summary(session: Session, queue: ReviewQueue) -> dict[str, Any]:
-    found = judgements(session, queue)
+    found, kind = judgements(session, queue), QueueKind(queue.kind)
     targets = {}
     for target in [*queue.objectives, OVERALL]:
         table = found.values.get(target, {})
         targets[target] = {
             "judgements": len(table),
-            "krippendorff_alpha": krippendorff_alpha(table, queue.kind),
+            "krippendorff_alpha": krippendorff_alpha(table, kind),
             "pairwise_agreement": pairwise_agreement(table),
-            "reward_agreement": None if target == OVERALL else reward_agreement(table, found.items, target, queue.kind),
+            "reward_agreement": None if target == OVERALL else reward_agreement(table, found.items, target, kind),
         }
     return {
         "queue_id": queue.id,
@@ -364,7 +364,7 @@ def progress(session: Session, queue: ReviewQueue) -> dict[str, dict[str, int]]:
     )
     found: dict[str, dict[str, int]] = {}
     for reviewer, status, count in rows:
-        found.setdefault(reviewer, {DRAFT: 0, SUBMITTED: 0})[status] = int(count)
+        found.setdefault(reviewer, {ReviewStatus.DRAFT: 0, ReviewStatus.SUBMITTED: 0})[status] = int(count)
     return found
 
 
@@ -375,7 +375,7 @@ def _submitted(session: Session, queue: ReviewQueue) -> Sequence[Any]:
     return session.execute(
         select(ReviewItem, Review)
         .join(Review, Review.item_id == ReviewItem.id)
-        .where(ReviewItem.queue_id == queue.id, Review.status == SUBMITTED)
+        .where(ReviewItem.queue_id == queue.id, Review.status == ReviewStatus.SUBMITTED)
         .order_by(ReviewItem.position, Review.reviewer)
     ).all()
 
@@ -387,7 +387,7 @@ def export_jsonl(session: Session, queue: ReviewQueue) -> str:
     lines = []
     for item, review in _submitted(session, queue):
         row: dict[str, Any] = {"queue_id": queue.id, "item_id": item.id, "prompt": item.prompt}
-        if queue.kind == COMPARISON:
+        if queue.kind == QueueKind.COMPARISON:
             a, b = (r["text"] for r in item.responses)
             winner = review.overall
             chosen, rejected = (a, b) if winner == "A" else (b, a) if winner == "B" else (None, None)

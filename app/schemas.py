@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
-from typing import Any
+from typing import Any, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from app.store.models import Base, Evaluation, Sample
+from meal_core.enums import RunStatus
+from meal_core.evaluation import EvaluationResult
+from meal_core.recorder import SampleRecord
 
 
 class ErrorItem(BaseModel):
@@ -64,7 +70,7 @@ class RunSummary(BaseModel):
 
     id: int
     name: str
-    status: str
+    status: RunStatus
     objectives: list[str] = Field(default_factory=list, description="The config's objective names.")
     created_by: str | None
     stopped_by: str | None
@@ -91,35 +97,39 @@ class RunOut(RunSummary):
     event_cursor: str | None = Field(None, description="Pass to the event stream to receive only what comes next.")
 
 
-class SampleOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+def record_schema(
+    name: str,
+    record: type[Any],
+    table: type[Base],
+    leading: dict[str, Any] | None = None,
+    trailing: dict[str, Any] | None = None,
+) -> type[BaseModel]:
+    """The API model of a stored engine record: the record's fields (a meal_core dataclass), typed as the record
+    types them and `| None` where the table's column may hold NULL (rows from before a column existed), between
+    the row's own `leading` and `trailing` fields (name → (type, default)). A field added to the record appears here
+    without another edit (tests/test_records.py)."""
+    hints = get_type_hints(record)
+    columns = table.__table__.columns
+    fields: dict[str, Any] = {}
+    for field in dataclasses.fields(record):
+        annotation = hints[field.name]
+        column = columns.get(field.name)
+        fields[field.name] = (annotation | None if column is not None and column.nullable else annotation, ...)
+    model: type[BaseModel] = create_model(
+        name,
+        __config__=ConfigDict(from_attributes=True),
+        __doc__=f"A stored {record.__name__} (meal_core), with its row's id.",
+        **(leading or {}),
+        **fields,
+        **(trailing or {}),
+    )
+    return model
 
-    id: int
-    step: int
-    position: int
-    prompt_id: str
-    prompt: str
-    weights: list[float]
-    response: str
-    raw_rewards: dict[str, float]
-    normalized_rewards: dict[str, float]
-    accepted: bool
 
-
-class EvaluationOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: int
-    step: int
-    objectives: list[str]
-    points: list[dict[str, Any]]
-    hypervolume: float
-    reference_point: list[float]
-    controllability: dict[str, float]
-    probe: dict[str, float]
-    controllability_grid: dict[str, float]
-    controllability_null: dict[str, float]
-    degenerate_share: float | None
-    responses: int | None
-    auto_weights: dict[str, float]
-    created_at: datetime
+SampleOut = record_schema("SampleOut", SampleRecord, Sample, leading={"id": (int, ...), "position": (int, ...)})
+EvaluationOut = record_schema(
+    "EvaluationOut", EvaluationResult, Evaluation, leading={"id": (int, ...)}, trailing={"created_at": (datetime, ...)}
+)
+# Lists of the models above, for `response_model=`: mypy cannot see a model made at import time as a type.
+SampleList = list[SampleOut]  # type: ignore[valid-type]
+EvaluationList = list[EvaluationOut]  # type: ignore[valid-type]

@@ -65,11 +65,13 @@ from app.store import run_state  # noqa: E402
 from app.store.db import get_engine, session_scope  # noqa: E402
 from app.store.metric_store import Point, ingest  # noqa: E402
 from app.store.migrate import upgrade  # noqa: E402
-from app.store.models import MetricPoint, Role  # noqa: E402
+from app.store.models import MetricPoint  # noqa: E402
 from app.store.settings import Settings  # noqa: E402
+from meal_core import metric_keys as keys  # noqa: E402
+from meal_core.enums import Role  # noqa: E402
 from worker.recorder import DatabaseRecorder  # noqa: E402
 
-SERIES_KEY = "loss/policy"
+SERIES_KEY = keys.LOSS_POLICY
 SSE_KEY = "bench/sse_probe"
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TARGET_INGEST_RATIO = 10.0

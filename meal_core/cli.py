@@ -8,15 +8,15 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from meal_core.config import ConfigError, RunConfig, load_config, parse_config
+from meal_core.enums import RunStatus
 
 if TYPE_CHECKING:
-    from meal_core.evaluation import EvaluationResult
+    pass
 
 EXIT_USAGE = 2
 
@@ -75,7 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"run directory: {out}", file=sys.stderr)
     status = trainer.train(config.iterations)
     jsonl.close()
-    return 0 if status in ("succeeded", "stopped") else 1
+    return 0 if status in (RunStatus.SUCCEEDED, RunStatus.STOPPED) else 1
 
 
 def _load_trained(run_dir: Path) -> object:
@@ -100,7 +100,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     samples = args.samples_per_weight or trainer.config.eval.samples_per_weight
     result = trainer.evaluation(prompts, samples, trainer.iteration)
     if args.json:
-        print(json.dumps(eval_summary(result)))
+        print(json.dumps(result.to_json()))
         return 0
     print(
         f"iteration {result.step}: hypervolume {result.hypervolume:.4f} on {len(prompts)} prompts, "
@@ -123,23 +123,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         weights = ",".join(f"{w:.2f}" for w in point.weights)
         print(f" {marker} ({weights}) -> " + " ".join(f"{r:+.3f}" for r in point.rewards))
     return 0
-
-
-def eval_summary(result: EvaluationResult) -> dict[str, Any]:
-    """What `meal eval --json` prints: one object."""
-    return {
-        "step": result.step,
-        "objectives": result.objectives,
-        "hypervolume": result.hypervolume,
-        "controllability": result.controllability,
-        "controllability_grid": result.controllability_grid,
-        "controllability_null": result.controllability_null,
-        "degenerate_share": result.degenerate_share,
-        "responses": result.responses,
-        "probe": result.probe,
-        "auto_weights": result.auto_weights,
-        "points": [asdict(point) for point in result.points],
-    }
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -19,6 +19,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.stats import pearsonr, spearmanr
 
+from meal_core import metric_keys as keys
+
 
 def weight_grid(num_objectives: int, grid_points: int, lattice_divisions: int) -> np.ndarray:
     """K=2: w1 = 0, 1/(n-1), …, 1. K≥3: every point of the simplex lattice with the given divisions."""
@@ -89,16 +91,16 @@ class EvaluationResult:
         return asdict(self)
 
     def metrics(self) -> dict[str, float]:
-        """The evaluation as metric points (keys under eval/)."""
-        values = {"eval/hypervolume": self.hypervolume, "eval/degenerate_share": self.degenerate_share}
-        for prefix, figures in (
-            ("eval/controllability/", self.controllability),
-            ("eval/controllability_grid/", self.controllability_grid),
-            ("eval/controllability_null/", self.controllability_null),
-            ("eval/probe/", self.probe),
-            ("eval/auto_weights/", self.auto_weights),
+        """The evaluation as metric points (meal_core.metric_keys.EVAL_*)."""
+        values = {keys.EVAL_HYPERVOLUME: self.hypervolume, keys.EVAL_DEGENERATE_SHARE: self.degenerate_share}
+        for family, figures in (
+            (keys.EVAL_CONTROLLABILITY, self.controllability),
+            (keys.EVAL_CONTROLLABILITY_GRID, self.controllability_grid),
+            (keys.EVAL_CONTROLLABILITY_NULL, self.controllability_null),
+            (keys.EVAL_PROBE, self.probe),
+            (keys.EVAL_AUTO_WEIGHTS, self.auto_weights),
         ):
-            values.update({prefix + name: value for name, value in figures.items()})
+            values.update({family(name): value for name, value in figures.items()})
         return values
 
 

@@ -27,8 +27,10 @@ import numpy as np
 import torch
 
 from meal_core import checkpoint
+from meal_core import metric_keys as keys
 from meal_core.config import RunConfig, dump_config
 from meal_core.data import Prompt, load_prompts
+from meal_core.enums import RunStatus
 from meal_core.evaluation import (
     EvaluationResult,
     auto_weight_fit,
@@ -115,6 +117,31 @@ class FitResult:
     steps: int
 
 
+@dataclass
+class IterationOutcome:
+    """What one iteration produced: the record (step 8) is made of it."""
+
+    step: int
+    batch: ProposedBatch
+    candidates: Candidates
+    scores: Scores
+    accepted: list[Acceptance]
+    weight_loss: float  # mean KL of the learnable weights' hindsight update
+    meta_loss: float | None  # None where the algorithm has no net or took no meta step
+    fitted: FitResult
+    timings: dict[str, float]  # seconds per phase, keyed by metric_keys.TIME_*
+
+
+@dataclass
+class PreferenceState:
+    """The preference side after an iteration, for the batch's prompts (None where the algorithm lacks the part)."""
+
+    learned: np.ndarray | None  # (B, K) softmax(z_x)
+    net: np.ndarray | None  # (B, K) f_φ(x)
+    moved: float | None  # mean movement of the learnable weights since they were first seen
+    updates: float | None  # mean number of updates per learnable prompt
+
+
 @contextmanager
 def random_stream(seed: int, device: torch.device) -> Iterator[None]:
     """torch draws inside come from their own stream, seeded here; the global stream is left as it was."""
@@ -186,12 +213,12 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------------------------
 
-    def train(self, iterations: int | None = None) -> str:
+    def train(self, iterations: int | None = None) -> RunStatus:
         """Run until `iterations` (default: config) are done or the recorder asks to stop; returns the status."""
         total = iterations or self.config.iterations
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(dump_config(self.config))
-        self.recorder.status("running")
+        self.recorder.status(RunStatus.RUNNING)
         if self.normalizer is None:
             self.calibrate()
             self.build_probe_set()
@@ -214,8 +241,10 @@ class Trainer:
             fitted = self.base_step(step, batch, candidates, scores, accepted)
             t3 = time.monotonic()
             self.iteration = step
-            timings = {"time/generate": t1 - t0, "time/score": t2 - t1, "time/update": t3 - t2}
-            self.record(step, batch, candidates, scores, accepted, weight_loss, meta_loss, fitted, timings)
+            timings = {keys.TIME_GENERATE: t1 - t0, keys.TIME_SCORE: t2 - t1, keys.TIME_UPDATE: t3 - t2}
+            self.record(
+                IterationOutcome(step, batch, candidates, scores, accepted, weight_loss, meta_loss, fitted, timings)
+            )
             if self.config.eval.every and step % self.config.eval.every == 0:
                 self.evaluate(step)
             if self.config.checkpoint.every and step % self.config.checkpoint.every == 0:
@@ -224,13 +253,13 @@ class Trainer:
             self.recorder.progress(step, total, per_iteration * (total - step))
             if step < total and self.recorder.should_stop():
                 self.save_checkpoint()
-                self.recorder.status("stopped", f"stopped after iteration {step}")
-                return "stopped"
+                self.recorder.status(RunStatus.STOPPED, f"stopped after iteration {step}")
+                return RunStatus.STOPPED
         if not self.config.eval.every or self.iteration % self.config.eval.every:
             self.evaluate(self.iteration)
         self.save_checkpoint()
-        self.recorder.status("succeeded")
-        return "succeeded"
+        self.recorder.status(RunStatus.SUCCEEDED)
+        return RunStatus.SUCCEEDED
 
     # -- 1. propose ---------------------------------------------------------------------------------------------
 
@@ -517,91 +546,17 @@ class Trainer:
 
     # -- 8. record ----------------------------------------------------------------------------------------------
 
-    def record(
-        self,
-        step: int,
-        batch: ProposedBatch,
-        candidates: Candidates,
-        scores: Scores,
-        accepted: list[Acceptance],
-        weight_loss: float,
-        meta_loss: float | None,
-        fitted: FitResult,
-        timings: dict[str, float],
-    ) -> None:
-        kept = sorted({a.candidate for a in accepted})
-        values: dict[str, float] = {
-            "accept_rate": len(kept) / len(candidates.texts),
-            "degenerate_rate": float(1 - scores.valid.mean()),
-            "loss/policy": fitted.loss,
-            "loss/sft": fitted.sft,
-            "loss/pairwise": fitted.pairwise,
-            "train/pairwise_margin": fitted.margin,
-            "train/policy_steps": float(fitted.steps),
-            "train/generated_responses": float(len(candidates.texts)),
-            "train/generated_tokens": float(candidates.new_tokens),
-            "loss/weights": weight_loss,
-            "replay_size": float(len(self.replay)),
-            "throughput/tokens_per_s": candidates.new_tokens / max(timings["time/generate"], 1e-9),
-            **timings,
-        }
-        values.update(self.label_advantage_correlation(scores, accepted))
-        if self.learnable is not None and self.learnable.logits:
-            values["pref_weight_moved"] = self.learnable.mean_movement()
-            values["pref_weight_updates"] = self.learnable.mean_updates()
-        if meta_loss is not None:
-            values["loss/meta"] = meta_loss
-        learned = self.learnable.weights([p.id for p in batch.prompts]) if self.learnable is not None else None
-        net_now = self.net_weights(batch.prompts) if self.net is not None else None
-        spread_source = learned if learned is not None else net_now
-        if spread_source is not None:
-            values["weight_entropy"] = float(entropy(spread_source).mean())
-        for k, name in enumerate(self.names):
-            values[f"pref_weight/{name}"] = float(batch.weights[:, k].mean())
-            if learned is not None:
-                values[f"pref_weight_learned/{name}"] = float(learned[:, k].mean())
-            if spread_source is not None:
-                values[f"pref_weight_std/{name}"] = float(spread_source[:, k].std())
-            if net_now is not None:
-                values[f"pref_weight_net/{name}"] = float(net_now[:, k].mean())
-            values[f"reward/{name}"] = float(scores.raw[:, k].mean())
-            values[f"reward_norm/{name}"] = float(scores.calibrated[:, k].mean())
-            if kept:
-                values[f"reward_accepted/{name}"] = float(scores.raw[kept, k].mean())
-                values[f"reward_norm_accepted/{name}"] = float(scores.calibrated[kept, k].mean())
-        self.recorder.metrics(step, {k: v for k, v in values.items() if math.isfinite(v)})
-        m = self.algo.samples_per_prompt
-        kept_set = set(kept)
-        self.recorder.samples(
-            step,
-            [
-                SampleRecord(
-                    step=step,
-                    prompt_id=batch.prompts[i // m].id,
-                    prompt=batch.prompts[i // m].text,
-                    weights=batch.weights[i // m].round(4).tolist(),
-                    response=text,
-                    raw_rewards=dict(zip(self.names, scores.raw[i].tolist(), strict=True)),
-                    normalized_rewards=dict(zip(self.names, scores.calibrated[i].round(4).tolist(), strict=True)),
-                    accepted=i in kept_set,
-                )
-                for i, text in enumerate(candidates.texts)
-            ],
+    def record(self, outcome: IterationOutcome) -> None:
+        """The iteration's metrics and samples, to the recorder."""
+        prompt_ids = [p.id for p in outcome.batch.prompts]
+        preferences = PreferenceState(
+            learned=self.learnable.weights(prompt_ids) if self.learnable is not None else None,
+            net=self.net_weights(outcome.batch.prompts) if self.net is not None else None,
+            moved=self.learnable.mean_movement() if self.learnable is not None and self.learnable.logits else None,
+            updates=self.learnable.mean_updates() if self.learnable is not None and self.learnable.logits else None,
         )
-
-    def label_advantage_correlation(self, scores: Scores, accepted: list[Acceptance]) -> dict[str, float]:
-        """Per objective k: Spearman, over this iteration's training labels, between the weight w*_k a response is
-        trained under and its advantage on k (relative r_k minus the mean of the others). Near 0: the labels
-        carry no information about w, and nothing can teach the policy to follow it."""
-        if len(accepted) < 3:
-            return {}
-        labels = np.stack([a.refined for a in accepted])
-        relative = scores.relative[[a.candidate for a in accepted]]
-        values = {}
-        for k, name in enumerate(self.names):
-            advantage = relative[:, k] - np.delete(relative, k, axis=1).mean(axis=1)
-            values[f"train/label_advantage_corr/{name}"] = rank_correlation(labels[:, k], advantage)
-        return values
+        self.recorder.metrics(outcome.step, iteration_metrics(self.names, outcome, preferences, len(self.replay)))
+        self.recorder.samples(outcome.step, sample_records(self.names, outcome, self.algo.samples_per_prompt))
 
     # -- before the loop: calibration, probe set, warm start -------------------------------------------------------
 
@@ -624,10 +579,10 @@ class Trainer:
         self.normalizer = Normalizer.calibrate(self.names, basis, self.algo.clip)
         values = {}
         for k, name in enumerate(self.names):
-            values[f"calibration/mean/{name}"] = float(self.normalizer.mean[k])
-            values[f"calibration/std/{name}"] = float(self.normalizer.std[k])
+            values[keys.CALIBRATION_MEAN(name)] = float(self.normalizer.mean[k])
+            values[keys.CALIBRATION_STD(name)] = float(self.normalizer.std[k])
             for j in range(k + 1, self.k):
-                values[f"calibration/correlation/{name}/{self.names[j]}"] = linear_correlation(basis[:, k], basis[:, j])
+                values[keys.calibration_correlation(name, self.names[j])] = linear_correlation(basis[:, k], basis[:, j])
         self.recorder.metrics(0, values)
 
     def build_probe_set(self) -> None:
@@ -668,7 +623,7 @@ class Trainer:
         self.replay.extend(items)
         steps = math.ceil(len(items) / self.algo.micro_batch_size) * self.algo.warm_start_epochs
         loss = self.fit(items, [], self.algo.warm_start_epochs, steps).loss
-        self.recorder.metrics(0, {"warm_start/samples": float(len(items)), "warm_start/loss": loss})
+        self.recorder.metrics(0, {keys.WARM_START_SAMPLES: float(len(items)), keys.WARM_START_LOSS: loss})
 
     # -- evaluation ---------------------------------------------------------------------------------------------
 
@@ -809,3 +764,86 @@ class Trainer:
         if self.learnable is not None and prompt.id in self.learnable:
             return self.learnable.weights([prompt.id])[0]
         return np.full(self.k, 1 / self.k)
+
+
+# -- the record of an iteration: pure functions of what it produced ----------------------------------------------------
+
+
+def iteration_metrics(
+    names: list[str], outcome: IterationOutcome, preferences: PreferenceState, replay_size: int
+) -> dict[str, float]:
+    """The iteration's metric points, keyed by meal_core.metric_keys; non-finite values (a loss not used) left out."""
+    batch, scores, fitted = outcome.batch, outcome.scores, outcome.fitted
+    kept = sorted({a.candidate for a in outcome.accepted})
+    values: dict[str, float] = {
+        keys.ACCEPT_RATE: len(kept) / len(outcome.candidates.texts),
+        keys.DEGENERATE_RATE: float(1 - scores.valid.mean()),
+        keys.LOSS_POLICY: fitted.loss,
+        keys.LOSS_SFT: fitted.sft,
+        keys.LOSS_PAIRWISE: fitted.pairwise,
+        keys.PAIRWISE_MARGIN: fitted.margin,
+        keys.POLICY_STEPS: float(fitted.steps),
+        keys.GENERATED_RESPONSES: float(len(outcome.candidates.texts)),
+        keys.GENERATED_TOKENS: float(outcome.candidates.new_tokens),
+        keys.LOSS_WEIGHTS: outcome.weight_loss,
+        keys.REPLAY_SIZE: float(replay_size),
+        keys.TOKENS_PER_S: outcome.candidates.new_tokens / max(outcome.timings[keys.TIME_GENERATE], 1e-9),
+        **outcome.timings,
+        **label_advantage_correlation(names, scores, outcome.accepted),
+    }
+    if preferences.moved is not None and preferences.updates is not None:
+        values[keys.PREF_WEIGHT_MOVED] = preferences.moved
+        values[keys.PREF_WEIGHT_UPDATES] = preferences.updates
+    if outcome.meta_loss is not None:
+        values[keys.LOSS_META] = outcome.meta_loss
+    spread_source = preferences.learned if preferences.learned is not None else preferences.net
+    if spread_source is not None:
+        values[keys.WEIGHT_ENTROPY] = float(entropy(spread_source).mean())
+    for k, name in enumerate(names):
+        values[keys.PREF_WEIGHT(name)] = float(batch.weights[:, k].mean())
+        if preferences.learned is not None:
+            values[keys.PREF_WEIGHT_LEARNED(name)] = float(preferences.learned[:, k].mean())
+        if spread_source is not None:
+            values[keys.PREF_WEIGHT_STD(name)] = float(spread_source[:, k].std())
+        if preferences.net is not None:
+            values[keys.PREF_WEIGHT_NET(name)] = float(preferences.net[:, k].mean())
+        values[keys.REWARD(name)] = float(scores.raw[:, k].mean())
+        values[keys.REWARD_NORM(name)] = float(scores.calibrated[:, k].mean())
+        if kept:
+            values[keys.REWARD_ACCEPTED(name)] = float(scores.raw[kept, k].mean())
+            values[keys.REWARD_NORM_ACCEPTED(name)] = float(scores.calibrated[kept, k].mean())
+    return {key: value for key, value in values.items() if math.isfinite(value)}
+
+
+def sample_records(names: list[str], outcome: IterationOutcome, samples_per_prompt: int) -> list[SampleRecord]:
+    """Every candidate of the iteration with the weight it was generated under, its scores and whether it was kept."""
+    batch, scores, m = outcome.batch, outcome.scores, samples_per_prompt
+    kept = {a.candidate for a in outcome.accepted}
+    return [
+        SampleRecord(
+            step=outcome.step,
+            prompt_id=batch.prompts[i // m].id,
+            prompt=batch.prompts[i // m].text,
+            weights=batch.weights[i // m].round(4).tolist(),
+            response=text,
+            raw_rewards=dict(zip(names, scores.raw[i].tolist(), strict=True)),
+            normalized_rewards=dict(zip(names, scores.calibrated[i].round(4).tolist(), strict=True)),
+            accepted=i in kept,
+        )
+        for i, text in enumerate(outcome.candidates.texts)
+    ]
+
+
+def label_advantage_correlation(names: list[str], scores: Scores, accepted: list[Acceptance]) -> dict[str, float]:
+    """Per objective k: Spearman, over this iteration's training labels, between the weight w*_k a response is
+    trained under and its advantage on k (relative r_k minus the mean of the others). Near 0: the labels
+    carry no information about w, and nothing can teach the policy to follow it."""
+    if len(accepted) < 3:
+        return {}
+    labels = np.stack([a.refined for a in accepted])
+    relative = scores.relative[[a.candidate for a in accepted]]
+    values = {}
+    for k, name in enumerate(names):
+        advantage = relative[:, k] - np.delete(relative, k, axis=1).mean(axis=1)
+        values[keys.LABEL_ADVANTAGE_CORR(name)] = rank_correlation(labels[:, k], advantage)
+    return values

@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from scipy.stats import ttest_rel  # noqa: E402
 
-from meal_core.cli import eval_summary  # noqa: E402
+from meal_core import metric_keys as keys  # noqa: E402
 from meal_core.config import load_config  # noqa: E402
 from meal_core.data import load_prompts  # noqa: E402
 from meal_core.recorder import ConsoleProgress, JsonlRecorder, MultiRecorder, read_jsonl  # noqa: E402
@@ -61,7 +61,7 @@ def run_one(config_path: Path, algorithm: str, seed: int, run_dir: Path, prompts
         trainer.resume()
     held_out = load_prompts(prompts)
     result = trainer.evaluation(held_out, samples or config.eval.samples_per_weight, trainer.iteration)
-    (run_dir / HELDOUT).write_text(json.dumps({"prompts": prompts, **eval_summary(result)}))
+    (run_dir / HELDOUT).write_text(json.dumps({"prompts": prompts, **result.to_json()}))
 
 
 def mean_sd(values: list[float]) -> str:
@@ -83,8 +83,8 @@ def figures(run_dir: Path) -> dict[str, float] | None:
         metrics.setdefault(row["key"], []).append(row["value"])
     names = held_out["objectives"]
     found = {
-        "responses generated": sum(metrics.get("train/generated_responses", [])),
-        "policy steps": sum(metrics.get("train/policy_steps", [])),
+        "responses generated": sum(metrics.get(keys.GENERATED_RESPONSES, [])),
+        "policy steps": sum(metrics.get(keys.POLICY_STEPS, [])),
         "HV step 0": first["hypervolume"],
         "HV final": last["hypervolume"],
         "ΔHV": last["hypervolume"] - first["hypervolume"],

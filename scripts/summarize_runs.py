@@ -14,6 +14,7 @@ import json
 import statistics
 from pathlib import Path
 
+from meal_core import metric_keys as keys
 from meal_core.recorder import read_jsonl
 
 
@@ -28,7 +29,7 @@ def row(run_dir: Path) -> str | None:
     label_corr = [
         r["value"]
         for r in metrics
-        if r["key"].startswith("train/label_advantage_corr/") and r["step"] > last["step"] - 5
+        if r["key"].startswith(keys.LABEL_ADVANTAGE_CORR.prefix) and r["step"] > last["step"] - 5
     ]
     times = [r["time"] for r in metrics]
     minutes = (max(times) - min(times)) / 60 if times else float("nan")

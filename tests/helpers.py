@@ -179,7 +179,7 @@ def ensure_user(settings: Any, name: str, role: str, password: str | None = None
     """A user of that role in the settings' database (created if missing; its role set if it exists)."""
     from app import auth
     from app.store.db import session_scope
-    from app.store.models import Role
+    from meal_core.enums import Role
 
     with session_scope(settings.database_url) as session:
         user = auth.find_user(session, name)

@@ -25,11 +25,12 @@ from app.main import create_app
 from app.store import run_state
 from app.store.db import session_scope
 from app.store.metric_store import ROLLUP_BASE, ROLLUP_LEVELS, Point, ingest
-from app.store.models import Evaluation, MetricLatest, MetricPoint, MetricRollup, Run, RunStatus, Sample
+from app.store.models import Evaluation, MetricLatest, MetricPoint, MetricRollup, Run, Sample
 from app.store.queue import QUEUE
 from app.store.settings import Settings
 from app.store.sql import insert_ignoring_duplicates
 from meal_core.config import RunConfig, parse_config
+from meal_core.enums import RunStatus
 
 UNREACHABLE_BROKER = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 

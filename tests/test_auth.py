@@ -20,9 +20,10 @@ from app.cli import deployed_first_admin, embedded_first_admin
 from app.main import create_app
 from app.store.db import get_engine, session_scope
 from app.store.migrate import upgrade
-from app.store.models import ApiToken, Role, User, UserSession
+from app.store.models import ApiToken, User, UserSession
 from app.store.settings import Settings
 from meal_core.cli import CLIError
+from meal_core.enums import Role
 
 PUBLIC, ANY_USER = "public", "any user"
 # Every route of the app and who may use it. A route missing here fails test_the_matrix_covers_every_route.

@@ -30,9 +30,10 @@ from app.store import run_state
 from app.store.db import get_engine, session_scope
 from app.store.metric_store import Point, ingest
 from app.store.migrate import upgrade
-from app.store.models import Evaluation, PlaygroundGeneration, RunStatus, Sample
+from app.store.models import Evaluation, PlaygroundGeneration, Sample
 from app.store.queue import PLAYGROUND_QUEUE
 from app.store.settings import Settings
+from meal_core.enums import RunStatus
 
 SCREENSHOT = Path("/tmp/run_page.png")
 TIMEOUT_MS = 120_000

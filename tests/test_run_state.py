@@ -9,7 +9,8 @@ from sqlalchemy import update
 
 from app.store import run_state
 from app.store.db import session_scope
-from app.store.models import JobStatus, PlaygroundGeneration, Run, RunStatus
+from app.store.models import PlaygroundGeneration, Run
+from meal_core.enums import JobStatus, RunStatus
 
 TIMEOUT = timedelta(seconds=120)
 

@@ -76,8 +76,9 @@ def seed_database(settings: Settings) -> None:
     from app import auth, review
     from app.store import metric_store, run_state
     from app.store.db import session_scope
-    from app.store.models import JobStatus, PlaygroundGeneration, Role, RunStatus, Sample
+    from app.store.models import PlaygroundGeneration, Sample
     from meal_core.config import RunConfig
+    from meal_core.enums import JobStatus, QueueKind, Role, RunStatus
 
     config = RunConfig().model_dump(mode="json")
     objectives = [o["name"] for o in config["objectives"]]
@@ -126,7 +127,7 @@ def seed_database(settings: Settings) -> None:
             )
         )
         items = review.sample_items(session, review.SampleSelection(run_id=finished), objectives)
-        review.create_queue(session, "queue", "admin", review.SINGLE, False, objectives, items, {"type": "samples"})
+        review.create_queue(session, "queue", "admin", QueueKind.SINGLE, False, objectives, items, {"type": "samples"})
 
 
 @pytest.fixture()

@@ -14,7 +14,7 @@ from helpers import SYNTHETIC_OBJECTIVES, build_tiny_causal_lm, randomize_lora, 
 from meal_core.config import LoraConfig, ModelConfig
 from meal_core.policy import MIXING_FILE, Policy, Sampling, expert_adapter
 from meal_core.recorder import JsonlRecorder, read_jsonl
-from meal_core.trainer import CORNER, Trainer
+from meal_core.trainer import CORNER, Trainer, label_advantage_correlation
 
 NAMES = ["letters", "symbols"]
 PROMPTS = ["How do I cook rice?", "Why is the sky blue?", "Name a fruit.", "Explain photosynthesis in simple words."]
@@ -253,7 +253,7 @@ def test_corner_labelling_labels_every_group_for_every_corner(tiny_model_dir: Pa
     for g in range(len(batch.prompts)):
         labels = [tuple(a.refined) for a in accepted if a.group == g and a.kind == CORNER]
         assert sorted(labels) == [(0.0, 1.0), (0.5, 0.5), (1.0, 0.0)]
-    correlation = trainer.label_advantage_correlation(scores, accepted)
+    correlation = label_advantage_correlation(trainer.names, scores, accepted)
     assert set(correlation) == {f"train/label_advantage_corr/{n}" for n in NAMES}
     # Corner labels go to the response that won on that corner: the labels carry the weight.
     assert all(v > 0.3 for v in correlation.values())

@@ -26,6 +26,27 @@ from meal_core.recorder import SampleRecord
 log = logging.getLogger(__name__)
 
 
+def sample_rows(run_id: int, samples: list[SampleRecord]) -> list[dict[str, object]]:
+    """The `sample` table's rows of one step's records: the record's fields, its position in the step, text that
+    the database can store."""
+    return [
+        {
+            **asdict(s),
+            "prompt_id": storable_text(s.prompt_id),
+            "prompt": storable_text(s.prompt),
+            "response": storable_text(s.response),
+            "run_id": run_id,
+            "position": i,
+        }
+        for i, s in enumerate(samples)
+    ]
+
+
+def evaluation_row(run_id: int, result: EvaluationResult) -> dict[str, object]:
+    """The `evaluation` table's row of a result: the record's own fields, as its JSON form has them."""
+    return {"run_id": run_id, **result.to_json()}
+
+
 class RecorderError(RuntimeError):
     """The run's records could not be stored for longer than the recorder waits: the run should fail."""
 
@@ -66,17 +87,7 @@ class DatabaseRecorder:
             self._points += [Point(key, step, float(value), now) for key, value in values.items()]
 
     def samples(self, step: int, samples: list[SampleRecord]) -> None:
-        rows = [
-            {
-                **asdict(s),
-                "prompt_id": storable_text(s.prompt_id),
-                "prompt": storable_text(s.prompt),
-                "response": storable_text(s.response),
-                "run_id": self.run_id,
-                "position": i,
-            }
-            for i, s in enumerate(samples)
-        ]
+        rows = sample_rows(self.run_id, samples)
         with self._lock:
             self._samples += rows
 
@@ -177,24 +188,7 @@ class DatabaseRecorder:
         if samples:
             insert_ignoring_duplicates(session, Sample, samples, ["run_id", "step", "position"])
         if evaluations:
-            rows = [
-                {
-                    "run_id": self.run_id,
-                    "step": e.step,
-                    "objectives": e.objectives,
-                    "points": [asdict(p) for p in e.points],
-                    "hypervolume": e.hypervolume,
-                    "reference_point": e.reference_point,
-                    "controllability": e.controllability,
-                    "probe": e.probe,
-                    "controllability_grid": e.controllability_grid,
-                    "controllability_null": e.controllability_null,
-                    "degenerate_share": e.degenerate_share,
-                    "responses": e.responses,
-                    "auto_weights": e.auto_weights,
-                }
-                for e in evaluations
-            ]
+            rows = [evaluation_row(self.run_id, e) for e in evaluations]
             insert_ignoring_duplicates(session, Evaluation, rows, ["run_id", "step"])
         if progress:
             run_state.report_progress(session, self.run_id, *progress)

@@ -19,10 +19,11 @@ from sqlalchemy import select, update
 from app.store import run_state
 from app.store.artifacts import ArtifactStore, open_store
 from app.store.db import session_scope
-from app.store.models import Evaluation, JobStatus, PlaygroundGeneration, Run, RunStatus, utcnow
+from app.store.models import Evaluation, PlaygroundGeneration, Run, read_config, utcnow
 from app.store.settings import get_settings
 from app.store.sql import storable_text
-from meal_core.config import RunConfig, parse_config
+from meal_core.config import RunConfig
+from meal_core.enums import JobStatus, RunStatus
 from meal_core.inference import BASE, LoadedRun
 from meal_core.policy import Sampling
 from meal_core.trainer import Trainer
@@ -69,7 +70,7 @@ def train_run(run_id: int) -> str:
     status, trace = RunStatus.FAILED, None
     error: str | None = "the worker was terminated while training; resume to continue"
     try:
-        config = parse_config(stored_config)
+        config = read_config(stored_config)
         store = open_store(settings)
         # Resuming on any machine: the store's newest checkpoint into this machine's cache, where resume looks (or
         # this machine's own, published first, if it is newer).
@@ -230,7 +231,7 @@ def playground_generate(generation_id: int) -> str:
         front, step = latest_front(session, job.run_id)
     values: dict[str, Any] = {"status": JobStatus.FAILED, "finished_at": utcnow()}
     try:
-        loaded = POLICIES.get(job.run_id, parse_config(job.config), open_store(settings), job.checkpoint)
+        loaded = POLICIES.get(job.run_id, read_config(job.config), open_store(settings), job.checkpoint)
         outputs = playground_outputs(job, loaded, front, step)
         values.update(status=JobStatus.SUCCEEDED, outputs=outputs, checkpoint=loaded.checkpoint)
     except Exception as exc:  # shown on the playground page; the worker carries on

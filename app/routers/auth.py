@@ -11,9 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from app import auth
-from app.deps import AdminDep, SessionDep, UserDep
+from app.deps import AdminDep, IdPath, SessionDep, UserDep
 from app.schemas import API_ERRORS, BODY_ERRORS, error_responses
-from app.store.models import USER_NAME_PATTERN, Role, User
+from app.store.models import USER_NAME_PATTERN, User
+from meal_core.enums import Role
 
 router = APIRouter(tags=["auth"], responses=API_ERRORS)
 
@@ -204,7 +205,7 @@ def create_token(body: TokenIn, request: Request, session: SessionDep, user: Use
 
 
 @router.delete("/api/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404))
-def revoke_token(token_id: Annotated[int, Path(ge=1, le=2**31 - 1)], session: SessionDep, user: UserDep) -> None:
+def revoke_token(token_id: IdPath, session: SessionDep, user: UserDep) -> None:
     row = session.get(User, user.id)
     assert row is not None
     if not auth.revoke_tokens(session, row, token_id):

@@ -11,8 +11,8 @@ from pydantic import BaseModel, Field
 from app.deps import REQUIRE
 from app.routers.runs import config_errors_as_422
 from app.schemas import API_ERRORS, BODY_ERRORS
-from app.store.models import Role
 from meal_core.config import ConfigError, RunConfig, config_json_schema, parse_config, parse_config_text
+from meal_core.enums import Role
 
 router = APIRouter(
     prefix="/api/config", tags=["config"], dependencies=[Depends(REQUIRE[Role.TRAINER])], responses=API_ERRORS

@@ -22,7 +22,8 @@ from app.event_hub import EventHub
 from app.events import Cursor, StreamEvent, new_events
 from app.schemas import API_ERRORS, error_responses
 from app.store.db import session_scope
-from app.store.models import Role, Run
+from app.store.models import Run
+from meal_core.enums import Role
 
 router = APIRouter(prefix="/api/runs", tags=["events"], dependencies=[Depends(REQUIRE[Role.TRAINER])])
 

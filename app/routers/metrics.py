@@ -10,7 +10,8 @@ from sqlalchemy import select
 from app.deps import REQUIRE, RunDep, SessionDep, SettingsDep
 from app.schemas import API_ERRORS, error_responses
 from app.store.metric_store import query_series
-from app.store.models import MetricLatest, Role
+from app.store.models import MetricLatest
+from meal_core.enums import Role
 
 router = APIRouter(
     prefix="/api/runs", tags=["metrics"], dependencies=[Depends(REQUIRE[Role.TRAINER])], responses=API_ERRORS

@@ -13,7 +13,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from app.deps import MAX_ID, AdminPage, CurrentUser, IdPath, ReviewerPage, SessionDep, TrainerPage, authenticate
-from app.store.models import Role, Run
+from app.store.models import Run
+from meal_core.enums import Role
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parent.parent.parent / "templates")
 router = APIRouter(include_in_schema=False)

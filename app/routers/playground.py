@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
-from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from app.deps import REQUIRE, SessionDep, SettingsDep, TrainerDep
+from app.deps import MAX_ID, REQUIRE, IdPath, SessionDep, SettingsDep, TrainerDep
 from app.schemas import API_ERRORS, BODY_ERRORS, error_responses
 from app.store.artifacts import ArtifactError, open_store
-from app.store.models import JobStatus, PlaygroundGeneration, Role, Run
+from app.store.models import PlaygroundGeneration, Run
 from app.store.queue import BrokerUnavailable, enqueue_playground
 from meal_core.data import DataError, load_prompts
+from meal_core.enums import JobStatus, Role
 from meal_core.inference import BASE
 
 STORE_WAIT_S = 5.0  # how long a page waits on an artefact store that fails before it answers 503
@@ -31,12 +31,11 @@ STORE_WAIT_S = 5.0  # how long a page waits on an artefact store that fails befo
 router = APIRouter(tags=["playground"], dependencies=[Depends(REQUIRE[Role.TRAINER])], responses=API_ERRORS)
 
 MAX_PROMPT = 4000
-RunId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
 WeightVector = Annotated[list[float], Field(min_length=2, max_length=8)]
 
 
 class PlaygroundIn(BaseModel):
-    run_id: int = Field(..., ge=1, le=2**31 - 1)
+    run_id: int = Field(..., ge=1, le=MAX_ID)
     checkpoint: str | None = Field(
         None, pattern=r"^(base|iter-\d{6})$", description="'iter-000012', 'base', or none: the latest."
     )
@@ -44,7 +43,7 @@ class PlaygroundIn(BaseModel):
     weights: list[WeightVector | Literal["auto"]] = Field(
         ..., min_length=1, max_length=4, description="1–4 weight vectors (one value per objective) or 'auto'."
     )
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: int = Field(0, ge=0, le=MAX_ID)
     temperature: float = Field(0.7, gt=0.0, le=2.0)
     max_new_tokens: int = Field(64, ge=1, le=512)
     samples: int = Field(1, ge=1, le=8, description="Responses per weight vector.")
@@ -59,7 +58,7 @@ class PlaygroundOut(BaseModel):
 
     id: int
     run_id: int
-    status: str
+    status: JobStatus
     created_by: str
     checkpoint: str | None
     prompt: str
@@ -99,7 +98,7 @@ def create_generation(body: PlaygroundIn, session: SessionDep, settings: Setting
     run = session.get(Run, body.run_id)
     if run is None:
         raise HTTPException(404, f"run {body.run_id} not found")
-    objectives = [o["name"] for o in run.config.get("objectives", [])]
+    objectives = run.run_config().objective_names
     check_weights(body.weights, objectives)
     generation = PlaygroundGeneration(
         run_id=run.id,
@@ -125,7 +124,7 @@ def create_generation(body: PlaygroundIn, session: SessionDep, settings: Setting
 
 
 @router.get("/api/playground/{generation_id}", response_model=PlaygroundOut, responses=error_responses(404))
-def get_generation(generation_id: RunId, session: SessionDep) -> PlaygroundGeneration:
+def get_generation(generation_id: IdPath, session: SessionDep) -> PlaygroundGeneration:
     generation = session.get(PlaygroundGeneration, generation_id)
     if generation is None:
         raise HTTPException(404, f"generation {generation_id} not found")
@@ -135,7 +134,7 @@ def get_generation(generation_id: RunId, session: SessionDep) -> PlaygroundGener
 @router.get("/api/playground", response_model=list[PlaygroundOut])
 def list_generations(
     session: SessionDep,
-    run_id: int | None = Query(None, ge=1, le=2**31 - 1),
+    run_id: int | None = Query(None, ge=1, le=MAX_ID),
     limit: int = Query(50, ge=1, le=500),
 ) -> list[PlaygroundGeneration]:
     query = select(PlaygroundGeneration).order_by(PlaygroundGeneration.id.desc()).limit(limit)
@@ -145,7 +144,7 @@ def list_generations(
 
 
 @router.get("/api/runs/{run_id}/checkpoints", response_model=list[str], responses=error_responses(404, 503))
-def run_checkpoints(run_id: RunId, session: SessionDep, settings: SettingsDep) -> list[str]:
+def run_checkpoints(run_id: IdPath, session: SessionDep, settings: SettingsDep) -> list[str]:
     """The run's checkpoints, newest first, then "base" (the untrained policy)."""
     if session.get(Run, run_id) is None:
         raise HTTPException(404, f"run {run_id} not found")
@@ -159,12 +158,12 @@ def run_checkpoints(run_id: RunId, session: SessionDep, settings: SettingsDep) -
 
 
 @router.get("/api/runs/{run_id}/prompts", response_model=list[str], responses=error_responses(404))
-def run_eval_prompts(run_id: RunId, session: SessionDep, settings: SettingsDep) -> list[str]:
+def run_eval_prompts(run_id: IdPath, session: SessionDep, settings: SettingsDep) -> list[str]:
     """The run's held-out evaluation prompts, when they are the shipped set or a file inside the data folder."""
     run = session.get(Run, run_id)
     if run is None:
         raise HTTPException(404, f"run {run_id} not found")
-    spec = str(run.config.get("data", {}).get("eval_prompts", "builtin:eval"))
+    spec = run.run_config().data.eval_prompts
     if not spec.startswith("builtin:"):
         path = Path(spec).expanduser().resolve()
         if not path.is_relative_to(Path(settings.data_dir).resolve()):

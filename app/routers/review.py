@@ -6,37 +6,36 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query, status
+from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from app import review
-from app.deps import ReviewerDep, SessionDep, TrainerDep
+from app.deps import MAX_ID, IdPath, ReviewerDep, SessionDep, TrainerDep
 from app.schemas import API_ERRORS, BODY_ERRORS, error_responses
 from app.store.models import PlaygroundGeneration, Review, ReviewItem, ReviewQueue, Run, utcnow
+from meal_core.enums import QueueKind, QueueStatus, ReviewStatus
 
 router = APIRouter(prefix="/api/review", tags=["review"], responses=API_ERRORS)
-
-Id = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
 class SampleSource(BaseModel):
     type: Literal["samples"] = "samples"
-    run_id: int = Field(..., ge=1, le=2**31 - 1)
-    step_min: int | None = Field(None, ge=0, le=2**31 - 1)
-    step_max: int | None = Field(None, ge=0, le=2**31 - 1)
+    run_id: int = Field(..., ge=1, le=MAX_ID)
+    step_min: int | None = Field(None, ge=0, le=MAX_ID)
+    step_max: int | None = Field(None, ge=0, le=MAX_ID)
     weight_objective: str | None = Field(None, max_length=32, description="With weight_min/_max: a weight region.")
     weight_min: float = Field(0.0, ge=0.0, le=1.0)
     weight_max: float = Field(1.0, ge=0.0, le=1.0)
     accepted_only: bool = False
     random_n: int | None = Field(None, ge=1, le=review.MAX_ITEMS)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: int = Field(0, ge=0, le=MAX_ID)
 
 
 class PlaygroundSource(BaseModel):
     type: Literal["playground"] = "playground"
-    generation_ids: list[Annotated[int, Field(ge=1, le=2**31 - 1)]] = Field(..., min_length=1, max_length=500)
+    generation_ids: list[Annotated[int, Field(ge=1, le=MAX_ID)]] = Field(..., min_length=1, max_length=500)
 
 
 class QueueIn(BaseModel):
@@ -51,9 +50,9 @@ class QueueOut(BaseModel):
     id: int
     name: str
     created_by: str
-    kind: str
+    kind: QueueKind
     blind: bool
-    status: str
+    status: QueueStatus
     objectives: list[str]
     source: dict[str, Any]
     created_at: datetime
@@ -81,7 +80,7 @@ def _queue(session: SessionDep, queue_id: int) -> ReviewQueue:
 def _queue_out(session: SessionDep, queue: ReviewQueue, reviewer: str) -> QueueOut:
     out = QueueOut.model_validate(queue)
     out.items = review.item_count(session, queue)
-    out.mine = review.progress(session, queue).get(reviewer, {review.DRAFT: 0, review.SUBMITTED: 0})
+    out.mine = review.progress(session, queue).get(reviewer, {ReviewStatus.DRAFT: 0, ReviewStatus.SUBMITTED: 0})
     return out
 
 
@@ -98,9 +97,9 @@ def create_queue(body: QueueIn, session: SessionDep, user: TrainerDep) -> QueueO
             run = session.get(Run, source.run_id)
             if run is None:
                 raise HTTPException(404, f"run {source.run_id} not found")
-            objectives = [o["name"] for o in run.config.get("objectives", [])]
+            objectives = run.run_config().objective_names
             selection = review.SampleSelection(**source.model_dump(exclude={"type"}))
-            items, kind = review.sample_items(session, selection, objectives), review.SINGLE
+            items, kind = review.sample_items(session, selection, objectives), QueueKind.SINGLE
         else:
             runs = {
                 g.run_id
@@ -112,8 +111,8 @@ def create_queue(body: QueueIn, session: SessionDep, user: TrainerDep) -> QueueO
                 raise review.ReviewError("source.generation_ids: generations of exactly one run")
             run = session.get(Run, runs.pop())
             assert run is not None
-            objectives = [o["name"] for o in run.config.get("objectives", [])]
-            items, kind = review.comparison_items(session, source.generation_ids, objectives), review.COMPARISON
+            objectives = run.run_config().objective_names
+            items, kind = review.comparison_items(session, source.generation_ids, objectives), QueueKind.COMPARISON
         queue = review.create_queue(
             session, body.name, user.name, kind, body.blind, objectives, items, source.model_dump()
         )
@@ -124,7 +123,7 @@ def create_queue(body: QueueIn, session: SessionDep, user: TrainerDep) -> QueueO
 
 @router.get("/queues", response_model=list[QueueOut])
 def list_queues(
-    session: SessionDep, user: ReviewerDep, status_filter: str | None = Query(None, alias="status", max_length=16)
+    session: SessionDep, user: ReviewerDep, status_filter: Annotated[QueueStatus | None, Query(alias="status")] = None
 ) -> list[QueueOut]:
     query = select(ReviewQueue).order_by(ReviewQueue.id.desc()).limit(500)
     if status_filter:
@@ -133,12 +132,12 @@ def list_queues(
 
 
 @router.get("/queues/{queue_id}", response_model=QueueOut, responses=error_responses(404))
-def get_queue(queue_id: Id, session: SessionDep, user: ReviewerDep) -> QueueOut:
+def get_queue(queue_id: IdPath, session: SessionDep, user: ReviewerDep) -> QueueOut:
     return _queue_out(session, _queue(session, queue_id), user.name)
 
 
 @router.get("/queues/{queue_id}/items", responses=error_responses(404))
-def queue_items(queue_id: Id, session: SessionDep, user: ReviewerDep) -> list[dict[str, Any]]:
+def queue_items(queue_id: IdPath, session: SessionDep, user: ReviewerDep) -> list[dict[str, Any]]:
     """The queue's items as you may see them, each with your review (blind queues reveal run, weights and scores
     once you submit)."""
     queue = _queue(session, queue_id)
@@ -154,12 +153,12 @@ def queue_items(queue_id: Id, session: SessionDep, user: ReviewerDep) -> list[di
 
 
 @router.put("/items/{item_id}/review", responses={**BODY_ERRORS, **error_responses(404, 409)})
-def put_review(item_id: Id, body: ReviewIn, session: SessionDep, user: ReviewerDep) -> dict[str, Any]:
+def put_review(item_id: IdPath, body: ReviewIn, session: SessionDep, user: ReviewerDep) -> dict[str, Any]:
     item = session.get(ReviewItem, item_id)
     if item is None:
         raise HTTPException(404, f"review item {item_id} not found")
     queue = _queue(session, item.queue_id)
-    if queue.status != "open":
+    if queue.status != QueueStatus.OPEN:
         raise HTTPException(409, "the queue is closed: reviews can no longer change")
     try:
         saved = review.save_review(
@@ -171,15 +170,15 @@ def put_review(item_id: Id, body: ReviewIn, session: SessionDep, user: ReviewerD
 
 
 @router.post("/queues/{queue_id}/close", response_model=QueueOut, responses=error_responses(404))
-def close_queue(queue_id: Id, session: SessionDep, user: TrainerDep) -> QueueOut:
+def close_queue(queue_id: IdPath, session: SessionDep, user: TrainerDep) -> QueueOut:
     queue = _queue(session, queue_id)
-    if queue.status == "open":
-        queue.status, queue.closed_at = "closed", utcnow()
+    if queue.status == QueueStatus.OPEN:
+        queue.status, queue.closed_at = QueueStatus.CLOSED, utcnow()
     return _queue_out(session, queue, user.name)
 
 
 @router.get("/queues/{queue_id}/summary", responses=error_responses(404))
-def queue_summary(queue_id: Id, session: SessionDep, user: TrainerDep) -> dict[str, Any]:
+def queue_summary(queue_id: IdPath, session: SessionDep, user: TrainerDep) -> dict[str, Any]:
     """Progress per reviewer and, per objective and overall: Krippendorff's alpha, pairwise agreement between
     reviewers, and agreement of the team with the reward objective."""
     return review.summary(session, _queue(session, queue_id))
@@ -200,7 +199,7 @@ def queue_summary(queue_id: Id, session: SessionDep, user: TrainerDep) -> dict[s
     },
 )
 def export(
-    queue_id: Id, session: SessionDep, user: TrainerDep, format: Literal["jsonl", "csv"] = Query("jsonl")
+    queue_id: IdPath, session: SessionDep, user: TrainerDep, format: Literal["jsonl", "csv"] = Query("jsonl")
 ) -> Response:
     queue = _queue(session, queue_id)
     if format == "csv":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from sqlalchemy import select
@@ -12,16 +13,16 @@ from app.deps import REQUIRE, RunDep, SessionDep, SettingsDep, TrainerDep
 from app.events import current_cursor
 from app.schemas import API_ERRORS, BODY_ERRORS, RunCreate, RunOut, RunSummary, error_responses
 from app.store import run_state
-from app.store.models import MetricLatest, Role, Run
+from app.store.models import MetricLatest, Run
 from app.store.queue import BrokerUnavailable, enqueue_training
+from meal_core import metric_keys as keys
 from meal_core.config import ConfigError, parse_config
+from meal_core.enums import Role, RunStatus
 
 log = logging.getLogger(__name__)
 router = APIRouter(
     prefix="/api/runs", tags=["runs"], dependencies=[Depends(REQUIRE[Role.TRAINER])], responses=API_ERRORS
 )
-
-REWARD_PREFIX = "reward/"
 
 
 def config_errors_as_422(error: ConfigError) -> HTTPException:
@@ -37,7 +38,7 @@ def latest_rewards(session: SessionDep, run_ids: list[int]) -> dict[int, dict[st
     found: dict[int, dict[str, float]] = {run_id: {} for run_id in run_ids}
     rows = session.execute(
         select(MetricLatest.run_id, MetricLatest.key, MetricLatest.value).where(
-            MetricLatest.run_id.in_(run_ids), MetricLatest.key.startswith(REWARD_PREFIX)
+            MetricLatest.run_id.in_(run_ids), MetricLatest.key.startswith(keys.REWARD.prefix)
         )
     )
     for run_id, key, value in rows:
@@ -46,7 +47,7 @@ def latest_rewards(session: SessionDep, run_ids: list[int]) -> dict[int, dict[st
 
 
 def _fill(out: RunSummary, run: Run, positions: dict[int, int], latest: dict[str, float]) -> None:
-    out.objectives = [str(o.get("name")) for o in run.config.get("objectives", []) if isinstance(o, dict)]
+    out.objectives = run.run_config().objective_names
     out.queue_position = positions.get(run.id)
     out.latest = latest
 
@@ -105,7 +106,7 @@ def create_run(body: RunCreate, session: SessionDep, settings: SettingsDep, user
 def list_runs(
     session: SessionDep,
     settings: SettingsDep,
-    status_filter: str | None = Query(None, alias="status", max_length=16, description="Only runs with this status."),
+    status_filter: Annotated[RunStatus | None, Query(alias="status", description="Only runs with this status.")] = None,
 ) -> list[RunSummary]:
     query = select(Run).order_by(Run.id.desc()).limit(settings.max_runs_listed)
     if status_filter:

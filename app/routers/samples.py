@@ -6,15 +6,16 @@ from fastapi import APIRouter, Depends, Query
 from sqlalchemy import func, select
 
 from app.deps import MAX_ID, REQUIRE, RunDep, SessionDep
-from app.schemas import API_ERRORS, SampleOut, error_responses
-from app.store.models import Role, Sample
+from app.schemas import API_ERRORS, SampleList, error_responses
+from app.store.models import Sample
+from meal_core.enums import Role
 
 router = APIRouter(
     prefix="/api/runs", tags=["samples"], dependencies=[Depends(REQUIRE[Role.TRAINER])], responses=API_ERRORS
 )
 
 
-@router.get("/{run_id}/samples", response_model=list[SampleOut], responses=error_responses(404))
+@router.get("/{run_id}/samples", response_model=SampleList, responses=error_responses(404))
 def run_samples(
     run: RunDep,
     session: SessionDep,

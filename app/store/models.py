@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -24,7 +23,11 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from meal_core.config import RunConfig, parse_config
+from meal_core.enums import JobStatus, QueueStatus, ReviewStatus, RunStatus
+
 JsonColumn = JSON().with_variant(JSONB(), "postgresql")
+MAX_ID = 2**31 - 1  # ids (and steps, seeds) are 32-bit integers in PostgreSQL: a larger one names nothing
 
 
 def utcnow() -> datetime:
@@ -59,19 +62,6 @@ class Base(DeclarativeBase):
     pass
 
 
-class RunStatus:
-    QUEUED = "queued"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    STOPPED = "stopped"
-
-    ACTIVE = (QUEUED, RUNNING, STOPPING)
-    FINISHED = (SUCCEEDED, FAILED, STOPPED)
-    RESUMABLE = (FAILED, STOPPED)
-
-
 class Run(Base):
     __tablename__ = "run"
 
@@ -97,6 +87,25 @@ class Run(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    def run_config(self) -> RunConfig:
+        """The stored config read through its contract (objectives, prompts, defaults): see read_config."""
+        key = (self.id, self.created_at)
+        config = _CONFIGS.get(key)
+        if config is None:
+            config = _CONFIGS[key] = read_config(self.config)
+            while len(_CONFIGS) > 2048:  # a few runs lists' worth; a config is written once, so never stale
+                del _CONFIGS[next(iter(_CONFIGS))]
+        return config
+
+
+def read_config(stored: dict[str, Any]) -> RunConfig:
+    """A run's stored config as a RunConfig. It was written once, from a validated RunConfig, so this fails
+    (ConfigError) only for a config stored by a version whose fields have changed since."""
+    return parse_config(stored)
+
+
+_CONFIGS: dict[tuple[int, datetime], RunConfig] = {}
 
 
 class MetricPoint(Base):
@@ -192,18 +201,6 @@ class Evaluation(Base):
 # -- users, sessions, tokens ------------------------------------------------------------------------------------------
 
 
-class Role(StrEnum):
-    """What a user may do. Each role can do everything the roles below it can."""
-
-    REVIEWER = "reviewer"  # reviews generations in the queues they are shown
-    TRAINER = "trainer"  # launches, stops and resumes runs, uses the playground, builds review queues
-    ADMIN = "admin"  # everything, and manages users
-
-    def allows(self, needed: Role) -> bool:
-        return ROLE_ORDER.index(self) >= ROLE_ORDER.index(needed)
-
-
-ROLE_ORDER = (Role.REVIEWER, Role.TRAINER, Role.ADMIN)
 USER_NAME_PATTERN = r"^[a-z][a-z0-9_.-]{1,31}$"
 
 
@@ -212,7 +209,7 @@ class User(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(32), unique=True)
-    role: Mapped[str] = mapped_column(String(16))
+    role: Mapped[str] = mapped_column(String(16))  # a Role
     password_hash: Mapped[str | None] = mapped_column(String(255))  # None: logs in by link or token only
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -260,13 +257,6 @@ class LoginLink(Base):
 # -- the playground ---------------------------------------------------------------------------------------------------
 
 
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-
 class PlaygroundGeneration(Base):
     """One comparison asked for in the playground, and what it produced: every generation is kept."""
 
@@ -300,9 +290,9 @@ class ReviewQueue(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     created_by: Mapped[str] = mapped_column(String(100))
-    kind: Mapped[str] = mapped_column(String(16))  # "single" | "comparison"
+    kind: Mapped[str] = mapped_column(String(16))  # a QueueKind
     blind: Mapped[bool] = mapped_column(Boolean, default=False)
-    status: Mapped[str] = mapped_column(String(16), default="open")  # "open" | "closed"
+    status: Mapped[str] = mapped_column(String(16), default=QueueStatus.OPEN)
     objectives: Mapped[list[str]] = mapped_column(JsonColumn)
     source: Mapped[dict[str, Any]] = mapped_column(JsonColumn)  # how it was built
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -334,7 +324,7 @@ class Review(Base):
     ratings: Mapped[dict[str, Any]] = mapped_column(JsonColumn)  # objective → 1–5, or "A" / "B" / "tie"
     overall: Mapped[str | None] = mapped_column(String(8))  # "1"…"5", or "A" / "B" / "tie"
     comment: Mapped[str] = mapped_column(Text, default="")
-    status: Mapped[str] = mapped_column(String(16), default="draft")  # "draft" | "submitted"
+    status: Mapped[str] = mapped_column(String(16), default=ReviewStatus.DRAFT)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (UniqueConstraint("item_id", "reviewer", name="uq_review_item_reviewer"),)

@@ -6,25 +6,26 @@ sweeper) can never both win: a redelivered task finds its run no longer queued a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.store.models import JobStatus, PlaygroundGeneration, Run, RunStatus, utcnow
+from app.store.models import PlaygroundGeneration, Run, utcnow
 from app.store.sql import storable_text
+from meal_core.enums import HELD_RUN_STATUSES, RESUMABLE_RUN_STATUSES, JobStatus, RunStatus
 
 
 class TransitionError(RuntimeError):
     """The run is not in a state that allows this action."""
 
 
-def _transition(session: Session, run_id: int, allowed: tuple[str, ...], **values: Any) -> bool:
+def _transition(session: Session, run_id: int, allowed: Collection[RunStatus], **values: Any) -> bool:
     result = session.execute(
         update(Run)
-        .where(Run.id == run_id, Run.status.in_(allowed))
+        .where(Run.id == run_id, Run.status.in_(sorted(allowed)))
         .values(version=Run.version + 1, **values)
         .execution_options(synchronize_session=False)
     )
@@ -63,7 +64,7 @@ def requeue(session: Session, run_id: int, user: str | None = None) -> None:
     if not _transition(
         session,
         run_id,
-        RunStatus.RESUMABLE,
+        RESUMABLE_RUN_STATUSES,
         status=RunStatus.QUEUED,
         resumed_by=user,
         stop_requested=False,
@@ -102,9 +103,7 @@ def claim(session: Session, run_id: int, worker: str) -> bool:
 
 def heartbeat(session: Session, run_id: int, worker: str) -> None:
     session.execute(
-        update(Run)
-        .where(Run.id == run_id, Run.worker == worker, Run.status.in_((RunStatus.RUNNING, RunStatus.STOPPING)))
-        .values(heartbeat_at=utcnow())
+        update(Run).where(Run.id == run_id, Run.worker == worker, Run.status.in_(HELD)).values(heartbeat_at=utcnow())
     )
 
 
@@ -127,7 +126,7 @@ def finish(
     return bool(
         session.execute(
             update(Run)
-            .where(Run.id == run_id, Run.worker == worker, Run.status.in_((RunStatus.RUNNING, RunStatus.STOPPING)))
+            .where(Run.id == run_id, Run.worker == worker, Run.status.in_(HELD))
             .values(
                 status=status,
                 # Exception texts can quote model output.
@@ -142,15 +141,14 @@ def finish(
     )
 
 
-#: Statuses of a run that a worker holds.
-LIVE = (RunStatus.RUNNING, RunStatus.STOPPING)
+HELD = sorted(HELD_RUN_STATUSES)  # a list: SQL IN takes a sequence
 
 
 def fail_stale_runs(session: Session, timeout: timedelta, now: datetime | None = None) -> list[int]:
     """Runs whose worker vanished (no heartbeat within `timeout`) become failed, and so resumable."""
     cutoff = (now or utcnow()) - timeout
     stale = session.scalars(
-        select(Run.id).where(Run.status.in_(LIVE), func.coalesce(Run.heartbeat_at, Run.started_at) < cutoff)
+        select(Run.id).where(Run.status.in_(HELD), func.coalesce(Run.heartbeat_at, Run.started_at) < cutoff)
     )
     return _fail_live(session, stale, f"worker vanished: no heartbeat for {int(timeout.total_seconds())} s")
 
@@ -158,7 +156,7 @@ def fail_stale_runs(session: Session, timeout: timedelta, now: datetime | None =
 def fail_runs_of_worker(session: Session, worker: str, reason: str) -> list[int]:
     """The worker `worker` (host:pid) is known dead: its runs fail now, resumable, instead of once their heartbeat
     is overdue."""
-    held = session.scalars(select(Run.id).where(Run.worker == worker, Run.status.in_(LIVE)))
+    held = session.scalars(select(Run.id).where(Run.worker == worker, Run.status.in_(HELD)))
     return _fail_live(session, held, reason)
 
 
@@ -169,7 +167,7 @@ def _fail_live(session: Session, run_ids: Iterable[int], reason: str) -> list[in
         _transition(
             session,
             run_id,
-            LIVE,
+            HELD,
             status=RunStatus.FAILED,
             finished_at=utcnow(),
             stop_requested=False,

@@ -1,5 +1,6 @@
 // Shared helpers of the Meal Studio pages. Untrusted text (run names, prompts, responses, errors, config values)
 // only ever enters the page through text nodes: `el()` never parses HTML.
+import { RUN_STATUS, RUN_STATUSES } from "./contracts.js";
 
 /** Build an element. attrs: className, dataset, style (object), on<Event> handlers, or plain attributes.
  *  Children: nodes, or anything else, which becomes a text node. */
@@ -136,10 +137,10 @@ export function progressView(run) {
   const total = Math.max(run.total_iterations || 0, 1);
   const pct = Math.min(100, (100 * (run.iteration || 0)) / total);
   const bar = el("div", { className: "bar" }, el("span", { style: { width: `${pct.toFixed(1)}%` } }));
-  if (run.status === "succeeded") bar.classList.add("done");
-  if (run.status === "failed") bar.classList.add("failed");
+  if (run.status === RUN_STATUS.SUCCEEDED) bar.classList.add("done");
+  if (run.status === RUN_STATUS.FAILED) bar.classList.add("failed");
   const label = `${run.iteration || 0} / ${run.total_iterations}`;
-  const eta = ["running", "stopping"].includes(run.status) && run.eta_seconds != null ? ` · ETA ${fmtDuration(run.eta_seconds)}` : "";
+  const eta = RUN_STATUSES.HELD.includes(run.status) && run.eta_seconds != null ? ` · ETA ${fmtDuration(run.eta_seconds)}` : "";
   return el("div", { className: "progress" }, bar, el("span", { className: "small mono" }, label + eta));
 }
 

@@ -1,6 +1,7 @@
 // Compare page: several runs overlaid on the same charts (one colour per run) and a diff of their configs.
 import { alignSeries, LineChart } from "./charts.js";
 import { api, color, el, ema, errorText, flatten, setChildren, shortJson, statusBadge } from "./common.js";
+import { METRIC, metricKey, RUN_STATUSES } from "./contracts.js";
 
 const root = document.getElementById("compare-root");
 const ids = (root.dataset.ids || "").split(",").filter(Boolean).map(Number);
@@ -17,8 +18,8 @@ function label(entry) {
 
 async function loadRun(id, index) {
   const run = await api(`/api/runs/${id}`);
-  const names = (run.config.objectives || []).map((o) => o.name);
-  const keys = names.flatMap((o) => [`reward/${o}`, `pref_weight_learned/${o}`, `pref_weight/${o}`]);
+  const names = run.objectives;
+  const keys = names.flatMap((o) => [METRIC.REWARD, METRIC.PREF_WEIGHT_LEARNED, METRIC.PREF_WEIGHT].map((family) => metricKey(family, o)));
   const width = Math.max(100, Math.round(($("compare-rewards").clientWidth || 1200) / 2));
   const [metrics, evaluations] = await Promise.all([
     api(`/api/runs/${id}/metrics?keys=${encodeURIComponent(keys.join(","))}&max_points=${width}`),
@@ -51,14 +52,14 @@ function build() {
 }
 
 function weightSeriesOf(entry, o) {
-  return entry.series.get(`pref_weight_learned/${o}`) || entry.series.get(`pref_weight/${o}`);
+  return entry.series.get(metricKey(METRIC.PREF_WEIGHT_LEARNED, o)) || entry.series.get(metricKey(METRIC.PREF_WEIGHT, o));
 }
 
 function render() {
   if (!charts) return;
   const smooth = ([xs, ...ys]) => [xs, ...ys.map((y) => ema(y, smoothing))];
   objectives.forEach((o, k) => {
-    charts.rewards[k].update(smooth(alignSeries(runs.map((entry) => entry.series.get(`reward/${o}`)))));
+    charts.rewards[k].update(smooth(alignSeries(runs.map((entry) => entry.series.get(metricKey(METRIC.REWARD, o))))));
     charts.weights[k].update(smooth(alignSeries(runs.map((entry) => weightSeriesOf(entry, o)))));
   });
   charts.hypervolume.update(alignSeries(runs.map((entry) => ({ steps: entry.evaluations.map((e) => e.step), values: entry.evaluations.map((e) => e.hypervolume) }))));
@@ -141,7 +142,6 @@ async function load() {
 
 // While any compared run is still active, reload every few seconds; the charts keep their zoom.
 const LIVE_MS = 5000;
-const ACTIVE = ["queued", "running", "stopping"];
 let timer = null;
 let loading = null;
 
@@ -155,7 +155,7 @@ function refresh() {
 async function follow() {
   clearTimeout(timer);
   if (!document.hidden) await refresh();
-  const live = runs.some((entry) => ACTIVE.includes(entry.run.status));
+  const live = runs.some((entry) => RUN_STATUSES.ACTIVE.includes(entry.run.status));
   $("live-note").textContent = live ? `updating every ${LIVE_MS / 1000} s while a run is active` : "";
   clearTimeout(timer); // a click may have started another follow() meanwhile
   if (live) timer = setTimeout(follow, LIVE_MS);

@@ -2,6 +2,7 @@
 // Generations run on the workers' playground queue; the page polls the stored generation until it is done.
 import { api, el, errorText, fmtNum, setChildren } from "./common.js";
 import { WeightRow } from "./weights.js";
+import { JOB_STATUS, PENDING_JOB_STATUSES } from "./contracts.js";
 
 const $ = (id) => document.getElementById(id);
 const POLL_MS = 800;
@@ -29,7 +30,7 @@ async function loadRuns() {
 async function chooseRun() {
   const runId = $("pg-run").value;
   const run = await api(`/api/runs/${runId}`);
-  state.objectives = (run.config.objectives || []).map((o) => o.name);
+  state.objectives = run.objectives;
   const [checkpoints, prompts] = await Promise.all([api(`/api/runs/${runId}/checkpoints`), api(`/api/runs/${runId}/prompts`)]);
   setChildren(
     $("pg-checkpoint"),
@@ -94,7 +95,7 @@ function follow(id) {
     try {
       const generation = await api(`/api/playground/${id}`);
       render(generation);
-      if (["queued", "running"].includes(generation.status)) state.polling = setTimeout(poll, POLL_MS);
+      if (PENDING_JOB_STATUSES.includes(generation.status)) state.polling = setTimeout(poll, POLL_MS);
       else {
         $("pg-generate").disabled = false;
         loadHistory();
@@ -144,8 +145,8 @@ function render(generation) {
   const names = state.objectives;
   const who = `#${generation.id} by ${generation.created_by}, checkpoint ${generation.checkpoint || "latest"}, seed ${generation.seed}`;
   setChildren($("pg-status"), `${generation.status} · ${who}`);
-  $("pg-review").classList.toggle("hidden", generation.status !== "succeeded");
-  if (generation.status === "failed") {
+  $("pg-review").classList.toggle("hidden", generation.status !== JOB_STATUS.SUCCEEDED);
+  if (generation.status === JOB_STATUS.FAILED) {
     setChildren($("pg-outputs"), el("div", { className: "error-box" }, generation.error || "failed"));
     return;
   }

@@ -1,6 +1,7 @@
 // Reviewing a queue, one item at a time: ratings 1–5 (single responses) or A / B / tie (comparisons) per objective
 // and overall, a comment; save as a draft or submit. Blind queues reveal run, weights and scores once submitted.
 import { api, el, errorText, fmtNum, setChildren } from "./common.js";
+import { QUEUE_KIND, QUEUE_STATUS, REVIEW_STATUS } from "./contracts.js";
 
 const $ = (id) => document.getElementById(id);
 const queueId = $("queue-root").dataset.queueId;
@@ -12,7 +13,7 @@ function showError(error) {
 }
 
 function choices() {
-  return state.queue.kind === "single" ? ["1", "2", "3", "4", "5"] : ["A", "B", "tie"];
+  return state.queue.kind === QUEUE_KIND.SINGLE ? ["1", "2", "3", "4", "5"] : ["A", "B", "tie"];
 }
 
 function ratingRow(target, current) {
@@ -64,10 +65,10 @@ function render() {
     return;
   }
   $("item-label").textContent = `item ${state.index + 1} of ${state.items.length}`;
-  const submitted = state.items.filter((i) => i.review && i.review.status === "submitted").length;
+  const submitted = state.items.filter((i) => i.review && i.review.status === REVIEW_STATUS.SUBMITTED).length;
   $("item-progress").textContent = `${submitted} submitted`;
   $("item-prompt").textContent = item.prompt;
-  const labels = state.queue.kind === "comparison" ? ["A", "B"] : [null];
+  const labels = state.queue.kind === QUEUE_KIND.COMPARISON ? ["A", "B"] : [null];
   setChildren(
     $("item-responses"),
     item.responses.map((r, i) => responseCard(r, labels[i])),
@@ -76,7 +77,7 @@ function render() {
   setChildren($("rating-body"), [...state.queue.objectives.map((o) => ratingRow(o, review.ratings[o])), ratingRow("overall", review.overall)]);
   $("review-comment").value = review.comment || "";
   $("review-state").textContent = review.status ? `your review: ${review.status}` : "not reviewed yet";
-  const closed = state.queue.status !== "open";
+  const closed = state.queue.status !== QUEUE_STATUS.OPEN;
   for (const id of ["save-draft", "submit-review"]) $(id).disabled = closed;
   if (closed) $("review-state").textContent += " · the queue is closed";
   $("item-prev").disabled = state.index === 0;
@@ -105,7 +106,7 @@ async function main() {
   [state.queue, state.items] = await Promise.all([api(`/api/review/queues/${queueId}`), api(`/api/review/queues/${queueId}/items`)]);
   $("queue-name").textContent = state.queue.name;
   $("queue-meta").textContent = `${state.queue.kind}${state.queue.blind ? " · blind" : ""} · ${state.queue.status} · built by ${state.queue.created_by}`;
-  const firstOpen = state.items.findIndex((i) => !i.review || i.review.status !== "submitted");
+  const firstOpen = state.items.findIndex((i) => !i.review || i.review.status !== REVIEW_STATUS.SUBMITTED);
   state.index = firstOpen >= 0 ? firstOpen : 0;
   render();
 }

@@ -1,5 +1,6 @@
 // A queue's summary: agreement between reviewers and with the reward objectives, progress, export, close.
 import { api, el, errorText, fmtNum, setChildren } from "./common.js";
+import { QUEUE_STATUS } from "./contracts.js";
 
 const $ = (id) => document.getElementById(id);
 const queueId = $("summary-root").dataset.queueId;
@@ -12,7 +13,7 @@ function showError(error) {
 async function load() {
   const [queue, summary] = await Promise.all([api(`/api/review/queues/${queueId}`), api(`/api/review/queues/${queueId}/summary`)]);
   $("summary-name").textContent = `${queue.name}: summary`;
-  $("close-queue").disabled = queue.status !== "open";
+  $("close-queue").disabled = queue.status !== QUEUE_STATUS.OPEN;
   setChildren(
     $("agreement-body"),
     Object.entries(summary.targets).map(([target, t]) =>

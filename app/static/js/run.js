@@ -3,6 +3,7 @@
 import { LineChart, MetricStore, ScatterChart } from "./charts.js";
 import { alpha, api, color, el, ema, errorText, fmtAgo, fmtNum, fmtTime, progressView, setChildren } from "./common.js";
 import { steeringData, steeringSeries } from "./steering.js";
+import { METRIC, metricKey, metricPrefix, RUN_STATUS, RUN_STATUSES } from "./contracts.js";
 
 const root = document.getElementById("run-root");
 const runId = root.dataset.runId;
@@ -34,8 +35,8 @@ function renderHeader() {
     ["finished", fmtTime(run.finished_at)],
     ["worker", run.worker],
     ["attempts", run.attempts ? String(run.attempts) : ""],
-    ["queue position", run.queue_position != null && run.status === "queued" ? `#${run.queue_position}` : ""],
-    ["last heartbeat", ["running", "stopping"].includes(run.status) ? fmtAgo(run.heartbeat_at) : ""],
+    ["queue position", run.queue_position != null && run.status === RUN_STATUS.QUEUED ? `#${run.queue_position}` : ""],
+    ["last heartbeat", RUN_STATUSES.HELD.includes(run.status) ? fmtAgo(run.heartbeat_at) : ""],
   ].filter(([, v]) => v);
   setChildren(
     $("run-meta"),
@@ -46,8 +47,8 @@ function renderHeader() {
   $("run-error-text").textContent = run.error || "";
   $("run-traceback").textContent = run.traceback || "";
   $("run-traceback-box").classList.toggle("hidden", !run.traceback);
-  $("stop-button").disabled = !["queued", "running"].includes(run.status);
-  $("resume-button").disabled = !["failed", "stopped"].includes(run.status);
+  $("stop-button").disabled = !RUN_STATUSES.STOPPABLE.includes(run.status);
+  $("resume-button").disabled = !RUN_STATUSES.RESUMABLE.includes(run.status);
 }
 
 async function action(name) {
@@ -68,8 +69,8 @@ async function action(name) {
 function rewardKeys() {
   const scale = document.querySelector("input[name=reward-scale]:checked").value;
   const set = document.querySelector("input[name=reward-set]:checked").value;
-  const all = scale === "raw" ? "reward/" : "reward_norm/";
-  const accepted = scale === "raw" ? "reward_accepted/" : "reward_norm_accepted/";
+  const all = metricPrefix(scale === "raw" ? METRIC.REWARD : METRIC.REWARD_NORM);
+  const accepted = metricPrefix(scale === "raw" ? METRIC.REWARD_ACCEPTED : METRIC.REWARD_NORM_ACCEPTED);
   const out = [];
   if (set !== "accepted") out.push({ prefix: all, label: "all", dash: undefined });
   if (set !== "all") out.push({ prefix: accepted, label: "accepted", dash: set === "both" ? [5, 4] : undefined });
@@ -105,22 +106,22 @@ function buildCharts() {
   });
   charts.losses = new LineChart($("chart-losses"), {
     series: [
-      { label: "policy", color: color(0), key: "loss/policy" },
-      { label: "meta", color: color(1), key: "loss/meta" },
-      { label: "weights", color: color(2), key: "loss/weights" },
+      { label: "policy", color: color(0), key: METRIC.LOSS_POLICY },
+      { label: "meta", color: color(1), key: METRIC.LOSS_META },
+      { label: "weights", color: color(2), key: METRIC.LOSS_WEIGHTS },
     ],
     sync,
   });
   charts.accept = new LineChart($("chart-accept"), {
     series: [
-      { label: "accept rate", color: color(2), key: "accept_rate" },
+      { label: "accept rate", color: color(2), key: METRIC.ACCEPT_RATE },
       { label: "degenerate rate", color: color(1), key: "degenerate_rate" },
     ],
     yRange: [0, 1],
     sync,
   });
   charts.throughput = new LineChart($("chart-throughput"), {
-    series: [{ label: "tokens/s", color: color(4), key: "throughput/tokens_per_s" }],
+    series: [{ label: "tokens/s", color: color(4), key: METRIC.TOKENS_PER_S }],
     sync,
   });
   charts.hypervolume = new LineChart($("chart-hypervolume"), {
@@ -157,7 +158,7 @@ function renderMetricPicker() {
   const picker = $("metric-picker");
   const keys = store.keys().sort();
   if (picker.options.length === keys.length) return;
-  const chosen = picker.value || keys.find((key) => key.startsWith("time/")) || keys[0];
+  const chosen = picker.value || keys.find((key) => key.startsWith(METRIC.TIME_PREFIX)) || keys[0];
   setChildren(
     picker,
     keys.map((key) => el("option", { value: key }, key)),
@@ -175,8 +176,8 @@ function keyedData(chart) {
 function weightData() {
   const keys = [];
   for (const name of objectives) {
-    const learned = `pref_weight_learned/${name}`;
-    keys.push(store.has(learned) ? learned : `pref_weight/${name}`, `pref_weight_std/${name}`, `pref_weight_net/${name}`);
+    const learned = metricKey(METRIC.PREF_WEIGHT_LEARNED, name);
+    keys.push(store.has(learned) ? learned : metricKey(METRIC.PREF_WEIGHT, name), metricKey(METRIC.PREF_WEIGHT_STD, name), metricKey(METRIC.PREF_WEIGHT_NET, name));
   }
   const [xs, ...ys] = store.align(keys);
   const out = [xs];
@@ -479,7 +480,7 @@ function connect(cursor) {
 
 async function main() {
   run = await api(`/api/runs/${runId}`);
-  objectives = ((run.config && run.config.objectives) || []).map((o) => o.name);
+  objectives = run.objectives;
   renderHeader();
   $("run-config").textContent = JSON.stringify(run.config, null, 2);
   $("stop-button").addEventListener("click", () => action("stop"));

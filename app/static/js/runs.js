@@ -1,5 +1,8 @@
 // Runs page: the table of runs, refreshed every 2 s without reloading; pick runs to compare.
 import { api, el, errorText, every, fmtAgo, fmtNum, fmtTime, progressView, setChildren, statusBadge } from "./common.js";
+import { METRIC, metricPrefix } from "./contracts.js";
+
+const REWARD_PREFIX = metricPrefix(METRIC.REWARD);
 
 const body = document.getElementById("runs-body");
 const summary = document.getElementById("runs-summary");
@@ -10,13 +13,13 @@ let shownIds = [];
 
 function rewardsCell(run) {
   const entries = Object.entries(run.latest || {})
-    .filter(([key]) => key.startsWith("reward/"))
+    .filter(([key]) => key.startsWith(REWARD_PREFIX))
     .sort(([a], [b]) => a.localeCompare(b));
   if (!entries.length) return el("span", { className: "muted" }, "–");
   return el(
     "div",
     { className: "rewards-cell" },
-    entries.map(([key, value]) => el("span", {}, el("b", {}, key.slice("reward/".length), " "), fmtNum(value))),
+    entries.map(([key, value]) => el("span", {}, el("b", {}, key.slice(REWARD_PREFIX.length), " "), fmtNum(value))),
   );
 }
 

@@ -1,7 +1,7 @@
 // Admins: the team's users, their roles, adding a teammate (the generated password is shown once).
 import { api, el, errorText, fmtTime, setChildren } from "./common.js";
+import { ROLES } from "./contracts.js";
 
-const ROLES = ["reviewer", "trainer", "admin"];
 const $ = (id) => document.getElementById(id);
 
 function showError(error) {
