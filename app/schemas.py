@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -105,14 +105,14 @@ def record_schema(
     trailing: dict[str, Any] | None = None,
 ) -> type[BaseModel]:
     """The API model of a stored engine record: the record's fields (a meal_core dataclass), typed as the record
-    types them and `| None` where the table's column may hold NULL (rows from before a column existed), between
-    the row's own `leading` and `trailing` fields (name → (type, default)). A field added to the record appears here
-    without another edit (tests/test_records.py)."""
+    types them — nested records as the JSON objects the table holds — and `| None` where the column may hold
+    NULL (rows from before a column existed), between the row's own `leading` and `trailing` fields (name →
+    (type, default)). A field added to the record appears here without another edit (tests/test_records.py)."""
     hints = get_type_hints(record)
     columns = table.__table__.columns
     fields: dict[str, Any] = {}
     for field in dataclasses.fields(record):
-        annotation = hints[field.name]
+        annotation = _as_stored(hints[field.name])
         column = columns.get(field.name)
         fields[field.name] = (annotation | None if column is not None and column.nullable else annotation, ...)
     model: type[BaseModel] = create_model(
@@ -124,6 +124,13 @@ def record_schema(
         **(trailing or {}),
     )
     return model
+
+
+def _as_stored(annotation: Any) -> Any:
+    """`list[FrontPoint]` → `list[dict[str, Any]]`: a nested record is served as the JSON its column stores."""
+    if get_origin(annotation) is list and dataclasses.is_dataclass(get_args(annotation)[0]):
+        return list[dict[str, Any]]
+    return annotation
 
 
 SampleOut = record_schema("SampleOut", SampleRecord, Sample, leading={"id": (int, ...), "position": (int, ...)})
