@@ -8,6 +8,7 @@ from pathlib import Path
 
 from app.store.settings import Settings
 from meal_core.config import DEFAULT_MODEL, RunConfig
+from meal_core.data import is_hub_id
 from meal_core.enums import Role
 
 
@@ -45,7 +46,7 @@ def check_config(config: RunConfig, settings: Settings, role: Role) -> None:
         ("data.train_prompts", config.data.train_prompts),
         ("data.eval_prompts", config.data.eval_prompts),
     ):
-        if not spec.startswith("builtin:"):
+        if not spec.startswith("builtin:") and not is_hub_id(spec):
             check_path(field, spec, settings)
     remote_code = [("model.trust_remote_code", config.model.trust_remote_code)]
     for index, objective in enumerate(config.objectives):

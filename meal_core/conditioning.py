@@ -64,12 +64,25 @@ def parse_weight_list(text: str, names: Sequence[str]) -> np.ndarray:
     return values / values.sum()
 
 
-def build_prompt(tokenizer: Any, prompt: str, tag: str | None, use_chat_template: bool = True) -> str:
-    """The text the policy sees: the tag (if any) as a system message inside the chat template when there is one."""
+def build_prompt(
+    tokenizer: Any,
+    prompt: str,
+    tag: str | None,
+    use_chat_template: bool = True,
+    turns: Sequence[tuple[str, str]] | None = None,
+) -> str:
+    """The text the policy sees: the tag (if any) as a system message inside the chat template when there is one.
+    `turns`: a multi-turn prompt's (role, content) turns, ending with the user's; `prompt` is then their written-out
+    text, which a model without a chat template reads as it is."""
     if use_chat_template and getattr(tokenizer, "chat_template", None):
-        user = [{"role": "user", "content": prompt}]
+        user = [{"role": role, "content": content} for role, content in turns] if turns else []
+        user = user or [{"role": "user", "content": prompt}]
+        last = user[-1]["content"]
         candidates = (
-            [[{"role": "system", "content": tag}, *user], [{"role": "user", "content": f"{tag}\n{prompt}"}]]
+            [
+                [{"role": "system", "content": tag}, *user],
+                [*user[:-1], {"role": "user", "content": f"{tag}\n{last}"}],
+            ]
             if tag is not None
             # Some templates reject a system role: the second form puts the tag in front of the user turn instead.
             else [user]

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from meal_core.data import SourceOptions
+
 OBJECTIVE_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -170,13 +172,35 @@ class DataConfig(Section):
         "builtin:train",
         min_length=1,
         max_length=MAX_PATH,
-        description="'builtin:train' or a .jsonl/.txt file of prompts.",
+        description="'builtin:train'; a .txt file (a prompt a line) or .jsonl (a 'prompt' or 'messages' field a "
+        "line); a parquet, arrow, csv or jsonl file or folder; or a Hugging Face dataset id ('org/name', when the "
+        "machine is online). Found without settings: a 'prompt' column, a 'messages' chat column, or HH-style "
+        "'\\n\\nHuman: … \\n\\nAssistant:' text in 'chosen' or 'text'.",
     )
     eval_prompts: str = Field(
         "builtin:eval",
         min_length=1,
         max_length=MAX_PATH,
-        description="'builtin:eval' or a .jsonl/.txt file of prompts.",
+        description="Held-out prompts, as train_prompts. The same dataset as train_prompts reads its test split; "
+        "with only one split, a share of it (heldout_share, by hash) is held out and never trained on.",
+    )
+    train_split: str | None = Field(
+        None, max_length=MAX_SHORT, description="Dataset split to train on (default: train)."
+    )
+    eval_split: str | None = Field(
+        None, max_length=MAX_SHORT, description="Dataset split to evaluate on (default: test, else validation)."
+    )
+    prompt_column: str | None = Field(
+        None, max_length=MAX_SHORT, description="The column that holds the prompt (default: found by its name)."
+    )
+    max_rows: int | None = Field(
+        100_000, ge=1, le=100_000_000, description="Rows read at most from a dataset (it is streamed, not loaded)."
+    )
+    heldout_share: float = Field(
+        0.1, gt=0.0, lt=1.0, description="Share of a single-split dataset held out for evaluation (by prompt hash)."
+    )
+    max_prompt_length: int | None = Field(
+        None, ge=1, le=32_768, description="Leave out prompts longer than this many tokens (empty: keep all)."
     )
     max_train_prompts: int | None = Field(
         16,
@@ -186,6 +210,10 @@ class DataConfig(Section):
         "each prompt's learned weights take several hindsight steps within a short run, as the demo's 16 do.",
     )
     prompts_per_iteration: int = Field(8, ge=1, le=1024, description="Prompts per iteration (B).")
+
+    def source_options(self, role: Literal["train", "eval"]) -> SourceOptions:
+        split = self.train_split if role == "train" else self.eval_split
+        return SourceOptions(split, self.prompt_column, self.max_rows, role, self.heldout_share)
 
 
 class AlgorithmConfig(Section):

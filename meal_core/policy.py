@@ -13,7 +13,7 @@ and the playground all sample through it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -27,6 +27,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from meal_core.conditioning import build_prompt, format_tag
 from meal_core.config import DEFAULT_MODEL, AlgorithmConfig, LoraConfig, ModelConfig
+from meal_core.data import Prompt, Turn
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TAG_ADAPTER = "default"
@@ -191,13 +192,25 @@ class Policy:
         self.model.to(self.device)
         self.mixer = RowMixer(self.model, self.adapters) if self.uses_experts else None
         self.model.generation_config.pad_token_id = self.tokenizer.pad_token_id
+        self.conversations: dict[str, tuple[Turn, ...]] = {}
 
     # -- conditioning -------------------------------------------------------------------------------------------
 
     def prompt_text(self, prompt: str, weights: ArrayLike) -> str:
-        """What the model reads for `prompt` under `weights`: the chat-formatted prompt, with the tag if used."""
+        """What the model reads for `prompt` under `weights`: the chat-formatted prompt, with the tag if used.
+        A multi-turn prompt (one given to add_conversations) is formatted over all its turns."""
         tag = format_tag(self.objectives, weights) if self.uses_tag else None
-        return build_prompt(self.tokenizer, prompt, tag, self.config.use_chat_template)
+        turns = self.conversations.get(prompt)
+        return build_prompt(self.tokenizer, prompt, tag, self.config.use_chat_template, turns)
+
+    def add_conversations(self, prompts: Iterable[Prompt]) -> None:
+        """Remember the turns of multi-turn prompts, found again by their written-out text: the engine passes
+        prompts as text (to scorers, the replay buffer, checkpoints), and the chat template needs the turns."""
+        self.conversations.update({p.text: p.turns for p in prompts if p.turns})
+
+    def prompt_length(self, text: str) -> int:
+        """Tokens of a prompt before any conditioning (the length data.max_prompt_length filters on)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def mixing_coefficients(self, weights: ArrayLike) -> torch.Tensor:
         """(rows, adapters): 1 for the shared adapter, w_k for objective k's expert."""

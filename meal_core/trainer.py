@@ -29,7 +29,7 @@ import torch
 from meal_core import checkpoint
 from meal_core import metric_keys as keys
 from meal_core.config import RunConfig, dump_config
-from meal_core.data import Prompt, load_prompts
+from meal_core.data import Prompt, filter_by_length, load_prompt_sets
 from meal_core.enums import RunStatus
 from meal_core.evaluation import (
     EvaluationResult,
@@ -186,9 +186,18 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
 
-        self.train_prompts = load_prompts(config.data.train_prompts, config.data.max_train_prompts)
-        self.eval_prompts = load_prompts(config.data.eval_prompts)
+        data = config.data
+        self.train_prompts, self.eval_prompts = load_prompt_sets(
+            data.train_prompts, data.eval_prompts, data.source_options("train"), data.source_options("eval")
+        )
         self.policy = policy or Policy(config.model, config.lora, self.names)
+        length = self.policy.prompt_length
+        self.train_prompts = filter_by_length(self.train_prompts, length, data.max_prompt_length)
+        self.train_prompts = (
+            self.train_prompts[: data.max_train_prompts] if data.max_train_prompts else self.train_prompts
+        )
+        self.eval_prompts = filter_by_length(self.eval_prompts, length, data.max_prompt_length)
+        self.policy.add_conversations(self.train_prompts + self.eval_prompts)
         self.objectives = objectives or build_objectives(config.objectives, str(self.policy.device))
         self.guard = DegeneracyGuard.of(self.algo)
         self.policy_optimizer = torch.optim.AdamW(self.policy.trainable_parameters(), lr=self.algo.policy_lr)

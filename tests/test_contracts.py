@@ -55,7 +55,7 @@ def test_openapi_lists_every_status_role_and_review_state(embedded_settings: Set
 
 
 def test_status_sets_partition_the_statuses() -> None:
-    assert enums.ACTIVE_RUN_STATUSES | enums.FINISHED_RUN_STATUSES == set(enums.RunStatus)
+    assert set(enums.RunStatus) == enums.ACTIVE_RUN_STATUSES | enums.FINISHED_RUN_STATUSES
     assert not enums.ACTIVE_RUN_STATUSES & enums.FINISHED_RUN_STATUSES
     assert enums.RESUMABLE_RUN_STATUSES <= enums.FINISHED_RUN_STATUSES
     assert enums.HELD_RUN_STATUSES | enums.STOPPABLE_RUN_STATUSES <= enums.ACTIVE_RUN_STATUSES
