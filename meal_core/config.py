@@ -119,11 +119,16 @@ class RelevanceObjective(ObjectiveBase):
 class HFClassifierObjective(ObjectiveBase):
     type: Literal["hf_classifier"] = "hf_classifier"
     model: str = Field(
-        ..., min_length=1, max_length=MAX_PATH, description="AutoModelForSequenceClassification path or hub id."
+        ...,
+        min_length=1,
+        max_length=MAX_PATH,
+        description="AutoModelForSequenceClassification path or hub id. Several objectives naming the same model "
+        "(with the same input settings) share it: one forward pass gives all their outputs.",
     )
-    input_format: Literal["pair", "response_only", "text_pair"] = Field(
+    input_format: Literal["pair", "response_only", "text_pair", "chat", "auto"] = Field(
         "pair",
-        description="pair: prompt and response joined by `separator`; response_only; text_pair: tokenizer pair.",
+        description="pair: prompt and response joined by `separator`; response_only; text_pair: tokenizer pair; "
+        "chat: the model's own chat template over a user and an assistant turn; auto: chat where it has one.",
     )
     output: str = Field(
         "logit[0]",
@@ -134,14 +139,16 @@ class HFClassifierObjective(ObjectiveBase):
         "\n\n", max_length=MAX_SHORT, description="Joins prompt and response for input_format 'pair'."
     )
     max_length: int = Field(512, ge=8, le=32_768)
+    device: str = Field("auto", max_length=MAX_SHORT, description="'auto' (the policy's device), 'cpu', 'cuda:1', …")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="The reward model's dtype.")
     trust_remote_code: bool = False
 
     @field_validator("output")
     @classmethod
     def _known_output(cls, value: str) -> str:
-        from meal_core.objectives.hf_classifier import parse_output_spec
+        from meal_core.objectives.hf_classifier import output_labels
 
-        parse_output_spec(value)
+        output_labels(value)
         return value
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import build_tiny_tokenizer, tiny_llama_config
+from helpers import build_tiny_tokenizer, tiny_llama_config, tiny_run_config
 
 from meal_core.config import RelevanceObjective, parse_config
 from meal_core.objectives import Objective, ObjectiveError, build_objective, build_objectives
@@ -326,7 +327,7 @@ def test_hf_classifier_tokenizer_without_pad_token(tmp_path: Path, classifier_di
     model.config.pad_token_id = None
     model.save_pretrained(tmp_path)
     scorer = HFClassifierScorer("rm", str(tmp_path), output="logit[1]", input_format="response_only")
-    assert scorer._tokenizer.pad_token == "<|im_end|>"
+    assert scorer.shared.tokenizer.pad_token == "<|im_end|>"
     scores = scorer.score(PROMPTS, RESPONSES)
     # The padded batch matches one-at-a-time scoring (no text contains the eos token used as padding).
     alone = [scorer.score([p], [r])[0] for p, r in zip(PROMPTS, RESPONSES, strict=True)]
@@ -495,3 +496,95 @@ def test_build_hf_classifier_from_config(classifier_dir: Path, reference_model: 
     np.testing.assert_allclose(
         rm.score(PROMPTS, RESPONSES), (expected[:, 0] - expected[:, 1]).numpy(), rtol=1e-4, atol=1e-5
     )
+
+
+# -- a multi-output reward model ---------------------------------------------------------------------------------
+
+
+def three_objectives_of_one_model(classifier_dir: Path) -> list[dict[str, Any]]:
+    return [
+        {"name": f"rm{i}", "type": "hf_classifier", "model": str(classifier_dir), "output": f"logit[{i}]"}
+        for i in range(3)
+    ]
+
+
+def test_objectives_reading_one_model_share_one_forward_pass(
+    classifier_dir: Path, reference_model: tuple[Any, Any]
+) -> None:
+    config = parse_config({"objectives": three_objectives_of_one_model(classifier_dir)})
+    scorers = build_objectives(config.objectives)
+    shared = {s.shared for s in scorers if isinstance(s, HFClassifierScorer)}
+    assert len(shared) == 1
+    model = shared.pop()
+    scores = np.stack([s.score(PROMPTS, RESPONSES) for s in scorers], axis=1)
+    assert model.forward_passes == 1, "three objectives, one pass over the batch"
+    np.testing.assert_allclose(scores, _expected(reference_model, "pair").numpy(), rtol=1e-4, atol=1e-5)
+    scorers[0].score(PROMPTS[:1], RESPONSES[:1])
+    assert model.forward_passes == 2, "new responses: the model runs again"
+
+
+def test_a_shared_model_batches_by_length_with_results_in_input_order(
+    classifier_dir: Path, reference_model: tuple[Any, Any]
+) -> None:
+    objective = {**three_objectives_of_one_model(classifier_dir)[1], "batch_size": 2}
+    config = parse_config({"objectives": [objective, {"name": "positivity", "type": "sentiment"}]})
+    scorer = build_objectives(config.objectives)[0]
+    assert isinstance(scorer, HFClassifierScorer)
+    prompts, responses = PROMPTS * 2, [r * (i + 1) for i, r in enumerate(RESPONSES * 2)]
+    expected = _logits_one_by_one(reference_model, [(p + "\n\n" + r,) for p, r in zip(prompts, responses, strict=True)])
+    np.testing.assert_allclose(scorer.score(prompts, responses), expected[:, 1].numpy(), rtol=1e-4, atol=1e-5)
+    assert scorer.shared.forward_passes == -(-len(responses) // 2)
+
+
+def test_the_chat_input_uses_the_reward_models_own_template(
+    tmp_path: Path, classifier_dir: Path, reference_model: tuple[Any, Any]
+) -> None:
+    import shutil
+
+    tokenizer, model = reference_model
+    assert tokenizer.chat_template, "the tiny tokenizer has a chat template"
+    scorer = HFClassifierScorer("rm", str(classifier_dir), input_format="auto", output="logit[0]")
+    assert scorer.shared.input_format == "chat"
+    written = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}, {"role": "assistant", "content": r}], tokenize=False
+        )
+        for p, r in zip(PROMPTS, RESPONSES, strict=True)
+    ]
+    assert all(p in t and r in t and t != p + r for p, r, t in zip(PROMPTS, RESPONSES, written, strict=True))
+    with torch.no_grad():
+        rows = [model(**tokenizer(t, return_tensors="pt", add_special_tokens=False)).logits[0] for t in written]
+    np.testing.assert_allclose(scorer.score(PROMPTS, RESPONSES), torch.stack(rows)[:, 0].numpy(), rtol=1e-4, atol=1e-5)
+
+    plain = tmp_path / "no-template"
+    shutil.copytree(classifier_dir, plain)
+    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((plain / "tokenizer_config.json").read_text())
+    (plain / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "chat_template"}))
+    assert HFClassifierScorer("rm", str(plain), input_format="auto").shared.input_format == "pair"
+    with pytest.raises(ObjectiveError, match="input_format 'chat', but its tokenizer has no chat template"):
+        HFClassifierScorer("rm", str(plain), input_format="chat")
+
+
+def test_a_run_trains_on_three_objectives_from_one_reward_model(
+    tmp_path: Path, classifier_dir: Path, tiny_model_dir: Path
+) -> None:
+    from meal_core.recorder import JsonlRecorder, read_jsonl
+    from meal_core.trainer import Trainer
+
+    config = tiny_run_config(
+        tiny_model_dir,
+        objectives=three_objectives_of_one_model(classifier_dir),
+        iterations=1,
+        eval__every=0,
+        eval__grid_points=3,
+        eval__lattice_divisions=1,
+    )
+    recorder = JsonlRecorder(tmp_path)
+    trainer = Trainer(config, tmp_path, recorder)
+    assert trainer.train() == "succeeded"
+    recorder.close()
+    rewards = {r["key"] for r in read_jsonl(tmp_path / "metrics.jsonl") if r["key"].startswith("reward/")}
+    assert rewards == {"reward/rm0", "reward/rm1", "reward/rm2"}
+    shared = trainer.objectives[0].shared  # type: ignore[attr-defined]
+    assert all(o.shared is shared for o in trainer.objectives)  # type: ignore[attr-defined]
