@@ -27,10 +27,11 @@ class CLIError(Exception):
 
 def _user_errors() -> tuple[type[Exception], ...]:
     from meal_core.data import DataError
+    from meal_core.export import ExportError
     from meal_core.objectives import ObjectiveError
     from meal_core.policy import ModelLoadError
 
-    return ConfigError, DataError, ObjectiveError, ModelLoadError, CLIError
+    return ConfigError, DataError, ExportError, ObjectiveError, ModelLoadError, CLIError
 
 
 def _stored_config(run_dir: Path) -> RunConfig:
@@ -156,6 +157,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from meal_core.export import export_run
+
+    out = export_run(Path(args.run_dir), Path(args.out), args.weights, args.adapters, args.checkpoint)
+    print(out)
+    return 0
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
     parser = argparse.ArgumentParser(prog="meal", description="Meal (Meta-Aligner) multi-objective alignment.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -183,10 +192,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     generate.add_argument("--greedy", action="store_true")
     generate.add_argument("--seed", type=int, help="seed the sampling, for repeatable output")
 
+    export = sub.add_parser(
+        "export", help="a Hugging Face model folder of the policy at a weight (or its adapters), with a model card"
+    )
+    export.add_argument("run_dir")
+    export.add_argument("--out", required=True, help="the folder to write (must not exist)")
+    export.add_argument("--weights", help="'0.3,0.7' or 'name=0.3,other=0.7': merged into the weights")
+    export.add_argument("--adapters", action="store_true", help="the adapters in peft format and their mixing rule")
+    export.add_argument("--checkpoint", help="e.g. iter-000016 (default: the latest)")
+
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "train": cmd_train,
         "eval": cmd_eval,
         "generate": cmd_generate,
+        "export": cmd_export,
     }
     for plugin in entry_points(group="meal_studio.commands"):
         handlers[plugin.name] = plugin.load()(sub)
