@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,11 +23,13 @@ from app.schemas import API_ERRORS, BODY_ERRORS, error_responses
 from app.store.artifacts import ArtifactError, open_store
 from app.store.models import PlaygroundGeneration, Run
 from app.store.queue import BrokerUnavailable, enqueue_playground
+from meal_core.config import ConfigError
 from meal_core.data import DataError, load_prompts
 from meal_core.enums import JobStatus, Role
 from meal_core.inference import BASE
 
 STORE_WAIT_S = 5.0  # how long a page waits on an artefact store that fails before it answers 503
+PROMPTS_LISTED = 200  # held-out prompts the playground offers
 
 router = APIRouter(tags=["playground"], dependencies=[Depends(REQUIRE[Role.TRAINER])], responses=API_ERRORS)
 
@@ -98,7 +101,7 @@ def create_generation(body: PlaygroundIn, session: SessionDep, settings: Setting
     run = session.get(Run, body.run_id)
     if run is None:
         raise HTTPException(404, f"run {body.run_id} not found")
-    objectives = run.run_config().objective_names
+    objectives = run.objective_names
     check_weights(body.weights, objectives)
     generation = PlaygroundGeneration(
         run_id=run.id,
@@ -163,12 +166,18 @@ def run_eval_prompts(run_id: IdPath, session: SessionDep, settings: SettingsDep)
     run = session.get(Run, run_id)
     if run is None:
         raise HTTPException(404, f"run {run_id} not found")
-    spec = run.run_config().data.eval_prompts
+    try:
+        data = run.run_config().data
+    except ConfigError:
+        return []  # a run stored by an older version, whose config no longer reads
+    spec = data.eval_prompts
+    # A web request reads a few rows at most, whatever the dataset's size.
+    options = replace(data.source_options("eval"), max_rows=min(data.max_rows or PROMPTS_LISTED, PROMPTS_LISTED))
     if not spec.startswith("builtin:"):
         path = Path(spec).expanduser().resolve()
         if not path.is_relative_to(Path(settings.data_dir).resolve()):
             return []  # a file elsewhere on the server is not the panel's to read out
     try:
-        return [p.text for p in load_prompts(spec)][:200]
+        return [p.text for p in load_prompts(spec, options=options)][:PROMPTS_LISTED]
     except DataError:
         return []

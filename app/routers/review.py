@@ -97,7 +97,7 @@ def create_queue(body: QueueIn, session: SessionDep, user: TrainerDep) -> QueueO
             run = session.get(Run, source.run_id)
             if run is None:
                 raise HTTPException(404, f"run {source.run_id} not found")
-            objectives = run.run_config().objective_names
+            objectives = run.objective_names
             selection = review.SampleSelection(**source.model_dump(exclude={"type"}))
             items, kind = review.sample_items(session, selection, objectives), QueueKind.SINGLE
         else:
@@ -111,7 +111,7 @@ def create_queue(body: QueueIn, session: SessionDep, user: TrainerDep) -> QueueO
                 raise review.ReviewError("source.generation_ids: generations of exactly one run")
             run = session.get(Run, runs.pop())
             assert run is not None
-            objectives = run.run_config().objective_names
+            objectives = run.objective_names
             items, kind = review.comparison_items(session, source.generation_ids, objectives), QueueKind.COMPARISON
         queue = review.create_queue(
             session, body.name, user.name, kind, body.blind, objectives, items, source.model_dump()
@@ -123,7 +123,7 @@ def create_queue(body: QueueIn, session: SessionDep, user: TrainerDep) -> QueueO
 
 @router.get("/queues", response_model=list[QueueOut])
 def list_queues(
-    session: SessionDep, user: ReviewerDep, status_filter: Annotated[QueueStatus | None, Query(alias="status")] = None
+    session: SessionDep, user: ReviewerDep, status_filter: str | None = Query(None, alias="status", max_length=16)
 ) -> list[QueueOut]:
     query = select(ReviewQueue).order_by(ReviewQueue.id.desc()).limit(500)
     if status_filter:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from sqlalchemy import select
@@ -17,7 +16,7 @@ from app.store.models import MetricLatest, Run
 from app.store.queue import BrokerUnavailable, enqueue_training
 from meal_core import metric_keys as keys
 from meal_core.config import ConfigError, parse_config
-from meal_core.enums import Role, RunStatus
+from meal_core.enums import Role
 
 log = logging.getLogger(__name__)
 router = APIRouter(
@@ -47,7 +46,7 @@ def latest_rewards(session: SessionDep, run_ids: list[int]) -> dict[int, dict[st
 
 
 def _fill(out: RunSummary, run: Run, positions: dict[int, int], latest: dict[str, float]) -> None:
-    out.objectives = run.run_config().objective_names
+    out.objectives = run.objective_names
     out.queue_position = positions.get(run.id)
     out.latest = latest
 
@@ -106,7 +105,7 @@ def create_run(body: RunCreate, session: SessionDep, settings: SettingsDep, user
 def list_runs(
     session: SessionDep,
     settings: SettingsDep,
-    status_filter: Annotated[RunStatus | None, Query(alias="status", description="Only runs with this status.")] = None,
+    status_filter: str | None = Query(None, alias="status", max_length=16, description="Only runs with this status."),
 ) -> list[RunSummary]:
     query = select(Run).order_by(Run.id.desc()).limit(settings.max_runs_listed)
     if status_filter:

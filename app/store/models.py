@@ -23,7 +23,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from meal_core.config import RunConfig, parse_config
+from meal_core.config import ConfigError, RunConfig, parse_config
 from meal_core.enums import JobStatus, QueueStatus, ReviewStatus, RunStatus
 
 JsonColumn = JSON().with_variant(JSONB(), "postgresql")
@@ -97,6 +97,16 @@ class Run(Base):
             while len(_CONFIGS) > 2048:  # a few runs lists' worth; a config is written once, so never stale
                 del _CONFIGS[next(iter(_CONFIGS))]
         return config
+
+    @property
+    def objective_names(self) -> list[str]:
+        """The config's objective names. Where the stored config no longer validates (stored by a version whose
+        fields have changed since), the names as stored: one old run must not break the runs list."""
+        try:
+            return self.run_config().objective_names
+        except ConfigError:
+            objectives = self.config.get("objectives", []) if isinstance(self.config, dict) else []
+            return [str(o.get("name")) for o in objectives if isinstance(o, dict)]
 
 
 def read_config(stored: dict[str, Any]) -> RunConfig:
