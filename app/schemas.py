@@ -94,6 +94,9 @@ class RunSummary(BaseModel):
 class RunOut(RunSummary):
     config: dict[str, Any]
     traceback: str | None
+    reproducibility: dict[str, Any] | None = Field(
+        None, description="Packages, git revision, fingerprints of model, reward models and data, seeds, calibration."
+    )
     event_cursor: str | None = Field(None, description="Pass to the event stream to receive only what comes next.")
 
 

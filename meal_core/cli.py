@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from meal_core.config import ConfigError, RunConfig, load_config, parse_config
 from meal_core.enums import RunStatus
+from meal_core.provenance import dict_differences
 
 if TYPE_CHECKING:
     pass
@@ -41,18 +42,6 @@ def _stored_config(run_dir: Path) -> RunConfig:
     return parse_config(json.loads(path.read_text()))
 
 
-def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    keys = sorted(set(a) | set(b))
-    found = []
-    for key in keys:
-        left, right = a.get(key), b.get(key)
-        if isinstance(left, dict) and isinstance(right, dict):
-            found += _differences(left, right, f"{prefix}{key}.")
-        elif left != right:
-            found.append(f"{prefix}{key}")
-    return found
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from meal_core.recorder import ConsoleProgress, JsonlRecorder, MultiRecorder
     from meal_core.trainer import Trainer
@@ -64,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CLIError(f"{out} already holds a run; pass --resume to continue it, or another --out")
     if args.resume and (out / "config.json").is_file():
         stored = _stored_config(out).model_dump(mode="json")
-        changed = [d for d in _differences(stored, config.model_dump(mode="json")) if d != "iterations"]
+        changed = [d for d in dict_differences(stored, config.model_dump(mode="json")) if d != "iterations"]
         if changed:
             raise CLIError(f"{args.config} differs from the run's stored config in: {', '.join(changed)}")
     if args.iterations:

@@ -11,6 +11,8 @@ from typing import IO, Any, Protocol
 
 from meal_core.evaluation import EvaluationResult
 
+REPRODUCIBILITY_FILE = "reproducibility.json"
+
 
 @dataclass
 class SampleRecord:
@@ -30,6 +32,10 @@ class Recorder(Protocol):
     def evaluation(self, result: EvaluationResult) -> None: ...
     def status(self, status: str, message: str | None = None) -> None: ...
     def progress(self, done: int, total: int, eta_seconds: float | None) -> None: ...
+    def reproducibility(self, record: dict[str, Any]) -> None:
+        """The run's reproducibility record (meal_core.provenance), once it has calibrated."""
+        ...
+
     def should_stop(self) -> bool: ...
     def before_checkpoint(self) -> None:
         """Write what is buffered, if it can: a checkpoint should not run ahead of the run's records (a run resumed
@@ -55,6 +61,9 @@ class NullRecorder:
     def progress(self, done: int, total: int, eta_seconds: float | None) -> None:
         pass
 
+    def reproducibility(self, record: dict[str, Any]) -> None:
+        pass
+
     def should_stop(self) -> bool:
         return False
 
@@ -67,6 +76,7 @@ class JsonlRecorder(NullRecorder):
 
     def __init__(self, run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = run_dir
         self._files = {name: (run_dir / f"{name}.jsonl").open("a") for name in ("metrics", "samples", "evaluations")}
 
     def _write(self, name: str, rows: list[dict[str, Any]]) -> None:
@@ -83,6 +93,9 @@ class JsonlRecorder(NullRecorder):
 
     def evaluation(self, result: EvaluationResult) -> None:
         self._write("evaluations", [result.to_json()])
+
+    def reproducibility(self, record: dict[str, Any]) -> None:
+        (self.run_dir / REPRODUCIBILITY_FILE).write_text(json.dumps(record, indent=2))
 
     def close(self) -> None:
         for handle in self._files.values():
@@ -145,6 +158,10 @@ class MultiRecorder:
     def progress(self, done: int, total: int, eta_seconds: float | None) -> None:
         for r in self.recorders:
             r.progress(done, total, eta_seconds)
+
+    def reproducibility(self, record: dict[str, Any]) -> None:
+        for r in self.recorders:
+            r.reproducibility(record)
 
     def should_stop(self) -> bool:
         return any(r.should_stop() for r in self.recorders)

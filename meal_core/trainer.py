@@ -42,6 +42,7 @@ from meal_core.evaluation import (
 from meal_core.normalization import Normalizer
 from meal_core.objectives import Objective, build_objectives
 from meal_core.policy import Policy, Sampling
+from meal_core.provenance import reproducibility_record
 from meal_core.recorder import NullRecorder, Recorder, SampleRecord
 from meal_core.selection import DegeneracyGuard, select
 from meal_core.weights import LearnableWeights, PreferenceNet, entropy, hindsight_target, kl_to_net
@@ -234,6 +235,8 @@ class Trainer:
             if self.config.eval.at_start:
                 self.evaluate(0)
             self.warm_start()
+        assert self.normalizer is not None
+        self.recorder.reproducibility(reproducibility_record(self.config, self.normalizer.state_dict()))
         started, first = time.monotonic(), self.iteration
         self.recorder.progress(self.iteration, total, None)
         while self.iteration < total:

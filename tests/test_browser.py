@@ -227,6 +227,10 @@ def test_launch_watch_and_stop_a_run(
     assert page.is_disabled("#stop-button")
     run = httpx.get(f"{meal_up}/api/runs/{run_id}", headers=api).json()
     assert run["status"] == "stopped" and run["created_by"] == "admin" and run["stopped_by"] == "admin"
+    # The reproducibility record reached the page once the run had calibrated (fetched after a status event).
+    page.wait_for_function(
+        "document.querySelector('#run-reproducibility').textContent.includes('\"torch\"')", timeout=TIMEOUT_MS
+    )
 
     # The runs page lists it with its (escaped) name and status.
     page.goto(meal_up)

@@ -230,6 +230,9 @@ def test_train_stop_resume_and_finish(live: Setup, tiny_model_dir: Path) -> None
     final = live.run(run_id)
     assert (final["status"], final["attempts"], final["iteration"]) == ("succeeded", 2, TOTAL)
     assert final["event_cursor"] == live.run(run_id)["event_cursor"]
+    record = final["reproducibility"]
+    assert record["packages"]["torch"].startswith("2.13") and record["seed"] == final["config"]["seed"]
+    assert record["base_model"]["sha256"] and record["calibration"]["names"] == final["objectives"]
 
 
 def test_worker_shutdown_stops_the_run_with_a_checkpoint(live: Setup, tiny_model_dir: Path) -> None:

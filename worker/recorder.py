@@ -74,6 +74,7 @@ class DatabaseRecorder:
         self._samples: list[dict[str, object]] = []
         self._evaluations: list[EvaluationResult] = []
         self._progress: tuple[int, int, float | None] | None = None
+        self._reproducibility: dict[str, object] | None = None
         self._closing = threading.Event()
         self._last_heartbeat = 0.0
         self._thread = threading.Thread(target=self._loop, name=f"recorder-run-{run_id}", daemon=True)
@@ -101,6 +102,10 @@ class DatabaseRecorder:
     def progress(self, done: int, total: int, eta_seconds: float | None) -> None:
         with self._lock:
             self._progress = (done, total, eta_seconds)
+
+    def reproducibility(self, record: dict[str, object]) -> None:
+        with self._lock:
+            self._reproducibility = record
 
     def should_stop(self) -> bool:
         if self.also_stop_when is not None and self.also_stop_when.is_set():
@@ -153,16 +158,20 @@ class DatabaseRecorder:
                 touched = True
             with self._lock:
                 points, samples, evaluations, progress = self._points, self._samples, self._evaluations, self._progress
+                record, self._reproducibility = self._reproducibility, None
                 self._points, self._samples, self._evaluations, self._progress = [], [], [], None
-            if points or samples or evaluations or progress:
+            if points or samples or evaluations or progress or record:
                 try:
                     with session_scope(self.database_url) as session:
                         self._write(session, points, samples, evaluations, progress)
+                        if record is not None:
+                            run_state.record_reproducibility(session, self.run_id, record)
                     touched = True
                 except Exception:
                     with self._lock:  # put them back in front, in order, for the next attempt
                         self._points[:0], self._samples[:0], self._evaluations[:0] = points, samples, evaluations
                         self._progress = self._progress or progress
+                        self._reproducibility = self._reproducibility or record
                     raise
         except Exception as error:
             self._failed(error)

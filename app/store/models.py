@@ -87,6 +87,8 @@ class Run(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # meal_core.provenance: packages, git revision, fingerprints, seeds, calibration (written once calibrated)
+    reproducibility: Mapped[dict[str, Any] | None] = mapped_column(JsonColumn)
 
     def run_config(self) -> RunConfig:
         """The stored config read through its contract (objectives, prompts, defaults): see read_config."""

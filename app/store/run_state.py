@@ -115,6 +115,10 @@ def report_progress(session: Session, run_id: int, iteration: int, total: int, e
     )
 
 
+def record_reproducibility(session: Session, run_id: int, record: dict[str, Any]) -> None:
+    session.execute(update(Run).where(Run.id == run_id).values(reproducibility=record, version=Run.version + 1))
+
+
 def stop_requested(session: Session, run_id: int) -> bool:
     return bool(session.scalar(select(Run.stop_requested).where(Run.id == run_id)))
 

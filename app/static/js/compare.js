@@ -82,7 +82,8 @@ function renderLegend() {
 }
 
 function renderDiff() {
-  const flat = runs.map((entry) => flatten(entry.run.config));
+  // The config, then the reproducibility record (packages, revision, fingerprints, calibration) under its own prefix.
+  const flat = runs.map((entry) => flatten({ ...entry.run.config, reproducibility: entry.run.reproducibility || {} }));
   const keys = [...new Set(flat.flatMap((f) => Object.keys(f)))].sort();
   const hide = $("hide-identical").checked;
   let differing = 0;

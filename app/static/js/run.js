@@ -64,6 +64,11 @@ async function action(name) {
   renderHeader();
 }
 
+function renderReproducibility() {
+  const record = run.reproducibility;
+  $("run-reproducibility").textContent = record && record !== "loading" ? JSON.stringify(record, null, 2) : "not written yet: the run has not calibrated";
+}
+
 // ---------------------------------------------------------------------------------------------------- charts
 
 function rewardKeys() {
@@ -455,6 +460,14 @@ function connect(cursor) {
   source.addEventListener("status", (e) => {
     Object.assign(run, JSON.parse(e.data));
     renderHeader();
+    // The record is written once the run has calibrated; status events leave it out, so fetch it then, once.
+    if (!run.reproducibility && run.iteration > 0) {
+      run.reproducibility = "loading";
+      api(`/api/runs/${runId}`)
+        .then((full) => (run.reproducibility = full.reproducibility))
+        .catch(() => (run.reproducibility = null))
+        .finally(renderReproducibility);
+    }
   });
   source.addEventListener("metrics", (e) => {
     const points = JSON.parse(e.data);
@@ -483,6 +496,7 @@ async function main() {
   objectives = run.objectives;
   renderHeader();
   $("run-config").textContent = JSON.stringify(run.config, null, 2);
+  renderReproducibility();
   $("stop-button").addEventListener("click", () => action("stop"));
   $("resume-button").addEventListener("click", () => action("resume"));
   buildCharts();
