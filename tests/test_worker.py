@@ -261,3 +261,24 @@ def test_worker_shutdown_stops_the_run_with_a_checkpoint(live: Setup, tiny_model
     done = live.wait_run(run_id, lambda r: r["status"] in ("succeeded", "failed"), 300, "finished")
     assert (done["status"], done["iteration"], done["attempts"], done["error"]) == ("succeeded", total, 2, None)
     assert live.series(run_id, KEY)["steps"] == list(range(1, total + 1))
+
+
+def test_a_run_trains_from_a_teams_dataset_file(live: Setup, tiny_model_dir: Path) -> None:
+    """HH-style conversations in a parquet file under the data folder: launched through the API, trained by the
+    worker, its samples carrying the conversations' prompts."""
+    import datasets
+
+    uploads = live.settings.data_dir / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    rows = [{"chosen": f"\n\nHuman: Question {i}?\n\nAssistant: Answer {i}.", "rejected": "x"} for i in range(40)]
+    datasets.Dataset.from_list(rows).to_parquet(str(uploads / "hh.parquet"))
+    spec = str(uploads / "hh.parquet")
+    config = tiny_run_config(
+        tiny_model_dir, iterations=1, eval__every=0, data__train_prompts=spec, data__eval_prompts=spec, **CHEAP
+    )
+    run = launch(live, config.model_dump(mode="json"), "from-a-dataset")
+    done = live.wait_run(run["id"], lambda r: r["status"] in ("succeeded", "failed"), 300, "finished")
+    assert done["status"] == "succeeded", done["error"]
+    prompts = {s["prompt"] for s in live.get(f"/api/runs/{run['id']}/samples")}
+    assert prompts and all(p.startswith("Question ") and p.endswith("?") for p in prompts)
+    assert done["reproducibility"]["data"]["train_prompts"]["sha256"]
