@@ -188,13 +188,15 @@ _ENGINES: dict[EngineKey, Engine] = {}
 def _process_state_kept() -> Iterator[None]:
     """Undo what building an in-process engine does to the rest of the process.
 
-    vLLM's CPU worker expects a process of its own: it seeds the global random generators with the engine seed,
-    replaces `torch.set_num_threads` with a no-op (its thread binding must not be undone) and puts libraries into
-    LD_PRELOAD for processes it would spawn. None of that is wanted in a trainer that shares the process: the
-    trainer's random streams, its thread setting and the environment of processes it starts stay as they were.
+    vLLM's workers expect a process of their own: they seed the global random generators with the engine seed; the
+    CPU worker replaces `torch.set_num_threads` with a no-op (its thread binding must not be undone) and puts
+    libraries into LD_PRELOAD for processes it would spawn; the GPU worker drops torch to one thread for serving.
+    None of that is wanted in a trainer that shares the process: its random streams, its thread count and the
+    environment of the processes it starts stay as they were.
     """
     torch_state, numpy_state, python_state = torch.random.get_rng_state(), np.random.get_state(), random.getstate()
-    set_num_threads, preload = torch.set_num_threads, os.environ.get("LD_PRELOAD")
+    set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
+    preload = os.environ.get("LD_PRELOAD")
     try:
         yield
     finally:
@@ -202,6 +204,7 @@ def _process_state_kept() -> Iterator[None]:
         np.random.set_state(numpy_state)
         random.setstate(python_state)
         torch.set_num_threads = set_num_threads  # type: ignore[assignment]
+        torch.set_num_threads(threads)
         if preload is None:
             os.environ.pop("LD_PRELOAD", None)
         else:
