@@ -139,6 +139,19 @@ def test_seeded_sampling_is_reproducible_per_prompt(samplers: tuple[HFSampler, V
     assert alone.token_ids() == first.token_ids()[:2]
 
 
+def test_seeded_prompts_beyond_one_engine_step_are_sampled_whole(samplers: tuple[HFSampler, VLLMSampler]) -> None:
+    # 24 prompts of 200 tokens are more than one step's 4,096 tokens: with chunked prefill vLLM split one and then
+    # failed to rewind its seeded CPU generator (the 64 × 4 × 128 benchmark rollout crashed so).
+    _, vllm = samplers
+    rng = np.random.default_rng(1)
+    prompts = [rng.integers(3, 300, size=200).tolist() for _ in range(24)]
+    weights = np.tile([0.5, 0.5], (24, 1))
+    sampling = Sampling(max_new_tokens=4, min_new_tokens=4)
+    first = vllm.sample(prompts, weights, 2, sampling, seed=3)
+    assert first.new_tokens == 24 * 2 * 4
+    assert first.token_ids() == vllm.sample(prompts, weights, 2, sampling, seed=3).token_ids()
+
+
 def test_one_adapter_per_distinct_weight_reused_across_calls(
     samplers: tuple[HFSampler, VLLMSampler], experts: Policy
 ) -> None:

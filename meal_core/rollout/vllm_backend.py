@@ -79,6 +79,7 @@ class VLLMOptions:
 
     max_model_len: int = 512  # prompt + response tokens of the longest request
     max_num_seqs: int = 256  # sequences decoded at once (the bigger rollout: 64 prompts × 4 samples)
+    max_num_batched_tokens: int = 4096  # tokens of one engine step (at least max_model_len: prompts are not split)
     max_loras: int = 16  # distinct adapters (distinct weights) in one batch; more are scheduled in turn
     max_cpu_loras: int = 64  # adapters kept loaded: an evaluation grid plus a training batch's weights
     # CPU: the KV cache is sized to hold max_num_seqs full-length sequences, at most this share of the memory that
@@ -87,7 +88,6 @@ class VLLMOptions:
     kv_cache_bytes: int | None = None  # an exact size instead
     gpu_memory_utilization: float = 0.5  # CUDA: the engine's share of the device; the training model has the rest
     seed: int = 0  # the engine's own seed (only unseeded requests would use it; the sampler seeds every request)
-    adapter_dir: Path | None = None  # where adapters are written (default: a temporary folder, /dev/shm if any)
 
     @classmethod
     def for_run(cls, config: RunConfig, **changes: Any) -> VLLMOptions:
@@ -249,6 +249,12 @@ def _load(key: EngineKey, dtype: torch.dtype) -> Any:
         "max_loras": options.max_loras,
         "max_cpu_loras": max(options.max_cpu_loras, options.max_loras),
         "enable_prefix_caching": True,
+        # No prompt is ever split across engine steps: vLLM 0.32 rewinds a seeded request's generator after a
+        # partial prefill (`Generator.set_offset`), which CPU generators do not support ("CPU Generator does not
+        # use offset"), so chunked prefill breaks seeded sampling as soon as a batch's prompts exceed one step's
+        # token budget (64 prompts × 4 samples did).
+        "enable_chunked_prefill": False,
+        "max_num_batched_tokens": max(options.max_num_batched_tokens, options.max_model_len),
     }
     if key.device == "cpu":
         per_token = kv_bytes_per_token(key.model, dtype, key.trust_remote_code)
@@ -287,12 +293,15 @@ class VLLMSampler:
     `adapter_version`), so a trainer only has to keep sampling through it after each step.
     """
 
-    def __init__(self, policy: Policy, options: VLLMOptions | None = None) -> None:
+    def __init__(self, policy: Policy, options: VLLMOptions | None = None, adapter_root: Path | None = None) -> None:
+        """`options` fix the engine (samplers with equal options share one); adapters are written in a folder of
+        this sampler's own under `adapter_root` (default: /dev/shm where there is one, else the temporary folder),
+        removed by `close()` or when the sampler is garbage-collected."""
         self.policy = policy
         self.options = options or VLLMOptions()
         self.engine = engine_for(policy, self.options)
         self.eos_token_id = int(policy.tokenizer.eos_token_id)
-        root = self.options.adapter_dir or _default_adapter_root()
+        root = adapter_root or _default_adapter_root()
         root.mkdir(parents=True, exist_ok=True)
         self.adapter_dir = Path(tempfile.mkdtemp(prefix="meal-vllm-", dir=root))
         self._cache = _AdapterCache()
