@@ -6,8 +6,8 @@
 #   2. `down` (volumes kept) and `up -d --scale worker=2`: the run, its metrics, samples and checkpoints are still
 #      there, and the playground still samples it;
 #   3. two runs train at once on the two workers;
-#   4. `stop` while one of them trains: the worker ends its iteration, checkpoints, and the run is `stopped`
-#      (resumable);
+#   4. `stop` while one of them trains: the worker ends its iteration, checkpoints, and the run is `stopped`;
+#      `up` again and Resume: it carries on from that checkpoint;
 #   5. `down -v`, and the images it built are removed.
 #
 # Where Docker Hub is unreachable (MEAL_CHECK_BASE_IMAGES=debian, the default) the base images are stand-ins built
@@ -253,6 +253,17 @@ assert r["checkpoints"][0] == f"iter-{r['iteration']:06d}", (r["iteration"], r["
 print(f"compose check: run {r['id']} stopped at iteration {r['iteration']} with checkpoint {r['checkpoints'][0]}: "
       f"{r['error']}", file=sys.stderr)
 EOF
+# ...and resumable: the workers start again, and a resumed run carries on from that checkpoint
+stopped_at="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["iteration"])' "$work/record-stopped.json")"
+compose up -d --scale worker=2 >"$work/up3.log" 2>&1 || die "up: $(tail -20 "$work/up3.log")"
+wait_healthy 2
+api post "/api/runs/$run3/resume"
+api wait-iteration "$run3" $((stopped_at + 1)) 900
+compose logs --no-color worker | grep -q "run $run3: resuming from iteration $stopped_at" \
+  || die "run $run3 was not resumed from iteration $stopped_at"
+say "run $run3 resumed from iteration $stopped_at and trains on; stopping it from the API"
+api post "/api/runs/$run3/stop"
+api wait "$run3" stopped 600 >/dev/null
 
 # -- 5. down -v (the trap removes the images) -------------------------------------------------------------------
 compose down -v --remove-orphans >"$work/down-v.log" 2>&1 || die "down -v: $(tail -20 "$work/down-v.log")"

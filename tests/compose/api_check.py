@@ -10,6 +10,7 @@ with a one-line reason when what it checks is not so.
     api_check.py URL NAME PASSWORD record RUN_ID                              prints what is stored for a run (JSON)
     api_check.py URL NAME PASSWORD playground RUN_ID                          samples it through the playground worker
     api_check.py URL NAME PASSWORD overlap RUN_ID RUN_ID                      both trained at once, on two workers
+    api_check.py URL NAME PASSWORD post PATH                                  e.g. /api/runs/3/resume
 """
 
 from __future__ import annotations
@@ -177,6 +178,11 @@ def utc(stamp: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
+def post(panel: Panel, path: str) -> None:
+    """POST with no body, e.g. /api/runs/3/resume or /api/runs/3/stop."""
+    panel.call("POST", path)
+
+
 COMMANDS = {
     "launch": launch,
     "wait": wait,
@@ -184,6 +190,7 @@ COMMANDS = {
     "record": record,
     "playground": playground,
     "overlap": overlap,
+    "post": post,
 }
 
 if __name__ == "__main__":
