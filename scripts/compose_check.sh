@@ -207,7 +207,9 @@ say "run $run1 succeeded in $(($(date +%s) - run_started)) s: $done1"
 worker_host="$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["worker"].rsplit(":", 1)[0])' "$done1")"
 worker_hosts="$(compose ps -q worker | xargs docker inspect -f '{{.Config.Hostname}}')"
 grep -qx "$worker_host" <<<"$worker_hosts" || die "run $run1 was trained by $worker_host, not a worker container"
-compose logs --no-color worker | grep -q "Task meal.train_run\[.*\] succeeded" \
+# (the log to a file first: `grep -q` ends at the first match, and under pipefail the writer's SIGPIPE fails it)
+compose logs --no-color worker >"$work/worker.log" 2>&1
+grep -q "Task meal.train_run\[.*\] succeeded" "$work/worker.log" \
   || die "the worker container's log has no succeeded meal.train_run"
 api playground "$run1" >/dev/null
 api record "$run1" >"$work/record-before.json"
@@ -220,6 +222,14 @@ assert r["checkpoints"][0] == "iter-000002" and "base" in r["checkpoints"], r["c
 print(f"compose check: run {r['id']}: {r['metric_keys']} metric series, {r['samples']} samples, "
       f"evaluations at {r['evaluations']}, checkpoints {r['checkpoints']}", file=sys.stderr)
 EOF
+
+# The operator's commands of docs/deploy.md, in the containers: a teammate, a database backup.
+compose exec -T web meal users add compose-reviewer --role reviewer >"$work/users.log" 2>&1 \
+  || die "meal users add: $(tail -5 "$work/users.log")"
+compose exec -T postgres pg_dump -U meal -Fc meal >"$work/meal.dump" 2>"$work/pg_dump.log" \
+  || die "pg_dump: $(tail -5 "$work/pg_dump.log")"
+[ "$(head -c 5 "$work/meal.dump")" = PGDMP ] || die "pg_dump wrote no custom-format dump"
+say "exec web meal users add, exec postgres pg_dump: a user added, a $(stat -c %s "$work/meal.dump")-byte dump"
 
 # -- 2. restart: down (volumes kept), up with two training workers ----------------------------------------------------
 say "docker compose down; docker compose up -d --scale worker=2"
@@ -259,7 +269,8 @@ compose up -d --scale worker=2 >"$work/up3.log" 2>&1 || die "up: $(tail -20 "$wo
 wait_healthy 2
 api post "/api/runs/$run3/resume"
 api wait-iteration "$run3" $((stopped_at + 1)) 900
-compose logs --no-color worker | grep -q "run $run3: resuming from iteration $stopped_at" \
+compose logs --no-color worker >"$work/worker.log" 2>&1
+grep -q "run $run3: resuming from iteration $stopped_at" "$work/worker.log" \
   || die "run $run3 was not resumed from iteration $stopped_at"
 say "run $run3 resumed from iteration $stopped_at and trains on; stopping it from the API"
 api post "/api/runs/$run3/stop"
