@@ -6,7 +6,7 @@ with a one-line reason when what it checks is not so.
 
     api_check.py URL NAME PASSWORD launch RUN_NAME CONFIG.json [ITERATIONS]   prints the new run's id
     api_check.py URL NAME PASSWORD wait RUN_ID STATUS [TIMEOUT_S]             waits for a finished status
-    api_check.py URL NAME PASSWORD wait-iteration RUN_ID N [TIMEOUT_S]        waits until it is running at iteration >= N
+    api_check.py URL NAME PASSWORD wait-iteration RUN_ID N [TIMEOUT_S]        waits for running at iteration >= N
     api_check.py URL NAME PASSWORD record RUN_ID                              prints what is stored for a run (JSON)
     api_check.py URL NAME PASSWORD playground RUN_ID                          samples it through the playground worker
     api_check.py URL NAME PASSWORD overlap RUN_ID RUN_ID                      both trained at once, on two workers
@@ -22,7 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 FINISHED = {"succeeded", "failed", "stopped"}
@@ -163,7 +163,7 @@ def overlap(panel: Panel, first: str, second: str) -> None:
     for run in runs:
         if run["status"] not in ("succeeded", "running") or not run["started_at"]:
             fail(f"run {run['id']}: {run['status']}")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     started = [utc(run["started_at"]) for run in runs]
     finished = [utc(run["finished_at"]) if run["finished_at"] else now for run in runs]
     hosts = {run["worker"].rsplit(":", 1)[0] for run in runs}
@@ -175,7 +175,7 @@ def overlap(panel: Panel, first: str, second: str) -> None:
 
 def utc(stamp: str) -> datetime:
     moment = datetime.fromisoformat(stamp)
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def post(panel: Panel, path: str) -> None:
