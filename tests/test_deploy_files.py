@@ -96,3 +96,16 @@ def test_docker_compose_config_accepts_the_files(profiles: list[str], tmp_path: 
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_base_images_default_to_the_official_ones_users_pull() -> None:
+    """scripts/compose_check.sh swaps in stand-ins built from Debian packages (tests/compose/) through these variables;
+    left unset, a user gets the official images."""
+    compose = (ROOT / "docker-compose.yml").read_text()
+    assert "image: ${MEAL_POSTGRES_IMAGE:-postgres:16}" in compose
+    assert "image: ${MEAL_REDIS_IMAGE:-redis:7}" in compose
+    assert "PYTHON_IMAGE: ${PYTHON_IMAGE:-python:3.11-slim}" in compose
+    assert "NODE_IMAGE: ${NODE_IMAGE:-node:20-slim}" in compose
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "ARG PYTHON_IMAGE=python:3.11-slim\n" in dockerfile and "ARG NODE_IMAGE=node:20-slim\n" in dockerfile
+    assert 'pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"' in dockerfile

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 from app.store.queue import PLAYGROUND_QUEUE, QUEUE
 
@@ -18,12 +19,28 @@ def register_worker(sub: argparse._SubParsersAction) -> Callable[[argparse.Names
         default=QUEUE,
         help=f"queues to take tasks from (default: {QUEUE}, training; {PLAYGROUND_QUEUE}: playground generations)",
     )
+    parser.add_argument(
+        "--ready-file",
+        type=Path,
+        help="create this file once the worker takes tasks and delete it when it stops (a container health check: "
+        "a worker busy training cannot answer Celery's ping)",
+    )
     return run_worker
+
+
+def _mark_ready_in(path: Path) -> None:
+    from celery.signals import worker_ready, worker_shutdown
+
+    path.unlink(missing_ok=True)  # left by an earlier start of the same container
+    worker_ready.connect(lambda **_: path.touch(), weak=False)
+    worker_shutdown.connect(lambda **_: path.unlink(missing_ok=True), weak=False)
 
 
 def run_worker(args: argparse.Namespace) -> int:
     from worker.celery_app import celery_app
 
+    if args.ready_file is not None:
+        _mark_ready_in(args.ready_file)
     celery_app.worker_main(
         [
             "worker",

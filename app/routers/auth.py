@@ -125,6 +125,9 @@ def login(body: LoginIn, request: Request, response: Response, session: SessionD
         raise HTTPException(401, "wrong user name or password")
     limiter.succeeded(client, body.name)
     cookie, login_session = auth.start_session(session, _keyring(request), user)
+    # Now, not when SessionDep closes: FastAPI runs that after the response is sent, and a client's next request
+    # (with the cookie) could come before the session is stored and get a 401 (seen by scripts/compose_check.sh).
+    session.commit()
     _set_session_cookie(request, response, cookie)
     return MeOut(name=user.name, role=Role(user.role), csrf_token=login_session.csrf_token)
 
