@@ -50,23 +50,24 @@ def build_tiny_tokenizer(directory: Path) -> Any:
     return fast
 
 
-def tiny_llama_config(tokenizer: Any, **extra: Any) -> Any:
-    """A two-layer, 32-wide Llama config over `tokenizer`: small enough to train in a test."""
+def tiny_llama_config(tokenizer: Any, **overrides: Any) -> Any:
+    """A two-layer, 32-wide Llama config over `tokenizer`: small enough to train in a test. `overrides` replace or
+    add any field (a wider model for vLLM's kernels, more labels for a classifier)."""
     from transformers import LlamaConfig
 
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        **extra,
-    )
+    fields = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+    }
+    return LlamaConfig(**{**fields, **overrides})
 
 
 def build_tiny_causal_lm(directory: Path, seed: int = 0, **config: Any) -> Path:
