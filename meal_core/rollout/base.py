@@ -76,6 +76,15 @@ def prompt_token_ids(policy: Policy, prompts: Sequence[PromptInput]) -> list[lis
     return [policy.encode_prompt(p) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
 
 
+def sampling_inputs(
+    policy: Policy, prompts: Sequence[PromptInput], weights: ArrayLike, n: int
+) -> tuple[np.ndarray, list[list[int]]]:
+    """What every backend's `sample` starts from: (weight rows, prompt token ids), checked."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    return weight_rows(weights, len(prompts)), prompt_token_ids(policy, prompts)
+
+
 def weight_rows(weights: ArrayLike, rows: int) -> np.ndarray:
     """(rows, K) float64, checked against the number of prompts."""
     w = np.atleast_2d(np.asarray(weights, dtype=np.float64))

@@ -18,6 +18,7 @@ from meal_core.rollout.base import (
     finish_reason,
     group,
     prompt_token_ids,
+    sampling_inputs,
     weight_rows,
 )
 
@@ -36,10 +37,7 @@ class HFSampler:
     def sample(
         self, prompts: Sequence[PromptInput], weights: ArrayLike, n: int, sampling: Sampling, seed: int
     ) -> Rollout:
-        if n < 1:
-            raise ValueError(f"n must be at least 1, got {n}")
-        rows = weight_rows(weights, len(prompts))
-        ids = prompt_token_ids(self.policy, prompts)
+        rows, ids = sampling_inputs(self.policy, prompts, weights, n)
         device = self.policy.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)

@@ -49,6 +49,7 @@ from meal_core.rollout.base import (
     group,
     prompt_token_ids,
     row_seed,
+    sampling_inputs,
     weight_rows,
 )
 
@@ -383,10 +384,7 @@ class VLLMSampler:
     ) -> Rollout:
         from vllm.inputs import TokensPrompt
 
-        if n < 1:
-            raise ValueError(f"n must be at least 1, got {n}")
-        rows = weight_rows(weights, len(prompts))
-        ids = prompt_token_ids(self.policy, prompts)
+        rows, ids = sampling_inputs(self.policy, prompts, weights, n)
         self._check_length(ids, sampling.max_new_tokens)
         params = [self.sampling_params(sampling, n, row_seed(seed, row)) for row in range(len(ids))]
         with torch.random.fork_rng(devices=[]):
