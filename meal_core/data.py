@@ -98,6 +98,11 @@ def prompt_of(turns: list[Turn]) -> tuple[Turn, ...]:
     return tuple((role, content.strip()) for role, content in turns[: last_user + 1])
 
 
+def prompt_column_of(row: dict[str, Any]) -> str | None:
+    """The first of PROMPT_COLUMNS the row has: where its prompt is when no column is named."""
+    return next((c for c in PROMPT_COLUMNS if c in row), None)
+
+
 def row_prompt(row: dict[str, Any], column: str) -> tuple[str, tuple[Turn, ...]] | None:
     """(text, turns) of one row's prompt from `column`; None where the row holds none (no user turn, empty)."""
     value = row.get(column)
@@ -148,9 +153,12 @@ def open_source(spec: str, options: SourceOptions) -> Source | None:
     raise DataError(f"prompt file not found: {spec} (a file or folder of {kinds}, or a dataset id)")
 
 
-def load_prompts(spec: str, limit: int | None = None, options: SourceOptions | None = None) -> list[Prompt]:
+def load_prompts(
+    spec: str, limit: int | None = None, options: SourceOptions | None = None, opened: Source | None = None
+) -> list[Prompt]:
+    """`opened`: the source, where the caller has opened it already (load_prompt_sets)."""
     options = options or SourceOptions()
-    source = open_source(spec, options)
+    source = opened or open_source(spec, options)
     if source is not None:
         prompts = _from_dataset(source, options)
     elif spec.startswith("builtin:"):
@@ -179,12 +187,13 @@ def load_prompt_sets(
 ) -> tuple[list[Prompt], list[Prompt]]:
     """Training and evaluation prompts. Where both read the same split of the same dataset (one that has no test
     split), `heldout_share` of its prompts, chosen by hash, are evaluation's alone and never trained on."""
-    if train_spec == eval_spec:
+    first = second = None
+    if train_spec == eval_spec:  # opened here to compare their splits, and read from what was opened
         first, second = open_source(train_spec, train), open_source(eval_spec, evaluation)
         if first is not None and second is not None and first.split == second.split:
             train = replace(train, heldout="exclude")
             evaluation = replace(evaluation, heldout="only")
-    return load_prompts(train_spec, train_limit, train), load_prompts(eval_spec, None, evaluation)
+    return load_prompts(train_spec, train_limit, train, first), load_prompts(eval_spec, None, evaluation, second)
 
 
 def filter_by_length(prompts: list[Prompt], count_tokens: Callable[[str], int], max_tokens: int | None) -> list[Prompt]:
@@ -216,7 +225,7 @@ def _parse_jsonl(lines: list[str], source: str) -> list[Prompt]:
             raise DataError(f"{source}:{number}: not valid JSON: {error.msg}") from None
         found = None
         if isinstance(row, dict):
-            column = next((c for c in PROMPT_COLUMNS if c in row), None)
+            column = prompt_column_of(row)
             found = row_prompt(row, column) if column else None
         if found is None:
             raise DataError(f"{source}:{number}: each line needs a non-empty string field 'prompt' (or 'messages')")
@@ -285,7 +294,7 @@ def _from_dataset(source: Source, options: SourceOptions) -> list[Prompt]:
     for index, row in enumerate(_limited(source.rows, options.max_rows)):
         read += 1
         if column is None:
-            column = next((c for c in PROMPT_COLUMNS if c in row), None)
+            column = prompt_column_of(row)
             if column is None:
                 raise DataError(
                     f"{spec}: no prompt column found (tried {', '.join(PROMPT_COLUMNS)}); it has {', '.join(row)}; "
