@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,13 @@ def export_run(
     adapters: bool = False,
     checkpoint: str | None = None,
     evaluation: dict[str, Any] | None = None,
+    config: RunConfig | None = None,
 ) -> Path:
     """Write the export to `out` (which must not exist); returns it. `evaluation`: the run's last evaluation for
-    the card (default: the last line of the run folder's evaluations.jsonl, if any)."""
+    the card (default: the last line of the run folder's evaluations.jsonl, if any). `config`: the run's (default:
+    the run folder's config.json)."""
     run_dir, out = Path(run_dir), Path(out)
-    config = stored_config(run_dir)
+    config = config or stored_config(run_dir)
     if out.exists():
         raise ExportError(f"{out} already exists: choose another --out (an export never overwrites)")
     chosen = pick_checkpoint(run_dir, checkpoint)
@@ -80,6 +83,21 @@ def export_run(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def zip_folder(folder: Path, target: Path) -> Path:
+    """The folder as one zip, its files under a top folder named after the zip (safetensors do not compress: stored
+    as they are, zip64 for models beyond 4 GB). Written beside `target`, then moved into place."""
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    try:
+        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for path in sorted(folder.rglob("*")):
+                if path.is_file():
+                    archive.write(path, f"{target.stem}/{path.relative_to(folder)}")
+        partial.rename(target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
 
 
 def stored_config(run_dir: Path) -> RunConfig:
@@ -204,7 +222,8 @@ def model_card(config: RunConfig, note: dict[str, Any], evaluation: dict[str, An
             per_response = evaluation.get("controllability", {}).get(name)
             grid = evaluation.get("controllability_grid", {}).get(name)
             if per_response is not None:
-                rows.append(f"- `{name}` controllability: per response {per_response:+.3f}, over the grid {grid:+.3f}")
+                over_grid = "" if grid is None else f", over the grid {grid:+.3f}"
+                rows.append(f"- `{name}` controllability: per response {per_response:+.3f}{over_grid}")
         figures = "\n".join(rows)
     return f"""---
 base_model: {config.model.name_or_path}
