@@ -28,6 +28,7 @@ from app.routers import (
     config,
     evaluations,
     events,
+    exports,
     health,
     metrics,
     pages,
@@ -51,6 +52,7 @@ SWAGGER_DIST = ROOT / "node_modules" / "swagger-ui-dist"
 def sweep_stale_runs(settings: Settings) -> list[int]:
     with session_scope(settings.database_url) as session:
         run_state.fail_stale_generations(session, timedelta(seconds=settings.playground_timeout_s))
+        run_state.fail_stale_exports(session, timedelta(seconds=settings.export_timeout_s))
         return run_state.fail_stale_runs(session, timedelta(seconds=settings.heartbeat_timeout_s))
 
 
@@ -83,7 +85,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keyring = Keyring(load_secret(settings))
     app.state.login_limiter = LoginLimiter()
     app.state.event_hub = EventHub(settings.database_url, settings.events_poll_s)
-    for module in (health, auth, config, runs, metrics, events, samples, evaluations, playground, review, pages):
+    for module in (
+        health,
+        auth,
+        config,
+        runs,
+        metrics,
+        events,
+        samples,
+        evaluations,
+        playground,
+        exports,
+        review,
+        pages,
+    ):
         app.include_router(module.router)
     install_security(app, settings)
     install_docs(app)

@@ -207,3 +207,18 @@ def test_a_published_marker_lists_every_file(store_url: str, tmp_path: Path) -> 
     writer.publish(9, saved, keep_last=1)
     marker = json.loads(writer.fs.cat_file(f"{writer.root}/run-9/checkpoints/iter-000001{MARKER}"))
     assert marker == {relative: len(content) for relative, content in files_of(saved).items()}
+
+
+def test_an_export_published_on_one_machine_downloads_on_another(store_url: str, tmp_path: Path) -> None:
+    writer = machine(store_url, tmp_path / "worker")
+    zipped = writer.run_dir(8) / "exports" / "run-8-merged-1.zip"
+    zipped.parent.mkdir(parents=True)
+    zipped.write_bytes(b"PK" + bytes(range(256)) * 100)
+    writer.publish_file(8, "exports/run-8-merged-1.zip")
+    web = machine(store_url, tmp_path / "web")
+    fetched = web.fetch_file(8, "exports/run-8-merged-1.zip")
+    assert fetched.parent == web.run_dir(8) / "exports" and fetched.read_bytes() == zipped.read_bytes()
+    assert [p.name for p in fetched.parent.iterdir()] == [fetched.name]  # no staging file left beside it
+    with pytest.raises(FileNotFoundError):
+        web.fetch_file(8, "exports/run-8-merged-2.zip")
+    assert not (web.run_dir(8) / "exports" / "run-8-merged-2.zip").exists()

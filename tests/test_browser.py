@@ -242,6 +242,52 @@ def test_launch_watch_and_stop_a_run(
     assert not page_errors, page_errors
 
 
+def test_a_dataset_run_from_the_form_trains_and_exports_from_its_page(
+    meal_up: str, page: Any, page_errors: list[str], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A team's own data: a parquet file of chat conversations, named in the form, trains through the worker to
+    the end; the run page then exports the policy at chosen weights and offers the zip for download."""
+    import datasets
+
+    conversations = tmp_path / "conversations.parquet"
+    rows = [{"messages": [{"role": "user", "content": f"Describe fruit number {i} in a sentence."}]} for i in range(16)]
+    datasets.Dataset.from_list(rows).to_parquet(str(conversations))
+
+    page.goto(first_login_link(tmp_path / "meal-up.log"))
+    api = {"Cookie": "; ".join(f"{c['name']}={c['value']}" for c in page.context.cookies())}
+    page.goto(f"{meal_up}/runs/new")
+    page.wait_for_selector("#run-form[data-ready='1']")
+    page.click("#expand-all")
+    page.fill("[name='name']", "dataset run")
+    values = {
+        **tiny_form_values(tiny_model_dir),
+        "data.train_prompts": str(conversations),
+        "iterations": "1",
+        "checkpoint.every": "1",
+    }
+    for field, value in values.items():
+        page.fill(f"[name='{field}']", value)
+    page.click("#submit-button")
+    page.wait_for_url(re.compile(r".*/runs/\d+$"), timeout=TIMEOUT_MS)
+    run_id = int(page.url.rstrip("/").split("/")[-1])
+    page.wait_for_function("document.querySelector('#run-status').textContent === 'succeeded'", timeout=600_000)
+    # It trained on the file's conversations, as the chat template renders them.
+    samples = httpx.get(f"{meal_up}/api/runs/{run_id}/samples", headers=api).json()
+    assert samples and all("fruit number" in s["prompt"] for s in samples), samples[:2]
+
+    # Export at the weights the sliders say, from the run page; the zip comes back from the download link.
+    page.wait_for_selector("#export-weights input[type=range]")
+    assert page.locator("#export-weights input[type=checkbox]").count() == 0  # no "auto" for an export
+    page.click("#export-button")
+    link = page.locator("#export-list tr[data-status='succeeded'] a")
+    link.wait_for(timeout=300_000)
+    response = httpx.get(f"{meal_up}{link.get_attribute('href')}", headers=api)
+    assert response.status_code == 200 and response.content[:2] == b"PK"
+    exported = httpx.get(f"{meal_up}/api/runs/{run_id}/exports", headers=api).json()
+    assert [e["weights"] for e in exported] == [[0.5, 0.5]] and exported[0]["created_by"] == "admin"
+    assert not page_errors, page_errors
+
+
 # -- the run and compare pages against a real server with data written straight into its database ------------------
 
 HOSTILE = '<img src=x onerror="window.__pwned = 1">'

@@ -1,8 +1,12 @@
-"""The playground end to end: the API, a real `meal worker --queues playground` process, a trained tiny run."""
+"""The playground end to end: the API, a real `meal worker --queues playground` process, a trained tiny run; and
+exports of that run from the panel, which the same queue's worker writes."""
 
 from __future__ import annotations
 
+import io
+import json
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +21,10 @@ from sqlalchemy import select
 from app.main import create_app
 from app.store.db import get_engine, session_scope
 from app.store.migrate import upgrade
-from app.store.models import PlaygroundGeneration
+from app.store.models import ModelExport, PlaygroundGeneration, Run
 from app.store.queue import PLAYGROUND_QUEUE
 from app.store.settings import Settings
+from meal_core.config import RunConfig
 
 
 @dataclass
@@ -127,3 +132,118 @@ def test_model_output_is_stored_as_text(playground: Playground) -> None:
     generation = playground.generate(prompt=hostile, weights=[[1, 0], [0, 1]], max_new_tokens=4)
     assert generation["prompt"] == hostile and generation["status"] == "succeeded"
     assert np.isfinite([s["scores"]["positivity"] for o in generation["outputs"] for s in o["samples"]]).all()
+
+
+# -- exports: the same trained run, exported by the same playground-queue worker --------------------------------------
+
+
+def wait_export(playground: Playground, export_id: int, timeout: float = 300) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        export = playground.client.get(f"/api/exports/{export_id}").json()
+        if export["status"] in ("succeeded", "failed"):
+            return dict(export)
+        if time.monotonic() > deadline or not playground.worker.alive():
+            pytest.fail(f"export {export_id} not done: {export}\n{playground.worker.output()[-3000:]}")
+        time.sleep(0.2)
+
+
+def export(playground: Playground, **body: Any) -> dict[str, Any]:
+    response = playground.client.post(f"/api/runs/{playground.run_id}/exports", json=body)
+    assert response.status_code == 201, response.text
+    assert response.json()["status"] == "queued" and response.json()["created_by"] == "ana"
+    return wait_export(playground, response.json()["id"])
+
+
+def downloaded(playground: Playground, export_id: int, into: Path) -> Path:
+    """The export's zip, downloaded and unpacked; returns its one top folder."""
+    response = playground.client.get(f"/api/exports/{export_id}/download")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        tops = {name.split("/", 1)[0] for name in archive.namelist()}
+        archive.extractall(into)
+    assert len(tops) == 1, tops
+    return into / tops.pop()
+
+
+def test_a_merged_export_from_the_panel_is_the_policy_at_that_weight(playground: Playground, tmp_path: Path) -> None:
+    from test_export import engine_logits, exported_logits
+
+    from meal_core.policy import Policy
+
+    done = export(playground, weights=[1, 3])
+    assert done["status"] == "succeeded", done["error"]
+    assert done["checkpoint"] == "iter-000002" and done["weights"] == [0.25, 0.75] and done["size_bytes"] > 0
+    folder = downloaded(playground, done["id"], tmp_path)
+    note = json.loads((folder / "meal_export.json").read_text())
+    assert note["kind"] == "merged" and note["weights"] == {"positivity": 0.25, "readability": 0.75}
+    assert "hypervolume" in (folder / "README.md").read_text()  # the card has the run's last evaluation
+    # The engine's policy at that checkpoint and weight gives the same logits as the downloaded model.
+    config = read_config_of(playground)
+    policy = Policy(config.model, config.lora, config.objective_names)
+    policy.load_adapter(playground.settings.runs_dir / f"run-{playground.run_id}/checkpoints/iter-000002/adapter")
+    weights = np.array([0.25, 0.75])
+    torch_close(exported_logits(folder, policy, weights), engine_logits(policy, weights))
+    listed = playground.client.get(f"/api/runs/{playground.run_id}/exports").json()
+    assert done["id"] in [e["id"] for e in listed]
+
+
+def test_an_adapters_export_keeps_the_weight_open(playground: Playground, tmp_path: Path) -> None:
+    done = export(playground, adapters=True, checkpoint="iter-000001")
+    assert done["status"] == "succeeded" and done["weights"] is None and done["checkpoint"] == "iter-000001"
+    folder = downloaded(playground, done["id"], tmp_path)
+    assert (folder / "mixing.json").is_file() and json.loads((folder / "meal_export.json").read_text())["kind"] == (
+        "adapters"
+    )
+
+
+def test_bad_exports_are_refused_with_the_reason(playground: Playground) -> None:
+    client, run_id = playground.client, playground.run_id
+    cases = [
+        ({}, 422, "needed for a merged export"),
+        ({"weights": [1, 0, 0]}, 422, "2 values"),
+        ({"weights": [1e308, 1e308]}, 422, "finite"),
+        ({"weights": [-1, 2]}, 422, "non-negative"),
+        ({"weights": [0, 0]}, 422, "positive sum"),
+        ({"weights": [1, 0], "adapters": 1}, 422, "valid boolean"),
+        ({"weights": [1, 0], "checkpoint": "../../etc"}, 422, "pattern"),
+        ({"weights": [1, 0], "extra": True}, 422, "extra"),
+        ({"weights": [1, 0], "checkpoint": "iter-000099"}, 409, "iter-000001, iter-000002"),
+    ]
+    for body, code, message in cases:
+        response = client.post(f"/api/runs/{run_id}/exports", json=body)
+        assert response.status_code == code and message in response.text, (body, response.text)
+    assert client.post("/api/runs/2147483647/exports", json={"weights": [1, 0]}).status_code == 404
+    assert client.get("/api/exports/2147483647").status_code == 404
+    # A run with no checkpoint yet has nothing to export.
+    from app.store import run_state
+
+    with session_scope(playground.settings.database_url) as session:
+        fresh = run_state.create_run(session, "fresh", read_config_of(playground).model_dump(mode="json"), 1, "ana").id
+    response = client.post(f"/api/runs/{fresh}/exports", json={"weights": [1, 0]})
+    assert response.status_code == 409 and "no checkpoint yet" in response.text
+    # Nothing to download before it is done; a reviewer may neither export nor download.
+    with session_scope(playground.settings.database_url) as session:
+        queued = ModelExport(run_id=run_id, created_by="ana", weights=[1.0, 0.0], adapters=False)
+        session.add(queued)
+        session.flush()
+        queued_id = queued.id
+    response = client.get(f"/api/exports/{queued_id}/download")
+    assert response.status_code == 409 and "queued" in response.text
+    reviewer = bearer(playground.settings, "reviewer", "rita")
+    assert client.post(f"/api/runs/{run_id}/exports", json={"weights": [1, 0]}, headers=reviewer).status_code == 403
+    assert client.get(f"/api/exports/{queued_id}/download", headers=reviewer).status_code == 403
+
+
+def read_config_of(playground: Playground) -> RunConfig:
+    with session_scope(playground.settings.database_url) as session:
+        run = session.get(Run, playground.run_id)
+        assert run is not None
+        return run.run_config()
+
+
+def torch_close(actual: Any, expected: Any) -> None:
+    import torch
+
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)

@@ -9,7 +9,7 @@ from sqlalchemy import update
 
 from app.store import run_state
 from app.store.db import session_scope
-from app.store.models import PlaygroundGeneration, Run
+from app.store.models import ModelExport, PlaygroundGeneration, Run
 from meal_core.enums import JobStatus, RunStatus
 
 TIMEOUT = timedelta(seconds=120)
@@ -245,3 +245,31 @@ def test_a_playground_generation_whose_worker_died_fails(database_url: str) -> N
         assert dead is not None and dead.error is not None and "vanished" in dead.error and dead.finished_at
     with session_scope(database_url) as session:
         assert run_state.fail_stale_generations(session, TIMEOUT) == []
+
+
+def test_a_model_export_whose_worker_died_fails(database_url: str) -> None:
+    run_id = new_run(database_url)
+    now = datetime.now(UTC)
+    ids = {}
+    with session_scope(database_url) as session:
+        for name, status, age in (
+            ("dead", JobStatus.RUNNING, TIMEOUT + timedelta(seconds=5)),
+            ("young", JobStatus.RUNNING, timedelta(seconds=5)),
+            ("done", JobStatus.SUCCEEDED, TIMEOUT * 3),
+        ):
+            export = ModelExport(run_id=run_id, created_by="t", weights=[1.0, 0.0], status=status, created_at=now - age)
+            session.add(export)
+            session.flush()
+            ids[name] = export.id
+    with session_scope(database_url) as session:
+        assert run_state.fail_stale_exports(session, TIMEOUT) == [ids["dead"]]
+        assert run_state.fail_stale_generations(session, TIMEOUT) == []  # the tables are swept apart
+    with session_scope(database_url) as session:
+        found = {name: session.get(ModelExport, i) for name, i in ids.items()}
+        assert {name: e.status for name, e in found.items() if e} == {
+            "dead": JobStatus.FAILED,
+            "young": JobStatus.RUNNING,
+            "done": JobStatus.SUCCEEDED,
+        }
+        dead = found["dead"]
+        assert dead is not None and dead.error is not None and "exporting worker vanished" in dead.error

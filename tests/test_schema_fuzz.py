@@ -65,18 +65,22 @@ REAL = {
     "queue_id": [1],
     "item_id": [1, 6],
     "generation_id": [1],
+    "export_id": [1, 2],
     "token_id": [1, 2],
     "name": ["admin", "reviewer"],
 }
 
 
 def seed_database(settings: Settings) -> None:
-    """Two runs (one finished, with samples and metrics; one queued), a playground generation with outputs and a
-    review queue of the finished run's samples: ids 1 and 2 of most tables are real rows."""
+    """Two runs (one finished, with samples and metrics; one queued), a playground generation with outputs, two
+    exports (one written, one queued) and a review queue of the finished run's samples: ids 1 and 2 of most tables
+    are real rows."""
+    import zipfile
+
     from app import auth, review
     from app.store import metric_store, run_state
     from app.store.db import session_scope
-    from app.store.models import PlaygroundGeneration, Sample
+    from app.store.models import ModelExport, PlaygroundGeneration, Sample
     from meal_core.config import RunConfig
     from meal_core.enums import JobStatus, QueueKind, Role, RunStatus
 
@@ -126,6 +130,14 @@ def seed_database(settings: Settings) -> None:
                 outputs=[output, {**output, "weights": [1.0, 0.0]}],
             )
         )
+        zipped = settings.runs_dir / f"run-{finished}" / "exports" / "run-1-merged-1.zip"
+        zipped.parent.mkdir(parents=True)
+        with zipfile.ZipFile(zipped, "w") as archive:
+            archive.writestr("run-1-merged-1/meal_export.json", "{}")
+        for status, artifact in ((JobStatus.SUCCEEDED, zipped.name), (JobStatus.QUEUED, None)):
+            session.add(
+                ModelExport(run_id=finished, created_by="admin", weights=[0.5, 0.5], status=status, artifact=artifact)
+            )
         items = review.sample_items(session, review.SampleSelection(run_id=finished), objectives)
         review.create_queue(session, "queue", "admin", QueueKind.SINGLE, False, objectives, items, {"type": "samples"})
 

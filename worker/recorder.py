@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -45,6 +46,11 @@ def sample_rows(run_id: int, samples: list[SampleRecord]) -> list[dict[str, obje
 def evaluation_row(run_id: int, result: EvaluationResult) -> dict[str, object]:
     """The `evaluation` table's row of a result: the record's own fields, as its JSON form has them."""
     return {"run_id": run_id, **result.to_json()}
+
+
+def evaluation_record(row: Evaluation) -> dict[str, Any]:
+    """The reverse: an `evaluation` row as the record's JSON form (what evaluations.jsonl holds)."""
+    return {f.name: getattr(row, f.name) for f in fields(EvaluationResult)}
 
 
 class RecorderError(RuntimeError):

@@ -1,15 +1,18 @@
 """Celery tasks. `meal.train_run` trains one stored run, from its last checkpoint if it has one;
-`meal.playground_generate` samples one playground comparison (its own queue, so it never waits behind training)."""
+`meal.playground_generate` samples one playground comparison and `meal.export_model` exports a trained run (both on
+the playground queue, so they never wait behind training)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
+import tempfile
 import threading
 import traceback
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,18 +20,19 @@ from celery.signals import worker_shutting_down
 from sqlalchemy import select, update
 
 from app.store import run_state
-from app.store.artifacts import ArtifactStore, open_store
+from app.store.artifacts import EXPORTS, ArtifactStore, open_store
 from app.store.db import session_scope
-from app.store.models import Evaluation, PlaygroundGeneration, Run, read_config, utcnow
+from app.store.models import Evaluation, ModelExport, PlaygroundGeneration, Run, read_config, utcnow
 from app.store.settings import get_settings
 from app.store.sql import storable_text
 from meal_core.config import RunConfig
 from meal_core.enums import JobStatus, RunStatus
+from meal_core.export import ExportError, export_run, zip_folder
 from meal_core.inference import BASE, LoadedRun
 from meal_core.policy import Sampling
 from meal_core.trainer import Trainer
 from worker.celery_app import celery_app
-from worker.recorder import DatabaseRecorder
+from worker.recorder import DatabaseRecorder, evaluation_record
 
 log = logging.getLogger(__name__)
 
@@ -239,4 +243,85 @@ def playground_generate(generation_id: int) -> str:
         values["error"] = storable_text(f"{type(exc).__name__}: {exc}")
     with session_scope(settings.database_url) as session:
         session.execute(update(PlaygroundGeneration).where(PlaygroundGeneration.id == generation_id).values(**values))
+    return str(values["status"])
+
+
+# -- exports ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportJob:
+    """What a claimed export asks for, read in one short transaction with the run's config and last evaluation."""
+
+    id: int
+    run_id: int
+    config: RunConfig
+    checkpoint: str | None
+    weights: list[float] | None
+    adapters: bool
+    evaluation: dict[str, Any] | None
+
+
+def claim_export(session: Any, export_id: int) -> ExportJob | None:
+    """queued → running, by one conditional UPDATE: a redelivered message finds nothing to do."""
+    claimed = session.execute(
+        update(ModelExport)
+        .where(ModelExport.id == export_id, ModelExport.status == JobStatus.QUEUED)
+        .values(status=JobStatus.RUNNING)
+    ).rowcount
+    if not claimed:
+        return None
+    export = session.get(ModelExport, export_id)
+    run = session.get(Run, export.run_id)
+    last = session.scalar(
+        select(Evaluation).where(Evaluation.run_id == run.id).order_by(Evaluation.step.desc()).limit(1)
+    )
+    return ExportJob(
+        export.id,
+        run.id,
+        read_config(run.config),
+        export.checkpoint,
+        export.weights,
+        export.adapters,
+        None if last is None else evaluation_record(last),
+    )
+
+
+def write_export(job: ExportJob, store: ArtifactStore) -> dict[str, Any]:
+    """`meal export` on the store's checkpoint, zipped into the run's exports folder and published; returns what
+    the export's row records."""
+    names = store.checkpoint_names(job.run_id)
+    chosen = job.checkpoint or (names[-1] if names else None)
+    if chosen is None:
+        raise ExportError(f"run {job.run_id} has no checkpoint yet: nothing to export")
+    run_dir = store.fetch(job.run_id, [chosen])
+    weights = None if job.weights is None else ",".join(repr(float(v)) for v in job.weights)
+    relative = f"{EXPORTS}/run-{job.run_id}-{'adapters' if job.adapters else 'merged'}-{job.id}.zip"
+    target = run_dir / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".export-") as scratch:
+        folder = export_run(run_dir, Path(scratch) / "model", weights, job.adapters, chosen, job.evaluation, job.config)
+        zip_folder(folder, target)
+    store.publish_file(job.run_id, relative)
+    return {"checkpoint": chosen, "artifact": target.name, "size_bytes": target.stat().st_size}
+
+
+@celery_app.task(name="meal.export_model")
+def export_model(export_id: int) -> str:
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        job = claim_export(session, export_id)
+    if job is None:
+        return "skipped"
+    values: dict[str, Any] = {"status": JobStatus.FAILED, "finished_at": utcnow()}
+    try:
+        values.update(write_export(job, open_store(settings)), status=JobStatus.SUCCEEDED)
+    except ExportError as refused:  # the user's to fix (a checkpoint that is gone): shown as it is
+        values["error"] = storable_text(str(refused))
+    except Exception as exc:  # shown on the run page; the worker carries on
+        log.exception("export %s failed", export_id)
+        values["error"] = storable_text(f"{type(exc).__name__}: {exc}")
+    values["finished_at"] = utcnow()
+    with session_scope(settings.database_url) as session:
+        session.execute(update(ModelExport).where(ModelExport.id == export_id).values(**values))
     return str(values["status"])

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MARKER = ".complete"
 CONFIG_FILE = "config.json"
+EXPORTS = "exports"  # a run's model exports, one zip each: run-<id>/exports/<name>.zip
 RETRY_S = 60.0  # how long a store operation is retried before it fails (an S3 endpoint restarting, a network blip)
 T = TypeVar("T")
 
@@ -61,6 +62,10 @@ class ArtifactStore(Protocol):
     def fetch_latest(self, run_id: int) -> str | None: ...
 
     def adopt(self, run_id: int, keep_last: int) -> None: ...
+
+    def publish_file(self, run_id: int, relative: str) -> None: ...
+
+    def fetch_file(self, run_id: int, relative: str) -> Path: ...
 
 
 class LocalStore:
@@ -87,6 +92,15 @@ class LocalStore:
 
     def adopt(self, run_id: int, keep_last: int) -> None:
         """Nothing to adopt: the cache is the store."""
+
+    def publish_file(self, run_id: int, relative: str) -> None:
+        """The file was written in the run folder, which is the store."""
+
+    def fetch_file(self, run_id: int, relative: str) -> Path:
+        path = self.run_dir(run_id) / relative
+        if not path.is_file():
+            raise FileNotFoundError(f"run {run_id} has no {relative}")
+        return path
 
 
 class RemoteStore:
@@ -203,6 +217,28 @@ class RemoteStore:
         self._retrying(f"mark {checkpoint.name} complete", self._write_marker, remote + MARKER, marker)
         for old in self.checkpoint_names(run_id)[:-keep_last]:
             self._retrying(f"drop {old}", self._drop, run_id, old)
+
+    def publish_file(self, run_id: int, relative: str) -> None:
+        """Upload a file written in the run's local folder (an export's zip) to the same place in the store. Such
+        files never change once published: a name is used once."""
+        local = self.run_dir(run_id) / relative
+        self._retrying(f"upload {relative}", self.fs.put_file, str(local), self._remote(run_id, *relative.split("/")))
+
+    def fetch_file(self, run_id: int, relative: str) -> Path:
+        """A published file, downloaded into the cache on first use (beside it, then renamed: never half there)."""
+        local = self.run_dir(run_id) / relative
+        if local.is_file():
+            return local
+        local.parent.mkdir(parents=True, exist_ok=True)
+        staging = local.with_name(f".{local.name}.fetch-{os.getpid()}")
+        try:
+            self._retrying(
+                f"download {relative}", self.fs.get_file, self._remote(run_id, *relative.split("/")), str(staging)
+            )
+            staging.rename(local)
+        finally:
+            staging.unlink(missing_ok=True)
+        return local
 
     def _write_marker(self, path: str, content: bytes) -> None:
         """Whole or not at all: written beside it, then moved (an S3 object is whole anyway; a file is not)."""

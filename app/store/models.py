@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Dialect,
@@ -286,6 +287,26 @@ class PlaygroundGeneration(Base):
     samples: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     outputs: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonColumn)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ModelExport(Base):
+    """A trained run taken away from the panel: `meal export` run by a worker, its folder zipped into the artefact
+    store (`run-<id>/exports/<artifact>`) for download. Every export is kept."""
+
+    __tablename__ = "model_export"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("run.id", ondelete="CASCADE"), index=True)
+    created_by: Mapped[str] = mapped_column(String(100))
+    checkpoint: Mapped[str | None] = mapped_column(String(32))  # None: the latest (resolved when exported)
+    weights: Mapped[list[float] | None] = mapped_column(JsonColumn)  # None: adapters only, the weight chosen later
+    adapters: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
+    artifact: Mapped[str | None] = mapped_column(String(64))  # the zip's name in the run's exports folder
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)  # a 7B model is 14 GB
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

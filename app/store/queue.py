@@ -11,8 +11,10 @@ from celery import Celery
 log = logging.getLogger(__name__)
 TRAIN_RUN = "meal.train_run"
 PLAYGROUND_GENERATE = "meal.playground_generate"
+EXPORT_MODEL = "meal.export_model"
 QUEUE = "meal"  # training: one run per worker, for hours
-PLAYGROUND_QUEUE = "playground"  # generations for the playground: seconds each, never behind a training run
+# Generations for the playground and model exports: seconds to minutes each, never behind a training run.
+PLAYGROUND_QUEUE = "playground"
 # Redis (kombu) puts a message that a worker took but has not acknowledged back in the queue once it has been out
 # this long (kombu's default: 1 hour). Workers acknowledge a training message only when its run ends (acks_late), so
 # with the default every run longer than an hour had its message handed to the next idle worker, which found the run
@@ -77,3 +79,8 @@ def enqueue_training(broker_url: str, run_id: int) -> str:
 def enqueue_playground(broker_url: str, generation_id: int) -> str:
     """Returns the task id. Raises BrokerUnavailable on a broker that cannot be reached."""
     return _send(broker_url, PLAYGROUND_GENERATE, generation_id, PLAYGROUND_QUEUE)
+
+
+def enqueue_export(broker_url: str, export_id: int) -> str:
+    """Returns the task id. Raises BrokerUnavailable on a broker that cannot be reached."""
+    return _send(broker_url, EXPORT_MODEL, export_id, PLAYGROUND_QUEUE)

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.store.models import PlaygroundGeneration, Run, utcnow
+from app.store.models import ModelExport, PlaygroundGeneration, Run, utcnow
 from app.store.sql import storable_text
 from meal_core.enums import HELD_RUN_STATUSES, RESUMABLE_RUN_STATUSES, JobStatus, RunStatus
 
@@ -183,22 +183,31 @@ def _fail_live(session: Session, run_ids: Iterable[int], reason: str) -> list[in
 def fail_stale_generations(session: Session, timeout: timedelta, now: datetime | None = None) -> list[int]:
     """Playground generations still running `timeout` after they were asked for: their worker died with them
     (a generation takes seconds). They fail, so the page stops waiting; asking again queues a new one."""
+    return _fail_stale_jobs(session, PlaygroundGeneration, timeout, now, "the playground worker vanished")
+
+
+def fail_stale_exports(session: Session, timeout: timedelta, now: datetime | None = None) -> list[int]:
+    """Model exports still running `timeout` after they were asked for (a 7B merge takes minutes, not hours)."""
+    return _fail_stale_jobs(session, ModelExport, timeout, now, "the exporting worker vanished")
+
+
+def _fail_stale_jobs(
+    session: Session,
+    job: type[PlaygroundGeneration] | type[ModelExport],
+    timeout: timedelta,
+    now: datetime | None,
+    reason: str,
+) -> list[int]:
     cutoff = (now or utcnow()) - timeout
-    stale = list(
-        session.scalars(
-            select(PlaygroundGeneration.id).where(
-                PlaygroundGeneration.status == JobStatus.RUNNING, PlaygroundGeneration.created_at < cutoff
-            )
-        )
-    )
+    stale = list(session.scalars(select(job.id).where(job.status == JobStatus.RUNNING, job.created_at < cutoff)))
     if stale:
         session.execute(
-            update(PlaygroundGeneration)
-            .where(PlaygroundGeneration.id.in_(stale), PlaygroundGeneration.status == JobStatus.RUNNING)
+            update(job)
+            .where(job.id.in_(stale), job.status == JobStatus.RUNNING)
             .values(
                 status=JobStatus.FAILED,
                 finished_at=utcnow(),
-                error=f"the playground worker vanished: still running after {int(timeout.total_seconds())} s",
+                error=f"{reason}: still running after {int(timeout.total_seconds())} s",
             )
         )
     return stale

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     playground_timeout_s: float = Field(
         600.0, gt=0, description="A playground generation still running this long after it was asked for failed."
     )
+    export_timeout_s: float = Field(
+        3600.0, gt=0, description="A model export still running this long after it was asked for failed."
+    )
     recorder_flush_s: float = Field(0.5, gt=0, description="Worker flushes buffered metrics at least this often.")
     events_poll_s: float = Field(0.5, gt=0, description="How often a run's event feed looks for new rows.")
     events_shared: bool = Field(

@@ -2,6 +2,7 @@
 // Charts are updated in place with setData: no page reload, and a zoomed chart keeps its zoom.
 import { LineChart, MetricStore, ScatterChart } from "./charts.js";
 import { alpha, api, color, el, ema, errorText, fmtAgo, fmtNum, fmtTime, progressView, setChildren } from "./common.js";
+import { setupExport } from "./run_export.js";
 import { steeringData, steeringSeries } from "./steering.js";
 import { METRIC, metricKey, metricPrefix, RUN_STATUS, RUN_STATUSES } from "./contracts.js";
 
@@ -499,6 +500,10 @@ async function main() {
   renderReproducibility();
   $("stop-button").addEventListener("click", () => action("stop"));
   $("resume-button").addEventListener("click", () => action("resume"));
+  setupExport(runId, objectives).catch((error) => {
+    $("export-error").textContent = `Could not list the exports: ${errorText(error)}`;
+    $("export-error").classList.remove("hidden");
+  });
   buildCharts();
   sampleHead();
   maxPoints = Math.max(100, Math.round($("chart-weights").clientWidth || 600));

@@ -13,7 +13,8 @@ export function rebalance(weights, index, value) {
 }
 
 export class WeightRow {
-  constructor(objectives, initial, onRemove) {
+  /** `allowAuto`: offer "auto" (the playground does; an export needs numbers). */
+  constructor(objectives, initial, onRemove, { allowAuto = true } = {}) {
     this.objectives = objectives;
     this.weights = initial || objectives.map(() => 1 / objectives.length);
     this.auto = el("input", { type: "checkbox", "aria-label": "auto weights" });
@@ -31,7 +32,7 @@ export class WeightRow {
       "div",
       { className: "weight-row" },
       objectives.map((name, k) => el("label", { className: "weight-slider" }, `${name} `, this.sliders[k], this.labels[k])),
-      el("label", { className: "small" }, this.auto, " auto"),
+      allowAuto ? el("label", { className: "small" }, this.auto, " auto") : null,
       onRemove ? el("button", { type: "button", className: "btn small", onclick: () => onRemove(this) }, "Remove") : null,
     );
     this.render();
