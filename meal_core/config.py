@@ -125,10 +125,12 @@ class HFClassifierObjective(ObjectiveBase):
         description="AutoModelForSequenceClassification path or hub id. Several objectives naming the same model "
         "(with the same input settings) share it: one forward pass gives all their outputs.",
     )
-    input_format: Literal["pair", "response_only", "text_pair", "chat", "auto"] = Field(
+    input_format: Literal["pair", "response_only", "text_pair", "chat", "hh", "auto"] = Field(
         "pair",
         description="pair: prompt and response joined by `separator`; response_only; text_pair: tokenizer pair; "
-        "chat: the model's own chat template over a user and an assistant turn; auto: chat where it has one.",
+        "chat: the model's own chat template over a user and an assistant turn; hh: Anthropic HH-RLHF text, "
+        "'\\n\\nHuman: {prompt}\\n\\nAssistant: {response}' (what HH-trained reward models read); auto: chat where "
+        "it has one.",
     )
     output: str = Field(
         "logit[0]",

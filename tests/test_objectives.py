@@ -241,12 +241,14 @@ def _expected(reference: tuple[Any, Any], input_format: str, separator: str = "\
         inputs = [(p + separator + r,) for p, r in zip(PROMPTS, RESPONSES, strict=True)]
     elif input_format == "response_only":
         inputs = [(r,) for r in RESPONSES]
+    elif input_format == "hh":
+        inputs = [(f"\n\nHuman: {p}\n\nAssistant: {r}",) for p, r in zip(PROMPTS, RESPONSES, strict=True)]
     else:
         inputs = list(zip(PROMPTS, RESPONSES, strict=True))
     return _logits_one_by_one(reference, inputs)
 
 
-@pytest.mark.parametrize("input_format", ["pair", "response_only", "text_pair"])
+@pytest.mark.parametrize("input_format", ["pair", "response_only", "text_pair", "hh"])
 @pytest.mark.parametrize(
     ("output", "read"),
     [
@@ -274,8 +276,9 @@ def test_hf_classifier_input_formats_really_differ(classifier_dir: Path) -> None
         fmt: HFClassifierScorer("rm", str(classifier_dir), input_format=fmt, output="logit[0]").score(
             PROMPTS, RESPONSES
         )
-        for fmt in ("pair", "response_only", "text_pair")
+        for fmt in ("pair", "response_only", "text_pair", "hh")
     }
+    assert not np.allclose(results["pair"], results["hh"])
     assert not np.allclose(results["pair"], results["response_only"])
     assert not np.allclose(results["pair"], results["text_pair"])
     assert not np.allclose(results["response_only"], results["text_pair"])
@@ -588,3 +591,11 @@ def test_a_run_trains_on_three_objectives_from_one_reward_model(
     assert rewards == {"reward/rm0", "reward/rm1", "reward/rm2"}
     shared = trainer.objectives[0].shared  # type: ignore[attr-defined]
     assert all(o.shared is shared for o in trainer.objectives)  # type: ignore[attr-defined]
+
+
+def test_hh_text_writes_one_human_turn_and_keeps_an_hh_prompts_own_turns() -> None:
+    from meal_core.objectives.hf_classifier import hh_text
+
+    assert hh_text("Hi there", "Hello!") == "\n\nHuman: Hi there\n\nAssistant: Hello!"
+    multi = "\n\nHuman: Hi\n\nAssistant: Hello.\n\nHuman: And you?\n\nAssistant:"
+    assert hh_text(multi, "Fine.") == "\n\nHuman: Hi\n\nAssistant: Hello.\n\nHuman: And you?\n\nAssistant: Fine."

@@ -101,6 +101,8 @@ class ClassifierModel:
                 )
                 for p, r in zip(prompts, responses, strict=True)
             ]
+        if self.input_format == "hh":
+            return [hh_text(p, r) for p, r in zip(prompts, responses, strict=True)]
         return [p + self.separator + r for p, r in zip(prompts, responses, strict=True)]
 
     @torch.no_grad()
@@ -177,3 +179,12 @@ class HFClassifierScorer(Objective):
         if not np.isfinite(scores).all():
             raise ObjectiveError(f"{self.name}: returned a non-finite score")
         return scores
+
+
+def hh_text(prompt: str, response: str) -> str:
+    """A prompt and a response as Anthropic HH-RLHF writes a conversation, which reward models trained on it read; a
+    prompt already in that form (several turns, from an HH dataset's text) keeps its own turns."""
+    prompt = prompt.rstrip().removesuffix("Assistant:").rstrip()
+    if not prompt.lstrip().startswith("Human:"):
+        prompt = f"\n\nHuman: {prompt}"
+    return f"{prompt}\n\nAssistant: {response}"
