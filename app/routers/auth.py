@@ -34,7 +34,7 @@ class MeOut(BaseModel):
 
 
 class PasswordIn(BaseModel):
-    current: Password
+    current: Password | None = Field(None, description="Needed once the user has a password (the first admin has none).")
     new: Password
 
 
@@ -164,7 +164,7 @@ def change_password(body: PasswordIn, request: Request, response: Response, sess
     """Change one's own password; every session ends, this one starts afresh."""
     row = session.get(User, user.id)
     assert row is not None
-    if row.password_hash and not auth.password_matches(row, body.current):
+    if row.password_hash and not auth.password_matches(row, body.current or ""):
         raise HTTPException(403, "the current password is wrong")
     try:
         auth.set_password(session, row, body.new)

@@ -35,8 +35,11 @@ def login_page(request: Request, next: str = Query("/", max_length=2000), expire
     )
 
 
-@router.get("/", response_class=HTMLResponse)
-def runs_page(request: Request, user: TrainerPage) -> HTMLResponse:
+@router.get("/", response_class=HTMLResponse, response_model=None)
+def runs_page(request: Request, user: ReviewerPage) -> Response:
+    """The runs, for trainers and admins; a reviewer (whose login lands here by default) goes to their queues."""
+    if not user.can(Role.TRAINER):
+        return RedirectResponse(home_for(user), status_code=303)
     return TEMPLATES.TemplateResponse(request, "runs.html", {"user": user, "active": "runs"})
 
 
@@ -73,6 +76,12 @@ def playground_page(
     request: Request, user: TrainerPage, run: int | None = Query(None, ge=1, le=MAX_ID)
 ) -> HTMLResponse:
     return TEMPLATES.TemplateResponse(request, "playground.html", {"user": user, "run_id": run, "active": "playground"})
+
+
+@router.get("/account", response_class=HTMLResponse)
+def account_page(request: Request, user: ReviewerPage) -> HTMLResponse:
+    """One's own password (every role)."""
+    return TEMPLATES.TemplateResponse(request, "account.html", {"user": user, "active": "account"})
 
 
 @router.get("/review", response_class=HTMLResponse)

@@ -440,8 +440,13 @@ class ConfigForm {
     this.root.s = schema;
     const properties = schema.properties || {};
     const names = [...SECTION_ORDER.filter((n) => n in properties), ...Object.keys(properties).filter((n) => !SECTION_ORDER.includes(n))];
-    this.nameInput = el("input", { type: "text", name: "name", maxlength: 200, placeholder: "e.g. sentiment-vs-brevity", autocomplete: "off" });
-    const nameRow = fieldRow("name", { title: "Run name", description: "Shown in the runs list and on the run page." }, this.nameInput, false);
+    this.nameInput = el("input", { type: "text", name: "name", maxlength: 200, placeholder: "objectives and time, e.g. brevity vs coverage, 12-04 14:31", autocomplete: "off" });
+    const nameRow = fieldRow(
+      "name",
+      { title: "Run name", description: "Shown in the runs list and on the run page; left empty, the run is named after its objectives and the time." },
+      this.nameInput,
+      false,
+    );
     this.nameSlot = nameRow.slot;
     const runBody = el("div", {}, nameRow.row);
     const sections = [];
@@ -533,20 +538,25 @@ function showErrors(detail) {
   (first || formError).scrollIntoView({ behavior: "smooth", block: "center" });
 }
 
+/** A run left unnamed is named after its objectives and the time: "brevity vs coverage, 12-04 14:31". */
+function defaultName(config) {
+  const names = (config.objectives || []).map((o) => o.name).filter(Boolean);
+  const now = new Date();
+  const pad = (n) => String(n).padStart(2, "0");
+  const when = `${pad(now.getMonth() + 1)}-${pad(now.getDate())} ${pad(now.getHours())}:${pad(now.getMinutes())}`;
+  return `${names.join(" vs ") || "run"}, ${when}`.slice(0, 200);
+}
+
 async function submit(event) {
   event.preventDefault();
   form.clearErrors();
   formError.textContent = "";
-  const name = form.nameInput.value.trim();
-  if (!name) {
-    form.nameSlot.show("Give the run a name.");
-    form.nameInput.focus();
-    return;
-  }
+  const config = form.get();
+  const name = form.nameInput.value.trim() || defaultName(config);
   submitButton.disabled = true;
   submitStatus.textContent = "Starting…";
   try {
-    const run = await api("/api/runs", { method: "POST", body: { name, config: form.get() } });
+    const run = await api("/api/runs", { method: "POST", body: { name, config } });
     submitStatus.textContent = `Run #${run.id} created.`;
     window.location.href = `/runs/${run.id}`;
     return;
