@@ -1,13 +1,16 @@
 // Playground: pick a run and checkpoint, a prompt and 1–4 preference weights, generate, compare side by side.
 // Generations run on the workers' playground queue; the page polls the stored generation until it is done.
 import { api, el, errorText, fmtNum, setChildren } from "./common.js";
+import { scoreText } from "./scores.js";
 import { WeightRow } from "./weights.js";
 import { JOB_STATUS, PENDING_JOB_STATUSES } from "./contracts.js";
 
 const $ = (id) => document.getElementById(id);
 const POLL_MS = 800;
 
-const state = { objectives: [], rows: [], generation: null, polling: null };
+// objectives: the run's names; configs: its objective configs (for units); submitted: the id of the generation this
+// page asked for with the rows as they are (so "auto" rows can show what the net proposed).
+const state = { objectives: [], configs: [], rows: [], generation: null, polling: null, submitted: null };
 
 function showError(error) {
   $("pg-error").textContent = errorText(error);
@@ -31,6 +34,11 @@ async function chooseRun() {
   const runId = $("pg-run").value;
   const run = await api(`/api/runs/${runId}`);
   state.objectives = run.objectives;
+  state.configs = run.config.objectives || [];
+  // The run's own sampling settings: what its policy was trained and evaluated at.
+  const algorithm = run.config.algorithm || {};
+  if (algorithm.max_new_tokens) $("pg-max-tokens").value = String(algorithm.max_new_tokens);
+  if (algorithm.temperature) $("pg-temperature").value = String(algorithm.temperature);
   const [checkpoints, prompts] = await Promise.all([api(`/api/runs/${runId}/checkpoints`), api(`/api/runs/${runId}/prompts`)]);
   setChildren(
     $("pg-checkpoint"),
@@ -80,6 +88,7 @@ async function submit(event) {
       samples: Number($("pg-samples").value),
     };
     const { id } = await api("/api/playground", { method: "POST", body });
+    state.submitted = id;
     follow(id);
   } catch (error) {
     showError(error);
@@ -108,10 +117,17 @@ function follow(id) {
   poll();
 }
 
+/** Against the run's last evaluation, in plain words: does any of its trade-off points do better on everything? */
 function placement(front) {
-  if (!front || front.evaluation_step === null) return "no evaluation yet to compare with";
-  if (front.dominated_by === 0) return `beyond the front of iteration ${front.evaluation_step} (dominates ${front.dominates} of ${front.front_points} points)`;
-  return `behind the front of iteration ${front.evaluation_step}: ${front.dominated_by} of ${front.front_points} points dominate it`;
+  if (!front || front.evaluation_step === null) return "No evaluation yet to compare with.";
+  const where = `the ${front.front_points} best trade-offs of the evaluation at iteration ${front.evaluation_step}`;
+  if (front.dominated_by > 0) return `${front.dominated_by} of ${where} do better on every objective.`;
+  if (front.dominates > 0) return `Better on every objective than ${front.dominates} of ${where}.`;
+  return `None of ${where} does better on every objective.`;
+}
+
+function configOf(name) {
+  return state.configs.find((o) => o.name === name) || { name };
 }
 
 function sampleCard(sample, names) {
@@ -130,7 +146,7 @@ function sampleCard(sample, names) {
             "tr",
             {},
             el("td", {}, n),
-            el("td", { className: "num" }, fmtNum(sample.scores[n])),
+            el("td", { className: "num" }, scoreText(configOf(n), sample.scores[n])),
             el("td", { className: "num muted" }, sample.normalized[n] === undefined ? "" : `(${fmtNum(sample.normalized[n], 2)})`),
           ),
         ),
@@ -154,17 +170,45 @@ function render(generation) {
     setChildren($("pg-outputs"), el("div", { className: "muted" }, "Generating…"));
     return;
   }
+  if (generation.id === state.submitted) showProposed(generation.outputs);
   setChildren(
     $("pg-outputs"),
     generation.outputs.map((output) =>
       el(
         "div",
         { className: "pg-column" },
-        el("h3", {}, names.map((n, k) => `${n} ${Number(output.weights[k]).toFixed(2)}`).join(" · "), output.auto ? el("span", { className: "badge" }, "auto") : null),
+        el("h3", {}, weightsText(output.weights), output.auto ? el("span", { className: "badge" }, "auto") : null),
+        output.samples.length > 1 ? meanTable(output.samples, names) : null,
         output.samples.map((s) => sampleCard(s, names)),
       ),
     ),
   );
+}
+
+function weightsText(weights) {
+  return state.objectives.map((n, k) => `${n} ${Number(weights[k]).toFixed(2)}`).join(" · ");
+}
+
+/** The mean of each objective over a weight's samples: one sample each can order the weights by chance. */
+function meanTable(samples, names) {
+  const mean = (n) => samples.reduce((sum, s) => sum + s.scores[n], 0) / samples.length;
+  return el(
+    "table",
+    { className: "data small pg-mean" },
+    el("caption", { className: "muted small" }, `mean of ${samples.length} samples`),
+    el(
+      "tbody",
+      {},
+      names.map((n) => el("tr", {}, el("td", {}, n), el("td", { className: "num" }, scoreText(configOf(n), mean(n))))),
+    ),
+  );
+}
+
+/** The "auto" rows of the form show the weights the run's net proposed for this prompt. */
+function showProposed(outputs) {
+  outputs.forEach((output, i) => {
+    if (output.auto && state.rows[i]) state.rows[i].showProposed(output.weights);
+  });
 }
 
 async function loadHistory() {
@@ -179,7 +223,9 @@ async function loadHistory() {
             "li",
             {},
             el("button", { type: "button", className: "link-button dark", onclick: () => follow(g.id) }, `#${g.id}`),
-            ` ${g.status} · ${g.created_by} · `,
+            ` ${g.status} · ${g.created_by} · ${g.checkpoint || "latest"} · `,
+            g.weights.map((w) => (w === "auto" ? "auto" : `(${w.map((v) => Number(v).toFixed(2)).join(", ")})`)).join(" "),
+            ` · ×${g.samples} · `,
             g.prompt.length > 80 ? `${g.prompt.slice(0, 80)}…` : g.prompt,
           ),
         )

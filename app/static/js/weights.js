@@ -27,6 +27,7 @@ export class WeightRow {
       return slider;
     });
     this.labels = objectives.map(() => el("span", { className: "mono small" }));
+    this.proposed = null; // what "auto" gave last: unknown until a generation has run
     this.auto.addEventListener("change", () => this.render());
     this.node = el(
       "div",
@@ -39,11 +40,18 @@ export class WeightRow {
   }
 
   render() {
+    const shown = this.auto.checked ? this.proposed : this.weights;
     this.sliders.forEach((slider, k) => {
-      slider.value = String(Math.round(this.weights[k] * 100));
+      slider.value = String(Math.round((shown ? shown[k] : this.weights[k]) * 100));
       slider.disabled = this.auto.checked;
-      this.labels[k].textContent = this.auto.checked ? "auto" : this.weights[k].toFixed(2);
+      this.labels[k].textContent = this.auto.checked ? (shown ? `auto ${shown[k].toFixed(2)}` : "auto") : this.weights[k].toFixed(2);
     });
+  }
+
+  /** With "auto" on: show the weights the net proposed (after a generation), greyed, instead of the manual ones. */
+  showProposed(weights) {
+    this.proposed = weights.map(Number);
+    this.render();
   }
 
   /** What the API takes: the weights, or "auto". */
