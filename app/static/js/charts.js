@@ -79,9 +79,14 @@ export function alignSeries(list) {
 // Iterations are integers: no ticks at 1.25.
 const STEP_INCREMENTS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1e3, 2e3, 2500, 5e3, 1e4, 2e4, 25e3, 5e4, 1e5, 2e5, 5e5, 1e6];
 
-/** uPlot's own y ranging, except that a flat series gets a ±1 window (uPlot gives 0…100 for all zeros). */
+/** uPlot's own y ranging, except that a flat series (or one point) gets a window of ±10 % around its value, ±1
+ * around 0 (uPlot gives 0…100 for all zeros; a fixed ±1 flattened a hypervolume of 0.05 onto a −1…1 axis). */
 function autoRange(_u, min, max) {
-  if (min === null || max === null || min === max) return [(min ?? 0) - 1, (max ?? 0) + 1];
+  if (min === null || max === null || min === max) {
+    const value = min ?? max ?? 0;
+    const half = Math.abs(value) * 0.1 || 1;
+    return [value - half, value + half];
+  }
   return uPlot.rangeNum(min, max, 0.1, true);
 }
 

@@ -48,8 +48,27 @@ function renderHeader() {
   $("run-error-text").textContent = run.error || "";
   $("run-traceback").textContent = run.traceback || "";
   $("run-traceback-box").classList.toggle("hidden", !run.traceback);
+  $("run-status-note").textContent = statusNote(run);
+  if (RUN_STATUSES.FINISHED.includes(run.status)) showLive(`${run.status}: no more updates`, "var(--muted)");
   $("stop-button").disabled = !RUN_STATUSES.STOPPABLE.includes(run.status);
   $("resume-button").disabled = !RUN_STATUSES.RESUMABLE.includes(run.status);
+}
+
+/** What the status alone does not say: why a run is still busy after a stop, or why it succeeded despite one. */
+function statusNote(r) {
+  if (r.status === RUN_STATUS.STOPPING) {
+    return `Stop asked by ${r.stopped_by || "someone"}: the run finishes the iteration it is in and saves a checkpoint first.`;
+  }
+  if (r.status === RUN_STATUS.SUCCEEDED && r.stopped_by) {
+    return `Stop asked by ${r.stopped_by} during its last iteration: it finished that iteration (and its final evaluation), so it succeeded.`;
+  }
+  return "";
+}
+
+function showLive(text, colour) {
+  const state = $("live-state");
+  state.textContent = text;
+  state.style.color = colour;
 }
 
 async function action(name) {
@@ -425,7 +444,31 @@ async function showSamples(index) {
       el("td", {}, s.accepted ? el("span", { className: "yes" }, "✓ yes") : el("span", { className: "no" }, "no")),
     );
   });
-  setChildren($("samples-body"), rows.length ? rows : el("tr", {}, el("td", { colSpan: 5 + objectives.length, className: "empty" }, "No samples at this iteration.")));
+  sampleRows = rows;
+  showSamplePage(0);
+}
+
+// The samples of one iteration, a page at a time: all of them made the page ~9,000 px tall.
+const SAMPLES_PER_PAGE = 12;
+let sampleRows = [];
+
+function showSamplePage(page) {
+  const pages = Math.max(1, Math.ceil(sampleRows.length / SAMPLES_PER_PAGE));
+  const current = Math.min(Math.max(0, page), pages - 1);
+  const shown = sampleRows.slice(current * SAMPLES_PER_PAGE, (current + 1) * SAMPLES_PER_PAGE);
+  const empty = el("tr", {}, el("td", { colSpan: 5 + objectives.length, className: "empty" }, "No samples at this iteration."));
+  setChildren($("samples-body"), shown.length ? shown : empty);
+  const first = current * SAMPLES_PER_PAGE + 1;
+  setChildren(
+    $("samples-pager"),
+    sampleRows.length > SAMPLES_PER_PAGE
+      ? [
+          el("button", { type: "button", className: "btn small", disabled: current === 0, onclick: () => showSamplePage(current - 1) }, "← Previous"),
+          el("span", { className: "muted small" }, ` samples ${first}–${first + shown.length - 1} of ${sampleRows.length} `),
+          el("button", { type: "button", className: "btn small", disabled: current === pages - 1, onclick: () => showSamplePage(current + 1) }, "Next →"),
+        ]
+      : [],
+  );
 }
 
 function addSampleSteps(steps) {
@@ -448,16 +491,11 @@ function addSampleSteps(steps) {
 // ------------------------------------------------------------------------------------------------------ events
 
 function connect(cursor) {
-  const state = $("live-state");
+  const finished = () => RUN_STATUSES.FINISHED.includes(run.status);
   const source = new EventSource(`/api/runs/${runId}/events?cursor=${encodeURIComponent(cursor || "")}`);
-  source.onopen = () => {
-    state.textContent = "● live";
-    state.style.color = "var(--ok)";
-  };
-  source.onerror = () => {
-    state.textContent = "reconnecting…";
-    state.style.color = "var(--warn)";
-  };
+  // A finished run can still be resumed, so the page keeps listening; it just does not claim to be live.
+  source.onopen = () => (finished() ? showLive(`${run.status}: no more updates`, "var(--muted)") : showLive("● live", "var(--ok)"));
+  source.onerror = () => showLive("reconnecting…", "var(--warn)");
   source.addEventListener("status", (e) => {
     Object.assign(run, JSON.parse(e.data));
     renderHeader();
@@ -485,7 +523,7 @@ function connect(cursor) {
   });
   source.addEventListener("gone", () => {
     source.close();
-    state.textContent = "run deleted";
+    showLive("run deleted", "var(--muted)");
   });
   return source;
 }
