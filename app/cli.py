@@ -103,34 +103,31 @@ def up(args: argparse.Namespace) -> int:
     host, port = args.host or settings.host, args.port or settings.port
     link = embedded_first_admin(settings)
     meal = [sys.executable, "-m", "meal_core.cli"]
+    ready = settings.data_dir / "ready"  # each worker's file, there while it takes tasks
+    ready.mkdir(exist_ok=True)
+    worker, playground = ready / "worker", ready / "playground-worker"
+    for stale in (worker, playground):  # left by a start that was killed
+        stale.unlink(missing_ok=True)
     children = [
         Child("web", [*meal, "web", "--no-migrate", "--host", host, "--port", str(port)]),
-        Child("worker", [*meal, "worker"]),
+        Child("worker", [*meal, "worker", "--ready-file", str(worker)]),
         # Its own worker, so that a playground generation never waits behind a training run.
-        Child("playground worker", [*meal, "worker", "--queues", PLAYGROUND_QUEUE, "--name", "playground@%h"]),
+        Child(
+            "playground worker",
+            [*meal, "worker", "--queues", PLAYGROUND_QUEUE, "--name", "playground@%h", "--ready-file", str(playground)],
+        ),
     ]
     for child in children:
         child.start()
-    print(
-        f"\nMeal Studio is starting on http://{host}:{port}/  (data in {settings.data_dir.resolve()}; "
-        "Ctrl-C stops it)\n",
-        file=sys.stderr,
-        flush=True,
-    )
-    if link:
-        # Like Jupyter's token: the first admin logs in by this link, once (then sets a password, adds teammates).
-        print(
-            f"First start: log in as the admin with this one-time link (valid 24 h):\n\n"
-            f"    http://{host}:{port}/login/once/{link}\n",
-            file=sys.stderr,
-            flush=True,
-        )
+    print(f"\nMeal Studio is starting (data in {settings.data_dir.resolve()}) …\n", file=sys.stderr, flush=True)
+    banner = Banner(host, port, link, [worker, playground])
     # Installed explicitly: a process started in the background by a script inherits SIGINT as ignored.
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while True:
             for child in children:
                 child.supervise(settings)
+            banner.show_once_up()
             time.sleep(0.5)
     except KeyboardInterrupt:
         return 0
@@ -138,6 +135,45 @@ def up(args: argparse.Namespace) -> int:
         _stop_children([child.process for child in children if child.process is not None])
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class Banner:
+    """The address (and the first start's login link) printed last, once the web server answers and both workers
+    take tasks: printed at once, it scrolled away under the workers' start-up messages. After a minute and a half
+    it is printed anyway, saying what is not up yet."""
+
+    def __init__(self, host: str, port: int, link: str | None, ready_files: list[Path], wait_s: float = 90.0) -> None:
+        self.host, self.port, self.link, self.ready_files = host, port, link, ready_files
+        self.deadline = time.monotonic() + wait_s
+        self.shown = False
+
+    def _web_answers(self) -> bool:
+        import httpx
+
+        local = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        try:
+            return httpx.get(f"http://{local}:{self.port}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def show_once_up(self) -> None:
+        if self.shown:
+            return
+        workers_up = all(path.exists() for path in self.ready_files)
+        up = workers_up and self._web_answers()
+        if not up and time.monotonic() < self.deadline:
+            return
+        self.shown = True
+        lines = [f"\nMeal Studio is up on http://{self.host}:{self.port}/  (Ctrl-C stops it)"]
+        if not up:
+            lines.append("  (not everything answered within 90 s: see the messages above)")
+        if self.link:
+            # Like Jupyter's token: the first admin logs in by this link, once (then sets a password, adds teammates).
+            lines += [
+                "\nFirst start: log in as the admin with this one-time link (valid 24 h):\n",
+                f"    http://{self.host}:{self.port}/login/once/{self.link}\n",
+            ]
+        print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 class Child:

@@ -135,8 +135,8 @@ def weight_points(page: Any) -> int:
 
 
 def first_login_link(log_path: Path) -> str:
-    """The one-time admin link `meal up` prints on its first start."""
-    deadline = time.monotonic() + 30
+    """The one-time admin link `meal up` prints on its first start (once its workers are up)."""
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         found = re.search(r"http://\S+/login/once/\S+", log_path.read_text())
         if found:

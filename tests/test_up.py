@@ -59,6 +59,15 @@ def wait_for(what: str, check: Any, timeout: float = 120) -> Any:
     pytest.fail(f"not {what} within {timeout} s")
 
 
+def test_the_address_and_login_link_come_last_once_everything_is_up(up: tuple[str, Settings, Path]) -> None:
+    """Printed at once, the first start's login link scrolled away under the workers' start-up messages."""
+    _base, _settings, log = up
+    text = wait_for("the banner", lambda: "is up on" in (t := log.read_text()) and "/login/once/" in t and t)
+    assert text.count(" ready.") >= 2  # both workers took tasks before it
+    assert text.rfind(" ready.") < text.rfind("is up on") < text.rfind("/login/once/")
+    assert "not everything answered" not in text
+
+
 def test_a_killed_worker_fails_its_run_at_once_and_comes_back(
     up: tuple[str, Settings, Path], tiny_model_dir: Path
 ) -> None:
