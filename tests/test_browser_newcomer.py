@@ -13,7 +13,7 @@ from test_browser import REVIEWER_PASSWORD, TRAINER_PASSWORD, log_in, log_in_wit
 
 from app.store import run_state
 from app.store.db import session_scope
-from app.store.models import Sample
+from app.store.models import Evaluation, Sample
 from app.store.settings import Settings
 from meal_core.enums import RunStatus
 
@@ -30,6 +30,9 @@ def test_the_untouched_form_launches_and_each_role_lands_where_it_may(
     log_in(page, base, settings, "trainer")
     page.goto(f"{base}/runs/new")
     page.wait_for_selector("#run-form[data-ready='1']")
+    labels = page.locator("#run-form .field > label").all_text_contents()
+    assert any(label.startswith("CPU threads") for label in labels), labels  # a sentence, not "Cpu Threads"
+    assert any(label.startswith("Name or path") for label in labels), labels
     page.click("#submit-button")  # nothing filled in: the README says the defaults launch the demo
     page.wait_for_url(re.compile(r".*/runs/\d+$"), timeout=LONG_MS)
     name = page.text_content("#run-name") or ""
@@ -136,4 +139,50 @@ def test_the_playground_starts_from_the_runs_settings_and_shows_what_auto_propos
     # The history tells generations apart: checkpoint and weights.
     page.wait_for_function("document.querySelector('#pg-history').textContent.includes('iter-000002')")
     assert "(1.00, 0.00) auto" in (page.text_content("#pg-history") or "")
+    assert not page_errors, page_errors
+
+
+def test_compare_opens_with_a_run_picker_and_overlays_fronts_and_steering(
+    served: tuple[str, Settings], page: Any, page_errors: list[str]
+) -> None:
+    base, settings = served
+    objectives = ["brevity", "coverage"]
+    config = {"objectives": [{"name": name, "type": name} for name in objectives], "seed": 3}
+    run_ids = []
+    with session_scope(settings.database_url) as session:
+        for name in ("first", "second"):
+            run_id = run_state.create_run(session, name, config, 2, "tia").id
+            run_ids.append(run_id)
+            for step in (1, 2):  # the same seed and settings: the same figures
+                session.add(
+                    Evaluation(
+                        run_id=run_id,
+                        step=step,
+                        objectives=objectives,
+                        hypervolume=0.05 * step,
+                        reference_point=[-3.0, -3.0],
+                        points=[
+                            {"weights": [w, 1 - w], "rewards": [w, 1 - w], "raw_rewards": [w, 1 - w], "on_front": True}
+                            for w in (0.0, 0.5, 1.0)
+                        ],
+                        controllability={"brevity": 0.5, "coverage": 0.4},
+                        controllability_grid={"brevity": 0.8 * step / 2, "coverage": 0.7},
+                        probe={},
+                    )
+                )
+    log_in(page, base, settings, "trainer")
+    page.goto(f"{base}/compare")
+    for run_id in run_ids:
+        page.check(f"#compare-picker input[value='{run_id}']")
+    page.click("#picker-compare")
+    page.wait_for_url(re.compile(r".*/compare\?ids=\d+,\d+$"))
+    assert sorted(int(i) for i in page.url.split("=")[-1].split(",")) == run_ids
+    # The fronts of both runs on one chart, and a steering chart per objective with a line per run.
+    page.wait_for_function("document.querySelector('#compare-front .no-data')?.classList.contains('hidden')")
+    assert page.locator("#compare-steering .chart-box").count() == 2
+    page.wait_for_function(
+        "document.querySelector('#compare-steering .chart-box')?.uplot?.data.length === 3"  # steps + one per run
+    )
+    dashes = page.evaluate("document.querySelector('#compare-hypervolume').uplot.series.slice(1).map(s => !!s.dash)")
+    assert dashes == [False, True], dashes  # the second run's identical line is dashed, not hidden
     assert not page_errors, page_errors

@@ -1,5 +1,5 @@
 // Compare page: several runs overlaid on the same charts (one colour per run) and a diff of their configs.
-import { alignSeries, LineChart } from "./charts.js";
+import { alignSeries, LineChart, ScatterChart } from "./charts.js";
 import { api, color, el, ema, errorText, flatten, setChildren, shortJson, statusBadge } from "./common.js";
 import { METRIC, metricKey, RUN_STATUSES } from "./contracts.js";
 
@@ -35,8 +35,11 @@ function chartCard(container, title) {
   return box;
 }
 
+// Runs with the same seed and settings give the same curves, which hid each other: each run also has its own dash.
+const DASHES = [undefined, [8, 4], [2, 3], [10, 3, 2, 3], [4, 4]];
+
 function runSeries() {
-  return runs.map((entry) => ({ label: label(entry), color: entry.color }));
+  return runs.map((entry, i) => ({ label: label(entry), color: entry.color, dash: DASHES[i % DASHES.length], points: { size: 6 } }));
 }
 
 function build() {
@@ -48,7 +51,39 @@ function build() {
     rewards: objectives.map((o) => new LineChart(chartCard($("compare-rewards"), `Reward: ${o}`), { series: runSeries(), sync })),
     weights: objectives.map((o) => new LineChart(chartCard($("compare-weights"), `Weight: ${o}`), { series: runSeries(), yRange: [0, 1], sync })),
     hypervolume: new LineChart($("compare-hypervolume"), { series: runSeries(), sync: "compare-eval" }),
+    steering: objectives.map((o) => new LineChart(chartCard($("compare-steering"), `Steering: ${o}`), { series: runSeries(), yRange: [-1, 1], sync: "compare-eval" })),
   };
+  setChildren($("compare-front"));
+  charts.front = new ScatterChart($("compare-front"), { height: 340 });
+}
+
+/** Each run's latest evaluation: its points on the first two objectives (normalised), the front drawn strong. */
+function renderFront() {
+  const [xName, yName] = objectives;
+  charts.front.setLabels(`${xName} (normalised)`, `${yName} (normalised)`);
+  charts.front.update(
+    runs
+      .filter((entry) => entry.evaluations.length)
+      .map((entry) => {
+        const e = entry.evaluations[entry.evaluations.length - 1];
+        const names = e.objectives || entry.names;
+        const [xi, yi] = [names.indexOf(xName), names.indexOf(yName)];
+        return {
+          label: `${label(entry)}, iteration ${e.step}`,
+          highlight: true,
+          color: entry.color,
+          points:
+            xi < 0 || yi < 0
+              ? []
+              : (e.points || []).map((p) => ({
+                  x: p.rewards[xi],
+                  y: p.rewards[yi],
+                  front: p.on_front,
+                  tip: `${label(entry)}\nweights ${(p.weights || []).map((w) => w.toFixed(2)).join(" / ")}${p.on_front ? " (on front)" : ""}`,
+                })),
+        };
+      }),
+  );
 }
 
 function weightSeriesOf(entry, o) {
@@ -63,6 +98,12 @@ function render() {
     charts.weights[k].update(smooth(alignSeries(runs.map((entry) => weightSeriesOf(entry, o)))));
   });
   charts.hypervolume.update(alignSeries(runs.map((entry) => ({ steps: entry.evaluations.map((e) => e.step), values: entry.evaluations.map((e) => e.hypervolume) }))));
+  // How well each run's policy follows the weight asked for (Spearman over the evaluation grid), per evaluation.
+  objectives.forEach((o, k) => {
+    const grid = (e) => (e.controllability_grid || {})[o] ?? (e.controllability || {})[o] ?? null;
+    charts.steering[k].update(alignSeries(runs.map((entry) => ({ steps: entry.evaluations.map((e) => e.step), values: entry.evaluations.map(grid) }))));
+  });
+  if (objectives.length >= 2) renderFront();
 }
 
 function renderLegend() {
@@ -119,10 +160,36 @@ function renderDiff() {
   $("diff-summary").textContent = `${differing} of ${keys.length} fields differ`;
 }
 
+/** Every run, to tick the ones to compare (the page also opens empty, from the nav). */
+async function renderPicker() {
+  const all = await api("/api/runs");
+  setChildren(
+    $("compare-picker"),
+    all.length
+      ? all.map((run) =>
+          el(
+            "label",
+            { className: "inline small picker-run" },
+            el("input", { type: "checkbox", value: String(run.id), checked: ids.includes(run.id) }),
+            ` #${run.id} ${run.name} `,
+            statusBadge(run.status),
+          ),
+        )
+      : el("span", { className: "muted small" }, "No runs yet."),
+  );
+  $("picker-card").open = !ids.length;
+}
+
+function compareTicked() {
+  const ticked = [...document.querySelectorAll("#compare-picker input:checked")].map((box) => box.value);
+  window.location.assign(`/compare?ids=${ticked.join(",")}`);
+}
+
 async function load() {
   $("compare-error").textContent = "";
   if (!ids.length) {
     $("run-legend-card").classList.add("hidden");
+    $("compare-charts").classList.add("hidden");
     return;
   }
   const results = await Promise.allSettled(ids.map((id, i) => loadRun(id, i)));
@@ -163,6 +230,8 @@ async function follow() {
 }
 
 $("hide-identical").addEventListener("change", renderDiff);
+$("picker-compare").addEventListener("click", compareTicked);
+renderPicker().catch((error) => ($("compare-error").textContent = errorText(error)));
 $("refresh-button").addEventListener("click", follow);
 $("smoothing").addEventListener("input", (e) => {
   smoothing = Number(e.target.value);

@@ -64,6 +64,37 @@ class Slot {
   }
 }
 
+// Words a field name spells in lower case that people write otherwise.
+const WORDS = {
+  cpu: "CPU",
+  lora: "LoRA",
+  sft: "SFT",
+  kl: "KL",
+  lr: "learning rate",
+  id: "ID",
+  hf: "HF",
+  rm: "RM",
+  url: "URL",
+  ema: "EMA",
+  ngram: "n-gram",
+  dtype: "data type",
+  mlp: "MLP",
+};
+
+/** "cpu_threads" → "CPU threads", "name_or_path" → "Name or path": a sentence, not pydantic's "Cpu Threads" (its
+ * automatic title; a title the schema sets on purpose differs from that and is kept). */
+function fieldLabel(name, title) {
+  const automatic = name
+    .split("_")
+    .map((w) => w.charAt(0).toUpperCase() + w.slice(1))
+    .join(" ");
+  if (title && title !== automatic) return title;
+  const words = name.split("_").map((w) => WORDS[w] || w);
+  const first = words[0];
+  words[0] = first === first.toLowerCase() ? first.charAt(0).toUpperCase() + first.slice(1) : first;
+  return words.join(" ");
+}
+
 /** A labelled row: label, control, help, error. */
 function fieldRow(name, s, control, nullable) {
   const id = `f-${Math.random().toString(36).slice(2, 10)}`;
@@ -74,7 +105,7 @@ function fieldRow(name, s, control, nullable) {
   const row = el(
     "div",
     { className: "field" },
-    el("label", { for: id }, s.title || name, el("span", { className: "key" }, name)),
+    el("label", { for: id }, fieldLabel(name, s.title), el("span", { className: "key" }, name)),
     el("div", { className: "control" }, control, help ? el("div", { className: "help" }, help) : null, error),
   );
   return { row, slot: new Slot(row, error) };
