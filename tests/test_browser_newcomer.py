@@ -98,8 +98,29 @@ def test_a_finished_run_says_so_and_its_samples_come_a_page_at_a_time(
                     accepted=False,
                 )
             )
+        session.add(
+            Evaluation(
+                run_id=run_id,
+                step=1,
+                objectives=["brevity", "coverage"],
+                hypervolume=0.05,
+                reference_point=[-3.0, -3.0],
+                points=[
+                    {"weights": [w, 1 - w], "rewards": [w, 1 - w], "raw_rewards": [w, 1 - w], "on_front": True}
+                    for w in (0.0, 0.5, 1.0)
+                ],
+                controllability={"brevity": 0.5, "coverage": 0.4},
+                probe={},
+            )
+        )
     log_in(page, base, settings, "trainer")
     page.goto(f"{base}/runs/{run_id}")
+    # The front's points say which weight made them; a single hypervolume point is not flattened onto −1…1.
+    page.wait_for_function("document.querySelector('#chart-front').scatter?.drawnLabels?.length === 3")
+    labels = page.evaluate("document.querySelector('#chart-front').scatter.drawnLabels")
+    assert labels == ["0.00/1.00", "0.50/0.50", "1.00/0.00"], labels
+    y_scale = page.evaluate("(s => [s.min, s.max])(document.querySelector('#chart-hypervolume').uplot.scales.y)")
+    assert 0.04 < y_scale[0] < 0.05 < y_scale[1] < 0.06, y_scale
     page.wait_for_function("document.querySelector('#live-state').textContent.includes('no more updates')")
     assert "Stop asked by tia during its last iteration" in (page.text_content("#run-status-note") or "")
     page.wait_for_function("document.querySelectorAll('#samples-body td.text').length > 0")

@@ -242,6 +242,7 @@ export class ScatterChart {
     this.canvas.addEventListener("mousemove", (e) => this.hover(e));
     this.canvas.addEventListener("mouseleave", () => this.tip.classList.add("hidden"));
     new ResizeObserver(() => this.draw()).observe(box);
+    box.scatter = this; // for tests and the console
   }
 
   setLabels(xLabel, yLabel) {
@@ -338,8 +339,22 @@ export class ScatterChart {
         ctx.fill();
         this.placed.push({ x: px(p.x), y: py(p.y), tip: `${layer.label}\n${p.tip || ""}` });
       }
+      if (layer.highlight) this.drawLabels(ctx, layer.points, px, py);
     });
     ctx.globalAlpha = 1;
+  }
+
+  /** A point's `label` (the weight that made it), beside it: the tooltip alone was not found. */
+  drawLabels(ctx, points, px, py) {
+    ctx.globalAlpha = 1;
+    ctx.fillStyle = "#344054";
+    ctx.font = "10px system-ui, sans-serif";
+    ctx.textAlign = "left";
+    ctx.textBaseline = "bottom";
+    this.drawnLabels = points.filter((p) => p.label && isFinite(p.x) && isFinite(p.y)).map((p) => p.label);
+    for (const p of points) {
+      if (p.label && isFinite(p.x) && isFinite(p.y)) ctx.fillText(p.label, px(p.x) + 6, py(p.y) - 4);
+    }
   }
 
   hover(event) {

@@ -307,6 +307,7 @@ function renderEvaluations() {
         x: p.rewards[xi],
         y: p.rewards[yi],
         front: p.on_front,
+        label: i === latest && p.on_front ? (p.weights || []).map((w) => w.toFixed(2)).join("/") : null,
         tip: [
           `weights ${(p.weights || []).map((w) => w.toFixed(2)).join(" / ")}${p.on_front ? "  (on front)" : ""}`,
           ...(e.objectives || objectives).map((o, k) => `${o}: ${fmtNum(p.rewards[k])}  raw ${fmtNum((p.raw_rewards || [])[k])}`),
