@@ -142,7 +142,7 @@ def test_the_playground_starts_from_the_runs_settings_and_shows_what_auto_propos
     page.wait_for_function("document.querySelector('#pg-max-tokens').value === '12'")  # the run's, not 64
     assert page.input_value("#pg-samples") == "4"
     page.locator("#pg-weights .weight-row").nth(1).locator("input[type=checkbox]").check()
-    page.fill("#pg-prompt", "Name a fruit.")
+    page.fill("#pg-prompt", "Name a fruit that grows on trees in warm countries and tastes sweet when ripe.")
     page.fill("#pg-max-tokens", "6")
     page.fill("#pg-samples", "2")
     page.click("#pg-generate")
@@ -160,6 +160,12 @@ def test_the_playground_starts_from_the_runs_settings_and_shows_what_auto_propos
     # The history tells generations apart: checkpoint and weights.
     page.wait_for_function("document.querySelector('#pg-history').textContent.includes('iter-000002')")
     assert "(1.00, 0.00) auto" in (page.text_content("#pg-history") or "")
+    # Sent to review, the queue's title is cut at a word, not mid-word.
+    page.click("#pg-review")
+    page.wait_for_url(re.compile(r".*/review/\d+$"), timeout=LONG_MS)
+    page.wait_for_function("document.querySelector('#queue-name').textContent.includes('Playground #')")
+    title = page.text_content("#queue-name") or ""
+    assert title.endswith("in warm countries and…"), title
     assert not page_errors, page_errors
 
 

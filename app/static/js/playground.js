@@ -47,7 +47,7 @@ async function chooseRun() {
   setChildren(
     $("pg-eval-prompt"),
     el("option", { value: "" }, "—"),
-    prompts.map((p) => el("option", { value: p }, p.length > 90 ? `${p.slice(0, 90)}…` : p)),
+    prompts.map((p) => el("option", { value: p }, clip(p, 90))),
   );
   const k = state.objectives.length;
   const corner = (i) => state.objectives.map((_, j) => (j === i ? 1 : 0));
@@ -226,11 +226,20 @@ async function loadHistory() {
             ` ${g.status} · ${g.created_by} · ${g.checkpoint || "latest"} · `,
             g.weights.map((w) => (w === "auto" ? "auto" : `(${w.map((v) => Number(v).toFixed(2)).join(", ")})`)).join(" "),
             ` · ×${g.samples} · `,
-            g.prompt.length > 80 ? `${g.prompt.slice(0, 80)}…` : g.prompt,
+            clip(g.prompt, 80),
           ),
         )
       : el("li", { className: "muted" }, "None yet."),
   );
+}
+
+/** At most `length` characters, cut at a word boundary with "…" (a queue title cut mid-word read as a typo). */
+function clip(text, length) {
+  const flat = text.replace(/\s+/g, " ").trim();
+  if (flat.length <= length) return flat;
+  const cut = flat.slice(0, length);
+  const space = cut.lastIndexOf(" ");
+  return `${(space > length / 2 ? cut.slice(0, space) : cut).replace(/[\s.,;:!?-]+$/, "")}…`;
 }
 
 // -- main -----------------------------------------------------------------------------------------------------------
@@ -243,7 +252,7 @@ $("pg-add-weights").addEventListener("click", () => addRow(null));
 $("pg-review").addEventListener("click", async () => {
   const generation = state.generation;
   try {
-    const name = `Playground #${generation.id}: ${generation.prompt.slice(0, 60)}`;
+    const name = `Playground #${generation.id}: ${clip(generation.prompt, 60)}`;
     const queue = await api("/api/review/queues", { method: "POST", body: { name, blind: true, source: { type: "playground", generation_ids: [generation.id] } } });
     window.location.assign(`/review/${queue.id}`);
   } catch (error) {
