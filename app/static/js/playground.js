@@ -31,7 +31,11 @@ async function chooseRun() {
   const runId = $("pg-run").value;
   const run = await api(`/api/runs/${runId}`);
   state.objectives = run.objectives;
-  const [checkpoints, prompts] = await Promise.all([api(`/api/runs/${runId}/checkpoints`), api(`/api/runs/${runId}/prompts`)]);
+  // A run whose evaluation prompts the panel may not read (422) still has a playground: type a prompt.
+  const [checkpoints, prompts] = await Promise.all([
+    api(`/api/runs/${runId}/checkpoints`),
+    api(`/api/runs/${runId}/prompts`).catch(() => []),
+  ]);
   setChildren(
     $("pg-checkpoint"),
     checkpoints.map((c, i) => el("option", { value: c }, i === 0 && c !== "base" ? `${c} (latest)` : c)),

@@ -1,0 +1,118 @@
+"""Hostile input, second round (issue 18): what an outside probe still got through after the first one. Each test
+failed on the code before its fix."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from helpers import bearer
+
+from app.main import create_app
+from app.store import run_state
+from app.store.db import session_scope
+from app.store.settings import Settings
+
+
+@pytest.fixture()
+def trainer(embedded_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(embedded_settings), headers=bearer(embedded_settings, "trainer")) as client:
+        yield client
+
+
+def fields(response: httpx.Response) -> list[str]:
+    """The dotted config fields a 4xx names."""
+    return [".".join(str(p) for p in item["loc"][2:]) for item in response.json()["detail"]]
+
+
+def launch(client: TestClient, config: dict[str, object]) -> httpx.Response:
+    return client.post("/api/runs", json={"name": "probe", "config": config})
+
+
+def stored_run(settings: Settings, config: dict[str, object]) -> int:
+    """A run stored as an older version would have, without today's checks."""
+    with session_scope(settings.database_url) as session:
+        return run_state.create_run(session, "old", config, 1, "trainer").id
+
+
+# -- paths: under the roots for users' files, never the server's own ------------------------------------------------
+
+
+def test_configs_cannot_name_the_server_s_own_files_even_under_an_allowed_root(
+    trainer: TestClient, embedded_settings: Settings
+) -> None:
+    data = embedded_settings.data_dir.resolve()
+    # The tests' MEAL_ALLOWED_ROOTS is the temporary folder, which holds this data folder: before, every file in it
+    # was allowed, the secret and the databases included.
+    assert any(data.is_relative_to(Path(root).resolve()) for root in embedded_settings.allowed_roots)
+    launched = launch(trainer, {})  # writes the broker's database; the secret exists since the app started
+    assert launched.status_code == 201
+    run_folder = embedded_settings.runs_dir / str(launched.json()["id"])
+    run_folder.mkdir(parents=True, exist_ok=True)
+    (run_folder / "config.json").write_text("{}")
+    uploads = data / "uploads"
+    uploads.mkdir()
+    (uploads / "link.txt").symlink_to(data / "secret.key")
+    own = [
+        data / "secret.key",
+        data / "meal.sqlite",
+        data / "meal.sqlite-wal",
+        data / "broker.sqlite",
+        data / "broker.sqlite-wal",
+        run_folder / "config.json",
+        embedded_settings.runs_dir,
+        data,
+        data / "anything-else.txt",
+        uploads / "link.txt",  # a link is what it points to
+        uploads / ".." / "secret.key",
+    ]
+    assert (data / "secret.key").is_file() and (data / "broker.sqlite").is_file()
+    for path in own:
+        for field in ("train_prompts", "eval_prompts"):
+            response = launch(trainer, {"data": {field: str(path)}})
+            assert response.status_code == 422 and fields(response) == [f"data.{field}"], (path, response.text)
+    response = launch(trainer, {"model": {"name_or_path": str(embedded_settings.runs_dir / "1")}})
+    assert response.status_code == 422 and fields(response) == ["model.name_or_path"]
+    objectives = [
+        {"name": "a", "type": "hf_classifier", "model": str(run_folder)},
+        {"name": "b", "type": "relevance", "model_path": str(data / "meal.sqlite")},
+    ]
+    response = launch(trainer, {"objectives": objectives})
+    assert response.status_code == 422 and fields(response) == ["objectives.0.model"]
+    response = launch(trainer, {"objectives": [{"name": "a", "type": "brevity"}, objectives[1]]})
+    assert response.status_code == 422 and fields(response) == ["objectives.1.model_path"]
+    # What the uploads folder holds is the users' own.
+    (uploads / "mine.txt").write_text("How do I keep basil alive?\n")
+    assert launch(trainer, {"data": {"eval_prompts": str(uploads / "mine.txt")}}).status_code == 201
+
+
+def test_the_prompts_of_a_run_never_read_out_server_files_or_binary_ones(
+    trainer: TestClient, embedded_settings: Settings
+) -> None:
+    data = embedded_settings.data_dir.resolve()
+    secret = (data / "secret.key").read_text().strip()
+    assert launch(trainer, {}).status_code == 201  # the broker's database and its sidecars exist now
+    uploads = data / "uploads"
+    uploads.mkdir()
+    (uploads / "pages.txt").write_bytes((data / "meal.sqlite").read_bytes())
+    (uploads / "pages.jsonl").write_bytes(b"\x00\x01\xff\xfe" * 100)
+    (uploads / "latin1.jsonl").write_bytes('{"prompt": "caf\xe9"}\n'.encode("latin-1"))
+    for spec in [
+        data / "secret.key",
+        data / "meal.sqlite",
+        data / "broker.sqlite",
+        data / "broker.sqlite-wal",
+        uploads / "pages.txt",
+        uploads / "pages.jsonl",
+        uploads / "latin1.jsonl",
+    ]:
+        run_id = stored_run(embedded_settings, {"data": {"eval_prompts": str(spec)}})
+        response = trainer.get(f"/api/runs/{run_id}/prompts")
+        assert response.status_code == 422 and "data.eval_prompts" in response.text, (spec, response.text)
+        assert secret not in response.text
+    (uploads / "mine.txt").write_text("How do I keep basil alive?\n")
+    run_id = stored_run(embedded_settings, {"data": {"eval_prompts": str(uploads / "mine.txt")}})
+    assert trainer.get(f"/api/runs/{run_id}/prompts").json() == ["How do I keep basil alive?"]
