@@ -27,6 +27,16 @@ class Section(BaseModel):
     # are no one's intent and are not JSON: reject them too.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        """No text of a config holds NUL: no path can (the OS refuses it: it was a 500), no database column of
+        PostgreSQL stores it, and no module, device or separator means it."""
+        texts = value if isinstance(value, list) else [value]
+        if any(isinstance(text, str) and "\x00" in text for text in texts):
+            raise ValueError("contains a NUL character (\\u0000)")
+        return value
+
 
 class ModelConfig(Section):
     name_or_path: str = Field(

@@ -125,7 +125,10 @@ def row_prompt(row: dict[str, Any], column: str) -> tuple[str, tuple[Turn, ...]]
 
 def is_hub_id(spec: str) -> bool:
     """'org/name' that names no local file or folder: a Hugging Face dataset (or model) id."""
-    return bool(HUB_ID.match(spec)) and not Path(spec).expanduser().exists()
+    # fullmatch: `$` alone lets a trailing newline through. No NUL reaches Path.exists (it raises on one).
+    if "\x00" in spec or not HUB_ID.fullmatch(spec):
+        return False
+    return not Path(spec).expanduser().exists()
 
 
 @dataclass

@@ -3,6 +3,7 @@ failed on the code before its fix."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,3 +117,41 @@ def test_the_prompts_of_a_run_never_read_out_server_files_or_binary_ones(
     (uploads / "mine.txt").write_text("How do I keep basil alive?\n")
     run_id = stored_run(embedded_settings, {"data": {"eval_prompts": str(uploads / "mine.txt")}})
     assert trainer.get(f"/api/runs/{run_id}/prompts").json() == ["How do I keep basil alive?"]
+
+
+# -- NUL bytes --------------------------------------------------------------------------------------------------------
+
+
+NUL_FIELDS = {
+    "data.train_prompts": {"data": {"train_prompts": "/tmp/a\x00b"}},
+    "data.eval_prompts": {"data": {"eval_prompts": "org/name\x00"}},
+    "model.name_or_path": {"model": {"name_or_path": "/tmp/model\x00"}},
+    "objectives.0.model": {"objectives": [{"name": "a", "type": "hf_classifier", "model": "/m\x00"}]},
+    "objectives.0.model_path": {"objectives": [{"name": "a", "type": "relevance", "model_path": "x\x00y"}]},
+    # the other strings of a config
+    "model.device": {"model": {"device": "cpu\x00"}},
+    "lora.target_modules": {"lora": {"target_modules": ["q_proj\x00"]}},
+    "data.train_split": {"data": {"train_split": "train\x00"}},
+    "data.prompt_column": {"data": {"prompt_column": "prompt\x00"}},
+    "objectives.0.separator": {
+        "objectives": [{"name": "a", "type": "hf_classifier", "model": "m", "separator": "\x00"}]
+    },
+    "objectives.0.function": {"objectives": [{"name": "a", "type": "python", "function": "os:sys\x00tem"}]},
+}
+
+
+@pytest.mark.parametrize("field", list(NUL_FIELDS))
+def test_a_nul_byte_in_any_config_string_is_a_422_naming_the_field(trainer: TestClient, field: str) -> None:
+    config = NUL_FIELDS[field]
+    response = launch(trainer, config)
+    assert response.status_code == 422 and field in fields(response), response.text
+    assert "NUL" in response.text or "pattern" in response.text  # a field with a pattern refuses it first
+    parsed = trainer.post("/api/config/parse", json={"text": json.dumps(config)})
+    assert parsed.status_code == 422 and field in fields(parsed), parsed.text
+
+
+def test_is_hub_id_takes_any_text() -> None:
+    from meal_core.data import is_hub_id
+
+    assert is_hub_id("org/name")
+    assert not is_hub_id("org/name\x00") and not is_hub_id("org\x00/name") and not is_hub_id("org/name\n")
