@@ -6,6 +6,7 @@ Every unknown of the method (see docs/algorithm.md) is a field here, with a defa
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -454,14 +455,29 @@ def load_config(path: str | Path) -> RunConfig:
 
 
 MAX_CONFIG_DEPTH = 32  # a run config nests 4 levels deep
+MAX_CONFIG_NODES = 10_000  # a run config has a few hundred values
+MAX_CONFIG_TEXT = 100_000  # characters; a run config is a few kilobytes
+
+# YAML 1.2's core schema (https://yaml.org/spec/1.2.2/#1032-tag-resolution): what an untagged plain scalar is.
+# YAML 1.1's sexagesimals (1:30 = 90; a 200-part float overflowed to a 500, 100k-part integers took quadratic time),
+# yes/no/on/off booleans, octals with a bare leading 0, underscores, timestamps and `=` are plain strings here.
+_CORE_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+_CORE_INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_CORE_FLOAT = re.compile(
+    r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+_YAML = "tag:yaml.org,2002:"
 
 
 class _NoAliasLoader(yaml.SafeLoader):
-    """A safe loader that refuses anchors' aliases: a few kilobytes of nested aliases expand to gigabytes (the
-    "billion laughs"), and a run config never needs them. Deep nesting (it would exhaust Python's recursion limit)
-    and integers too long to convert are refused too, each as a YAML error that says where."""
+    """A safe loader with YAML 1.2's core schema (no sexagesimals: see _CORE_INT) that refuses anchors' aliases: a
+    few kilobytes of nested aliases expand to gigabytes (the "billion laughs"), and a run config never needs them.
+    Deep nesting (it would exhaust Python's recursion limit), more nodes than a config has, and integers too long
+    to convert are refused too, each as a YAML error that says where. The parser reads as it composes, so a
+    refusal stops the work there."""
 
     depth = 0
+    nodes = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -472,24 +488,61 @@ class _NoAliasLoader(yaml.SafeLoader):
             raise yaml.composer.ComposerError(
                 None, None, f"nested more than {MAX_CONFIG_DEPTH} levels deep", event.start_mark
             )
+        self.nodes += 1
+        if self.nodes > MAX_CONFIG_NODES:
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"more than {MAX_CONFIG_NODES} values", event.start_mark)
         self.depth += 1
         try:
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
 
-    def construct_yaml_int(self, node: Any) -> Any:
+    def _core(self, node: Any, pattern: re.Pattern[str], kind: str) -> str:
+        value = str(self.construct_scalar(node))
+        if not pattern.match(value):  # an explicit tag (!!int "1:30") on something the core schema does not read
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{value[:50]!r} is not a YAML 1.2 {kind}", node.start_mark
+            )
+        return value
+
+    def construct_core_bool(self, node: Any) -> bool:
+        return self._core(node, _CORE_BOOL, "boolean").lower() == "true"
+
+    def construct_core_int(self, node: Any) -> int:
+        value = self._core(node, _CORE_INT, "integer")
         try:
-            return super().construct_yaml_int(node)
+            if value.startswith(("0o", "0x")):
+                return int(value[2:], 8 if value[1] == "o" else 16)
+            return int(value, 10)
         except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits())
             raise yaml.constructor.ConstructorError(None, None, "integer too long", node.start_mark) from None
 
+    def construct_core_float(self, node: Any) -> float:
+        value = self._core(node, _CORE_FLOAT, "float").lower()
+        if value.endswith(".inf"):
+            return float("-inf") if value.startswith("-") else float("inf")  # refused later: allow_inf_nan=False
+        return float("nan") if value == ".nan" else float(value)  # 1e999 is inf, never an OverflowError
 
-_NoAliasLoader.add_constructor("tag:yaml.org,2002:int", _NoAliasLoader.construct_yaml_int)
+
+# Only YAML 1.2 core's implicit types: null as SafeLoader reads it, then bool, int and float as above.
+_NoAliasLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag == f"{_YAML}null"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_NoAliasLoader.add_implicit_resolver(f"{_YAML}bool", _CORE_BOOL, list("tTfF"))
+_NoAliasLoader.add_implicit_resolver(f"{_YAML}int", _CORE_INT, list("-+0123456789"))
+_NoAliasLoader.add_implicit_resolver(f"{_YAML}float", _CORE_FLOAT, list("-+.0123456789"))
+_NoAliasLoader.add_constructor(f"{_YAML}bool", _NoAliasLoader.construct_core_bool)
+_NoAliasLoader.add_constructor(f"{_YAML}int", _NoAliasLoader.construct_core_int)
+_NoAliasLoader.add_constructor(f"{_YAML}float", _NoAliasLoader.construct_core_float)
 
 
 def parse_config_text(text: str, source: str = "config") -> Any:
-    """YAML is a superset of JSON, so one parser serves both. Aliases are refused."""
+    """YAML (1.2 core schema) is a superset of JSON, so one parser serves both. Aliases are refused, and so is text
+    over MAX_CONFIG_TEXT characters."""
+    if len(text) > MAX_CONFIG_TEXT:
+        raise ConfigError(f"{source}: {len(text)} characters; a config has at most {MAX_CONFIG_TEXT}")
     try:
         data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as error:

@@ -4,6 +4,7 @@ failed on the code before its fix."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,3 +156,51 @@ def test_is_hub_id_takes_any_text() -> None:
 
     assert is_hub_id("org/name")
     assert not is_hub_id("org/name\x00") and not is_hub_id("org\x00/name") and not is_hub_id("org/name\n")
+
+
+# -- YAML: the 1.2 core schema, bounded ------------------------------------------------------------------------------
+
+
+def test_yaml_sexagesimals_are_strings_not_a_500_or_quadratic_time(trainer: TestClient) -> None:
+    overflowing = "seed: " + ":".join(["1"] * 200) + ".5"  # YAML 1.1: a float of 60^199, an OverflowError
+    response = trainer.post("/api/config/parse", json={"text": overflowing})
+    assert response.status_code == 422 and fields(response) == ["seed"], response.text
+    assert trainer.post("/api/config/parse", json={"text": "seed: 1:30"}).status_code == 422  # not 90
+    for parts in (30_000, 49_000):  # YAML 1.1: quadratic, 0.56 s at 30k parts, 18.5 s at 180k
+        started = time.monotonic()
+        response = trainer.post("/api/config/parse", json={"text": "seed: " + ":".join(["1"] * parts)})
+        assert response.status_code == 422 and fields(response) == ["seed"]
+        assert time.monotonic() - started < 2, parts
+    started = time.monotonic()
+    response = trainer.post("/api/config/parse", json={"text": "seed: " + ":".join(["1"] * 180_000)})
+    assert response.status_code == 422 and "at most 100000" in response.text
+    assert time.monotonic() - started < 2 and len(response.content) < 2000
+
+
+def test_yaml_follows_the_1_2_core_schema() -> None:
+    from meal_core.config import ConfigError, parse_config_text
+
+    read = parse_config_text("a: 017\nb: 0o17\nc: 0x1F\nd: yes\ne: true\nf: 1_000\ng: 2001-12-14\nh: 1e999\ni: ~")
+    assert read == {
+        "a": 17,
+        "b": 15,
+        "c": 31,
+        "d": "yes",
+        "e": True,
+        "f": "1_000",
+        "g": "2001-12-14",
+        "h": 1e999,
+        "i": None,
+    }
+    with pytest.raises(ConfigError, match="not a YAML 1.2 integer"):
+        parse_config_text("a: !!int '1:30'")
+
+
+def test_yaml_work_is_bounded_by_nodes_and_size() -> None:
+    from meal_core.config import MAX_CONFIG_NODES, ConfigError, parse_config_text
+
+    for text in ("a: [" + ",".join(["1"] * 49_000) + "]", "a: {" + ",".join(f"k{i}: 1" for i in range(8_000)) + "}"):
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match=f"more than {MAX_CONFIG_NODES} values"):
+            parse_config_text(text)
+        assert time.monotonic() - started < 1.5
