@@ -32,10 +32,7 @@ async function chooseRun() {
   const run = await api(`/api/runs/${runId}`);
   state.objectives = run.objectives;
   // A run whose evaluation prompts the panel may not read (422) still has a playground: type a prompt.
-  const [checkpoints, prompts] = await Promise.all([
-    api(`/api/runs/${runId}/checkpoints`),
-    api(`/api/runs/${runId}/prompts`).catch(() => []),
-  ]);
+  const [checkpoints, prompts] = await Promise.all([api(`/api/runs/${runId}/checkpoints`), api(`/api/runs/${runId}/prompts`).catch(() => [])]);
   setChildren(
     $("pg-checkpoint"),
     checkpoints.map((c, i) => el("option", { value: c }, i === 0 && c !== "base" ? `${c} (latest)` : c)),
