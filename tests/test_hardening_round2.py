@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import time
+import typing
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -204,3 +206,79 @@ def test_yaml_work_is_bounded_by_nodes_and_size() -> None:
         with pytest.raises(ConfigError, match=f"more than {MAX_CONFIG_NODES} values"):
             parse_config_text(text)
         assert time.monotonic() - started < 1.5
+
+
+# -- the page after logging in: this site only -----------------------------------------------------------------------
+
+OFFSITE_NEXT = [
+    "/\t/evil.example/phish",
+    "/\n/evil.example/phish",
+    "/\r/evil.example/phish",
+    "//evil.example/phish",
+    "/\\evil.example/phish",
+    "\\\\evil.example/phish",
+    "/\\/evil.example",
+    "https://evil.example/phish",
+    "javascript:alert(1)",
+    " //evil.example",
+    "/ /evil.example",
+    "\t//evil.example",
+    "http:/evil.example",
+    "evil.example",
+    "",
+]
+
+
+def test_the_next_page_after_login_is_a_path_on_this_site() -> None:
+    from app.routers.pages import safe_next
+
+    for value in OFFSITE_NEXT:
+        assert safe_next(value) == "/", repr(value)
+    for value in ("/", "/runs/3?tab=charts#weights", "/review/12", "/compare?ids=1,2"):
+        assert safe_next(value) == value
+
+
+def test_the_login_page_renders_only_a_safe_next(embedded_settings: Settings) -> None:
+    with TestClient(create_app(embedded_settings)) as client:
+        page = client.get("/login", params={"next": "/\t/evil.example/phish"}).text
+        assert 'data-next="/"' in page and "evil.example" not in page
+        assert 'data-next="/runs/3"' in client.get("/login", params={"next": "/runs/3"}).text
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="Chromium is not installed")
+def test_chromium_stays_on_the_site_after_logging_in(embedded_settings: Settings, page: object) -> None:
+    """The browser's own reading of `next`: before, /login?next=/%09/evil.example/phish sent Chromium to
+    http://evil.example/phish. The server's check is bypassed here (the page is rendered with the raw value), so
+    that the browser module's check is shown on its own."""
+    import re
+    from unittest import mock
+
+    from helpers import ensure_user
+    from live_server import live_server
+
+    from app.routers import pages
+
+    ensure_user(embedded_settings, "ana", "trainer", "ana's long password")
+    offsite: list[str] = []
+
+    def elsewhere(route: typing.Any) -> None:
+        offsite.append(route.request.url)
+        route.fulfill(status=200, body="phished", content_type="text/html")
+
+    browser = typing.cast(typing.Any, page)
+    browser.route(re.compile(r"^(?!http://127\.0\.0\.1:).*"), elsewhere)
+    with mock.patch.object(pages, "safe_next", lambda value: value), live_server(embedded_settings) as base:
+        for value in [
+            "/\t/evil.example/phish",
+            "/\n/evil.example/phish",
+            "/\\evil.example",
+            "//evil.example",
+            "/runs/x",
+        ]:
+            browser.context.clear_cookies()
+            browser.goto(f"{base}/login?next={quote(value, safe='/')}")
+            browser.fill("#login-name", "ana")
+            browser.fill("#login-password", "ana's long password")
+            browser.click("#login-button")
+            browser.wait_for_url(re.compile(r"^http://127\.0\.0\.1:\d+/x?$"))
+    assert offsite == []
