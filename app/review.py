@@ -416,9 +416,31 @@ def export_jsonl(session: Session, queue: ReviewQueue) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+#: What makes a spreadsheet read a cell as a formula (OWASP, "CSV Injection"): =HYPERLINK(…) in a reviewer's comment
+#: would run in whoever opens the export.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A text cell that a spreadsheet would read as a formula, prefixed with a single quote, as OWASP advises; any
+    other value as it is."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
+class _SafeWriter:
+    """csv.writer whose text cells are spreadsheet_safe."""
+
+    def __init__(self, out: io.StringIO) -> None:
+        self._writer = csv.writer(out)
+
+    def writerow(self, row: Sequence[Any]) -> None:
+        self._writer.writerow([spreadsheet_safe(cell) for cell in row])
+
+
 def export_csv(session: Session, queue: ReviewQueue) -> str:
+    """One row per submitted review; text cells that a spreadsheet would run as formulas are neutralised."""
     out = io.StringIO()
-    writer = csv.writer(out)
+    writer = _SafeWriter(out)
     writer.writerow(
         [
             "queue_id",

