@@ -21,12 +21,26 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 
 MAX_PATH = 500  # a path, hub id or prompt-set name
 MAX_SHORT = 64  # a module name, an output spec, a separator
+MAX_ERRORS = 20  # errors reported for one config; the rest are counted
+MAX_ECHO = 100  # characters of a user's key or index echoed in an error's location
 
 
 class Section(BaseModel):
     # Unknown keys are typos in a hand-written config: reject them instead of silently ignoring. NaN and infinity
     # are no one's intent and are not JSON: reject them too.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _few_unknown_keys(cls, data: Any) -> Any:
+        """150,000 unknown keys were 150,000 errors (a 14 MB answer after 9 s): past MAX_ERRORS, one error counts
+        them, and pydantic never makes the rest."""
+        if isinstance(data, dict) and len(data) > len(cls.model_fields):
+            unknown = [key for key in data if key not in cls.model_fields]
+            if len(unknown) > MAX_ERRORS:
+                shown = ", ".join(repr(str(key)[:40]) for key in unknown[:5])
+                raise ValueError(f"{len(unknown)} unknown keys ({shown}, …)")
+        return data
 
     @field_validator("*", mode="after")
     @classmethod
@@ -424,15 +438,24 @@ class ConfigError(ValueError):
         self.fields = fields or [("config", message)]
 
 
+def _echoed(part: Any) -> str:
+    text = str(part)
+    return text if len(text) <= MAX_ECHO else text[:MAX_ECHO] + "…"
+
+
 def field_errors(error: ValidationError) -> list[tuple[str, str]]:
+    """(dotted field, message) of the first MAX_ERRORS errors, then one that counts the rest. A user's key in a
+    location is cut to MAX_ECHO characters (a 1.9 MB unknown key came back whole) and a message to 500."""
     found = []
-    for item in error.errors():
+    for item in error.errors(include_url=False, include_input=False, include_context=False)[:MAX_ERRORS]:
         # Drop the union tag pydantic adds inside discriminated lists (objectives.0.sentiment.x → objectives.0.x).
         # Only there: a user's unknown key that happens to be called e.g. "python" must still be named.
-        loc = [str(p) for p in item["loc"]]
+        loc = [_echoed(p) for p in item["loc"]]
         if len(loc) >= 3 and loc[0] == "objectives" and loc[2] in OBJECTIVE_TYPES:
             del loc[2]
-        found.append((".".join(loc) or "config", item["msg"].removeprefix("Value error, ")))
+        found.append((".".join(loc) or "config", item["msg"].removeprefix("Value error, ")[:500]))
+    if error.error_count() > MAX_ERRORS:
+        found.append(("config", f"{error.error_count() - MAX_ERRORS} more errors not shown"))
     return found
 
 

@@ -282,3 +282,36 @@ def test_chromium_stays_on_the_site_after_logging_in(embedded_settings: Settings
             browser.click("#login-button")
             browser.wait_for_url(re.compile(r"^http://127\.0\.0\.1:\d+/(review\?x=1)?$"))
     assert offsite == []
+
+
+# -- validation errors: bounded, whatever the input ------------------------------------------------------------------
+
+
+def test_validation_errors_neither_echo_nor_amplify_the_input(trainer: TestClient) -> None:
+    huge_key = "k" * 1_900_000  # before: echoed whole in `loc`, a 1.9 MB answer
+    response = launch(trainer, {huge_key: 1})
+    assert response.status_code == 422 and len(response.content) < 2000, len(response.content)
+    many = {f"key{i}": 1 for i in range(150_000)}  # before: a 14.4 MB answer after 9 s
+    for config in (many, {"data": many}, {"objectives": [{"name": "a", "type": "brevity", **many}]}):
+        started = time.monotonic()
+        response = launch(trainer, config)
+        assert response.status_code == 422 and "150000 unknown keys" in response.text, response.text[:300]
+        assert time.monotonic() - started < 3 and len(response.content) < 2000
+    # Up to MAX_ERRORS errors are each named; past them, counted.
+    from meal_core.config import MAX_ERRORS
+
+    wrong = {"data": {"max_rows": "x"}, "seed": "x", "iterations": "x", "lora": {f"k{i}": 1 for i in range(MAX_ERRORS)}}
+    response = launch(trainer, wrong)
+    named = fields(response)
+    assert len(named) == MAX_ERRORS + 1 and response.json()["detail"][-1]["msg"] == "3 more errors not shown"
+
+
+def test_request_validation_errors_are_capped_too(embedded_settings: Settings) -> None:
+    from fastapi.exceptions import RequestValidationError
+
+    from app.main import validation_details
+
+    error = RequestValidationError([{"loc": ("body", "x" * 10_000, i), "msg": "m", "type": "t"} for i in range(5000)])
+    details = validation_details(error)
+    assert len(details) == 21 and details[-1]["msg"] == "4980 more errors not shown"
+    assert all(len(part) <= 101 for item in details for part in map(str, item["loc"]))
