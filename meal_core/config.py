@@ -372,7 +372,8 @@ class EvalConfig(Section):
     lattice_divisions: int = Field(4, ge=1, le=20, description="K≥3: simplex lattice with this many divisions.")
     temperature: float = Field(0.7, gt=0.0, le=100.0)
     max_new_tokens: int | None = Field(None, ge=1, le=4096, description="Default: algorithm.max_new_tokens.")
-    reference_point: list[float] | None = Field(
+    # Bounded: a reference of ±1e308 made every hypervolume inf (normalised rewards lie within ±clip ≤ 100).
+    reference_point: list[Annotated[float, Field(ge=-1000.0, le=1000.0)]] | None = Field(
         None, max_length=8, description="Hypervolume reference in normalised reward space; default -clip per objective."
     )
     probe_pairs: int = Field(

@@ -315,3 +315,64 @@ def test_request_validation_errors_are_capped_too(embedded_settings: Settings) -
     details = validation_details(error)
     assert len(details) == 21 and details[-1]["msg"] == "4980 more errors not shown"
     assert all(len(part) <= 101 for item in details for part in map(str, item["loc"]))
+
+
+# -- weights: finite, with a finite sum ------------------------------------------------------------------------------
+
+
+def test_weights_whose_sum_overflows_are_a_422(trainer: TestClient, embedded_settings: Settings) -> None:
+    from app.store.models import PlaygroundGeneration
+
+    config = {"objectives": [{"name": "a", "type": "brevity"}, {"name": "b", "type": "coverage"}]}
+    run_id = stored_run(embedded_settings, config)
+
+    def generate(weights: str) -> httpx.Response:
+        body = f'{{"run_id": {run_id}, "prompt": "hi", "weights": {weights}}}'
+        return trainer.post("/api/playground", content=body, headers={"content-type": "application/json"})
+
+    # Before: [[1e308, 1e308]] was a 201, stored as [[0, 0]] (each value over an infinite sum); the worker failed.
+    for weights in ("[[1e308, 1e308]]", "[[1e309, 1]]", "[[NaN, 1]]", "[[Infinity, 0]]", "[[-1, 2]]", "[[0, 0]]"):
+        response = generate(weights)
+        assert response.status_code == 422 and "weights" in response.text, (weights, response.text)
+    for weights, stored in (("[[1e308, 0]]", [1.0, 0.0]), ("[[5e-324, 5e-324]]", [0.5, 0.5]), ('["auto"]', "auto")):
+        response = generate(weights)
+        assert response.status_code == 201, (weights, response.text)
+        with session_scope(embedded_settings.database_url) as session:
+            generation = session.get(PlaygroundGeneration, response.json()["id"])
+            assert generation is not None and generation.weights == [stored]
+    # Other weight inputs: a config's reference point, a review queue's weight region.
+    response = launch(trainer, {**config, "eval": {"reference_point": [1e308, 1e308]}})
+    assert response.status_code == 422 and fields(response) == ["eval.reference_point.0", "eval.reference_point.1"]
+    source = {"type": "samples", "run_id": run_id, "weight_objective": "a", "weight_min": 1e308}
+    assert trainer.post("/api/review/queues", json={"name": "q", "source": source}).status_code == 422
+
+
+def test_every_number_in_a_config_s_lists_has_bounds_too() -> None:
+    """tests/test_hardening.py checks the numbers of a config; this, the numbers inside its lists (a reference point
+    of 1e308 made every hypervolume inf)."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from meal_core.config import ObjectiveConfig, RunConfig
+
+    unbounded = []
+
+    def visit(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            for option in typing.get_args(field.annotation) or (field.annotation,):
+                if isinstance(option, type) and issubclass(option, BaseModel):
+                    visit(option, f"{prefix}{name}.")
+                if typing.get_origin(option) is not list:
+                    continue
+                (item,) = typing.get_args(option)
+                kind, *metadata = typing.get_args(item) or (item,)
+                if kind in (int, float):
+                    constraints = {type(m).__name__ for m in metadata for m in getattr(m, "metadata", [m])}
+                    if not ({"Ge", "Gt"} & constraints and {"Le", "Lt"} & constraints):
+                        unbounded.append(f"{prefix}{name}")
+
+    visit(RunConfig, "")
+    for objective in typing.get_args(typing.get_args(ObjectiveConfig)[0]):
+        visit(objective, f"objectives[{objective.__name__}].")
+    assert unbounded == []
