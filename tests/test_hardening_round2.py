@@ -122,6 +122,23 @@ def test_the_prompts_of_a_run_never_read_out_server_files_or_binary_ones(
     assert trainer.get(f"/api/runs/{run_id}/prompts").json() == ["How do I keep basil alive?"]
 
 
+def test_a_run_stored_before_the_policy_is_not_resumed_onto_the_server_s_files(
+    trainer: TestClient, embedded_settings: Settings
+) -> None:
+    data = embedded_settings.data_dir.resolve()
+    (data / "uploads").mkdir()
+    (data / "uploads" / "mine.txt").write_text("a prompt\n")
+    runs = {}
+    for name, spec in (("secret", data / "secret.key"), ("mine", data / "uploads" / "mine.txt")):
+        runs[name] = stored_run(embedded_settings, {"data": {"train_prompts": str(spec)}})
+        with session_scope(embedded_settings.database_url) as session:
+            assert run_state.enqueue_failed(session, runs[name], "failed once")
+    refused = trainer.post(f"/api/runs/{runs['secret']}/resume")
+    assert refused.status_code == 422 and fields(refused) == ["data.train_prompts"], refused.text
+    assert trainer.get(f"/api/runs/{runs['secret']}").json()["status"] == "failed"  # left as it was
+    assert trainer.post(f"/api/runs/{runs['mine']}/resume").status_code == 200
+
+
 # -- NUL bytes --------------------------------------------------------------------------------------------------------
 
 
