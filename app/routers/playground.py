@@ -90,7 +90,7 @@ def check_weights(weights: Sequence[list[float] | Literal["auto"]], objectives: 
         # The sum too: [1e308, 1e308] sums to inf, and was stored normalised as [0, 0] (the worker then failed).
         total = sum(vector)  # math.fsum would raise OverflowError on it
         if not all(math.isfinite(v) and v >= 0 for v in vector) or not 0 < total < math.inf:
-            raise HTTPException(422, f"{where}: non-negative numbers with a positive, finite sum")
+            raise HTTPException(422, f"{where}: non-negative finite numbers with a positive sum (a finite one)")
 
 
 @router.post(
