@@ -46,7 +46,8 @@ def _local_file(url: str) -> Path | None:
 def server_paths(settings: Settings) -> list[Path]:
     """The server's own files and folders: never named by a config, whichever root they lie under. The database
     and the broker with their SQLite sidecars, the secret key file, the .env file settings are read from, the run
-    folders (every run's, and the cache of the artefact store) and a local artefact store."""
+    folders (every run's, and the cache of the artefact store), a local artefact store and the Hugging Face token
+    files."""
     found = [Path(settings.runs_dir).resolve(), Path(settings.data_dir).resolve() / SECRET_FILE, Path(".env").resolve()]
     for url in (settings.database_url, settings.broker_url):
         database = _local_file(url)
@@ -55,7 +56,15 @@ def server_paths(settings: Settings) -> list[Path]:
     store = settings.artifacts_url
     if store and ("://" not in store or store.startswith("file://")):
         found.append(Path(store.removeprefix("file://")).resolve())
-    return found
+    return found + _hub_tokens()
+
+
+def _hub_tokens() -> list[Path]:
+    """The Hugging Face token files (HF_HOME/token, stored_tokens): the cache beside them may hold models a config
+    names, the tokens are the operator's secrets."""
+    from huggingface_hub import constants
+
+    return [Path(constants.HF_TOKEN_PATH).resolve(), Path(constants.HF_STORED_TOKENS_PATH).resolve()]
 
 
 def looks_like_path(value: str) -> bool:

@@ -78,6 +78,14 @@ def test_configs_cannot_name_the_server_s_own_files_even_under_an_allowed_root(
         for field in ("train_prompts", "eval_prompts"):
             response = launch(trainer, {"data": {field: str(path)}})
             assert response.status_code == 422 and fields(response) == [f"data.{field}"], (path, response.text)
+    from huggingface_hub import constants
+
+    hub_token = Path(constants.HF_TOKEN_PATH)
+    with pytest.MonkeyPatch.context() as patch:  # the operator's hub token, under a listed root
+        patch.setattr(constants, "HF_TOKEN_PATH", str(data.parent / "hf" / "token"))
+        response = launch(trainer, {"data": {"eval_prompts": constants.HF_TOKEN_PATH}})
+        assert response.status_code == 422 and "server's own" in response.text, response.text
+    assert Path(constants.HF_TOKEN_PATH) == hub_token
     response = launch(trainer, {"model": {"name_or_path": str(embedded_settings.runs_dir / "1")}})
     assert response.status_code == 422 and fields(response) == ["model.name_or_path"]
     objectives = [
