@@ -42,6 +42,7 @@ from app.store import run_state
 from app.store.db import session_scope
 from app.store.settings import Settings, get_settings
 from app.store.sql import refused_nul
+from meal_core.config import MAX_ECHO, MAX_ERRORS
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -239,14 +240,18 @@ class BodyLimit:
 
 def validation_details(error: RequestValidationError) -> list[dict[str, Any]]:
     """FastAPI's 422 details without echoing the input back: a 50 MB string or a lone surrogate sent in would
-    otherwise come back in the response (or fail to encode there)."""
+    otherwise come back in the response (or fail to encode there). The first MAX_ERRORS, then one that counts the
+    rest; locations cut as the config's are (meal_core.config.field_errors)."""
+    errors = error.errors()
     details = []
-    for item in error.errors():
+    for item in errors[:MAX_ERRORS]:
         details.append(
             {
-                "loc": [str(part)[:100] for part in item.get("loc", ())],
+                "loc": [str(part)[:MAX_ECHO] for part in list(item.get("loc", ()))[:16]],
                 "msg": str(item.get("msg", ""))[:500].encode("utf-8", "replace").decode("utf-8"),
                 "type": str(item.get("type", "")),
             }
         )
+    if len(errors) > MAX_ERRORS:
+        details.append({"loc": ["body"], "msg": f"{len(errors) - MAX_ERRORS} more errors not shown", "type": "more"})
     return details

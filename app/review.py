@@ -1,9 +1,12 @@
 """Review of generations by a team: building queues, one review per reviewer per item, agreement, export.
 
 A queue holds items of one kind: `single` (one response, rated 1–5 per objective and overall) or `comparison` (two
-responses A and B, judged A / B / tie per objective and overall). In a blind queue a reviewer sees neither run,
-weights nor reward scores until their review of the item is submitted, and comparisons are shown in a random order
-per item (stored as `swapped`; reviews are always stored in the item's own A/B order).
+responses A and B, judged A / B / tie per objective and overall). In a blind queue reviewers see neither run,
+step, weights nor reward scores — before submitting or after (a throwaway submission would reveal the condition,
+and the review could then be changed) — nor, unless they are trainers, the queue's source; comparisons are shown
+in a random order per item (stored as `swapped`; reviews are always stored in the item's own A/B order). A
+submitted review changes only by another complete submission while the queue is open: a draft save after
+submitting is refused (it emptied the submitted review before).
 
 The summary answers the question every team asks — does our reward model agree with us? — per objective:
 Krippendorff's alpha between reviewers (ordinal for ratings, nominal for comparisons, the `krippendorff` package),
@@ -38,6 +41,10 @@ MAX_ITEMS = 2000
 
 class ReviewError(ValueError):
     """A queue or review that cannot be stored; the message names the field."""
+
+
+class ReviewConflict(ReviewError):
+    """A change the review's state does not allow (a 409)."""
 
 
 # -- building queues --------------------------------------------------------------------------------------------------
@@ -201,9 +208,10 @@ def save_review(
     submit: bool,
 ) -> Review:
     """A reviewer's draft or submission for an item, stored in the item's own A/B order. One per reviewer and item;
-    editable (a submitted review too) until the queue closes."""
+    a draft becomes a submission, and a submission is replaced by another complete one, until the queue closes. A
+    draft save of a submitted review is a ReviewConflict: it would leave a submitted review half-filled."""
     if queue.status != QueueStatus.OPEN:
-        raise ReviewError("the queue is closed: reviews can no longer change")
+        raise ReviewConflict("the queue is closed: reviews can no longer change")
     clean, overall = validate_review(queue, ratings, overall, submit)
     if queue.kind == QueueKind.COMPARISON:
         clean = {k: _swap(v, item.swapped) for k, v in clean.items()}
@@ -212,23 +220,23 @@ def save_review(
     if review is None:
         review = Review(item_id=item.id, reviewer=reviewer)
         session.add(review)
+    elif review.status == ReviewStatus.SUBMITTED and not submit:
+        raise ReviewConflict("this review is submitted: change it with a complete submission (submit: true)")
     review.ratings, review.overall, review.comment = clean, overall, comment
-    if submit or review.status != ReviewStatus.SUBMITTED:
-        review.status = ReviewStatus.SUBMITTED if submit else ReviewStatus.DRAFT
+    review.status = ReviewStatus.SUBMITTED if submit else ReviewStatus.DRAFT
     review.updated_at = utcnow()
     session.flush()
     return review
 
 
 def item_view(queue: ReviewQueue, item: ReviewItem, review: Review | None) -> dict[str, Any]:
-    """An item as one reviewer may see it: blind queues hide run, weights and scores until their review is
-    submitted, and show comparisons in the item's random order."""
-    reveal = not queue.blind or (review is not None and review.status == ReviewStatus.SUBMITTED)
+    """An item as one reviewer may see it: blind queues show each response's text only (no run, step, checkpoint,
+    weights, scores nor origin), submitted or not, and show comparisons in the item's random order."""
     responses = list(item.responses)
     swapped = queue.kind == QueueKind.COMPARISON and item.swapped
     if swapped:
         responses = responses[::-1]
-    shown = [r if reveal else {"text": r["text"]} for r in responses]
+    shown = [{"text": r["text"]} if queue.blind else r for r in responses]
     mine = None
     if review is not None:
         mine = {
@@ -408,9 +416,31 @@ def export_jsonl(session: Session, queue: ReviewQueue) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+#: What makes a spreadsheet read a cell as a formula (OWASP, "CSV Injection"): =HYPERLINK(…) in a reviewer's comment
+#: would run in whoever opens the export.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A text cell that a spreadsheet would read as a formula, prefixed with a single quote, as OWASP advises; any
+    other value as it is."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
+class _SafeWriter:
+    """csv.writer whose text cells are spreadsheet_safe."""
+
+    def __init__(self, out: io.StringIO) -> None:
+        self._writer = csv.writer(out)
+
+    def writerow(self, row: Sequence[Any]) -> None:
+        self._writer.writerow([spreadsheet_safe(cell) for cell in row])
+
+
 def export_csv(session: Session, queue: ReviewQueue) -> str:
+    """One row per submitted review; text cells that a spreadsheet would run as formulas are neutralised."""
     out = io.StringIO()
-    writer = csv.writer(out)
+    writer = _SafeWriter(out)
     writer.writerow(
         [
             "queue_id",

@@ -6,6 +6,7 @@ Every unknown of the method (see docs/algorithm.md) is a field here, with a defa
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -20,12 +21,36 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 
 MAX_PATH = 500  # a path, hub id or prompt-set name
 MAX_SHORT = 64  # a module name, an output spec, a separator
+MAX_ERRORS = 20  # errors reported for one config; the rest are counted
+MAX_ECHO = 100  # characters of a user's key or index echoed in an error's location
 
 
 class Section(BaseModel):
     # Unknown keys are typos in a hand-written config: reject them instead of silently ignoring. NaN and infinity
     # are no one's intent and are not JSON: reject them too.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _few_unknown_keys(cls, data: Any) -> Any:
+        """150,000 unknown keys were 150,000 errors (a 14 MB answer after 9 s): past MAX_ERRORS, one error counts
+        them, and pydantic never makes the rest."""
+        if isinstance(data, dict) and len(data) > len(cls.model_fields):
+            unknown = [key for key in data if key not in cls.model_fields]
+            if len(unknown) > MAX_ERRORS:
+                shown = ", ".join(repr(str(key)[:40]) for key in unknown[:5])
+                raise ValueError(f"{len(unknown)} unknown keys ({shown}, …)")
+        return data
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        """No text of a config holds NUL: no path can (the OS refuses it: it was a 500), no database column of
+        PostgreSQL stores it, and no module, device or separator means it."""
+        texts = value if isinstance(value, list) else [value]
+        if any(isinstance(text, str) and "\x00" in text for text in texts):
+            raise ValueError("contains a NUL character (\\u0000)")
+        return value
 
 
 class ModelConfig(Section):
@@ -349,7 +374,8 @@ class EvalConfig(Section):
     lattice_divisions: int = Field(4, ge=1, le=20, description="K≥3: simplex lattice with this many divisions.")
     temperature: float = Field(0.7, gt=0.0, le=100.0)
     max_new_tokens: int | None = Field(None, ge=1, le=4096, description="Default: algorithm.max_new_tokens.")
-    reference_point: list[float] | None = Field(
+    # Bounded: a reference of ±1e308 made every hypervolume inf (normalised rewards lie within ±clip ≤ 100).
+    reference_point: list[Annotated[float, Field(ge=-1000.0, le=1000.0)]] | None = Field(
         None, max_length=8, description="Hypervolume reference in normalised reward space; default -clip per objective."
     )
     probe_pairs: int = Field(
@@ -415,15 +441,24 @@ class ConfigError(ValueError):
         self.fields = fields or [("config", message)]
 
 
+def _echoed(part: Any) -> str:
+    text = str(part)
+    return text if len(text) <= MAX_ECHO else text[:MAX_ECHO] + "…"
+
+
 def field_errors(error: ValidationError) -> list[tuple[str, str]]:
+    """(dotted field, message) of the first MAX_ERRORS errors, then one that counts the rest. A user's key in a
+    location is cut to MAX_ECHO characters (a 1.9 MB unknown key came back whole) and a message to 500."""
     found = []
-    for item in error.errors():
+    for item in error.errors(include_url=False, include_input=False, include_context=False)[:MAX_ERRORS]:
         # Drop the union tag pydantic adds inside discriminated lists (objectives.0.sentiment.x → objectives.0.x).
         # Only there: a user's unknown key that happens to be called e.g. "python" must still be named.
-        loc = [str(p) for p in item["loc"]]
+        loc = [_echoed(p) for p in item["loc"]]
         if len(loc) >= 3 and loc[0] == "objectives" and loc[2] in OBJECTIVE_TYPES:
             del loc[2]
-        found.append((".".join(loc) or "config", item["msg"].removeprefix("Value error, ")))
+        found.append((".".join(loc) or "config", item["msg"].removeprefix("Value error, ")[:500]))
+    if error.error_count() > MAX_ERRORS:
+        found.append(("config", f"{error.error_count() - MAX_ERRORS} more errors not shown"))
     return found
 
 
@@ -446,14 +481,29 @@ def load_config(path: str | Path) -> RunConfig:
 
 
 MAX_CONFIG_DEPTH = 32  # a run config nests 4 levels deep
+MAX_CONFIG_NODES = 10_000  # a run config has a few hundred values
+MAX_CONFIG_TEXT = 100_000  # characters; a run config is a few kilobytes
+
+# YAML 1.2's core schema (https://yaml.org/spec/1.2.2/#1032-tag-resolution): what an untagged plain scalar is.
+# YAML 1.1's sexagesimals (1:30 = 90; a 200-part float overflowed to a 500, 100k-part integers took quadratic time),
+# yes/no/on/off booleans, octals with a bare leading 0, underscores, timestamps and `=` are plain strings here.
+_CORE_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+_CORE_INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_CORE_FLOAT = re.compile(
+    r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+_YAML = "tag:yaml.org,2002:"
 
 
 class _NoAliasLoader(yaml.SafeLoader):
-    """A safe loader that refuses anchors' aliases: a few kilobytes of nested aliases expand to gigabytes (the
-    "billion laughs"), and a run config never needs them. Deep nesting (it would exhaust Python's recursion limit)
-    and integers too long to convert are refused too, each as a YAML error that says where."""
+    """A safe loader with YAML 1.2's core schema (no sexagesimals: see _CORE_INT) that refuses anchors' aliases: a
+    few kilobytes of nested aliases expand to gigabytes (the "billion laughs"), and a run config never needs them.
+    Deep nesting (it would exhaust Python's recursion limit), more nodes than a config has, and integers too long
+    to convert are refused too, each as a YAML error that says where. The parser reads as it composes, so a
+    refusal stops the work there."""
 
     depth = 0
+    nodes = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -464,24 +514,61 @@ class _NoAliasLoader(yaml.SafeLoader):
             raise yaml.composer.ComposerError(
                 None, None, f"nested more than {MAX_CONFIG_DEPTH} levels deep", event.start_mark
             )
+        self.nodes += 1
+        if self.nodes > MAX_CONFIG_NODES:
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"more than {MAX_CONFIG_NODES} values", event.start_mark)
         self.depth += 1
         try:
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
 
-    def construct_yaml_int(self, node: Any) -> Any:
+    def _core(self, node: Any, pattern: re.Pattern[str], kind: str) -> str:
+        value = str(self.construct_scalar(node))
+        if not pattern.match(value):  # an explicit tag (!!int "1:30") on something the core schema does not read
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{value[:50]!r} is not a YAML 1.2 {kind}", node.start_mark
+            )
+        return value
+
+    def construct_core_bool(self, node: Any) -> bool:
+        return self._core(node, _CORE_BOOL, "boolean").lower() == "true"
+
+    def construct_core_int(self, node: Any) -> int:
+        value = self._core(node, _CORE_INT, "integer")
         try:
-            return super().construct_yaml_int(node)
+            if value.startswith(("0o", "0x")):
+                return int(value[2:], 8 if value[1] == "o" else 16)
+            return int(value, 10)
         except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits())
             raise yaml.constructor.ConstructorError(None, None, "integer too long", node.start_mark) from None
 
+    def construct_core_float(self, node: Any) -> float:
+        value = self._core(node, _CORE_FLOAT, "float").lower()
+        if value.endswith(".inf"):
+            return float("-inf") if value.startswith("-") else float("inf")  # refused later: allow_inf_nan=False
+        return float("nan") if value == ".nan" else float(value)  # 1e999 is inf, never an OverflowError
 
-_NoAliasLoader.add_constructor("tag:yaml.org,2002:int", _NoAliasLoader.construct_yaml_int)
+
+# Only YAML 1.2 core's implicit types: null as SafeLoader reads it, then bool, int and float as above.
+_NoAliasLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag == f"{_YAML}null"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_NoAliasLoader.add_implicit_resolver(f"{_YAML}bool", _CORE_BOOL, list("tTfF"))
+_NoAliasLoader.add_implicit_resolver(f"{_YAML}int", _CORE_INT, list("-+0123456789"))
+_NoAliasLoader.add_implicit_resolver(f"{_YAML}float", _CORE_FLOAT, list("-+.0123456789"))
+_NoAliasLoader.add_constructor(f"{_YAML}bool", _NoAliasLoader.construct_core_bool)
+_NoAliasLoader.add_constructor(f"{_YAML}int", _NoAliasLoader.construct_core_int)
+_NoAliasLoader.add_constructor(f"{_YAML}float", _NoAliasLoader.construct_core_float)
 
 
 def parse_config_text(text: str, source: str = "config") -> Any:
-    """YAML is a superset of JSON, so one parser serves both. Aliases are refused."""
+    """YAML (1.2 core schema) is a superset of JSON, so one parser serves both. Aliases are refused, and so is text
+    over MAX_CONFIG_TEXT characters."""
+    if len(text) > MAX_CONFIG_TEXT:
+        raise ConfigError(f"{source}: {len(text)} characters; a config has at most {MAX_CONFIG_TEXT}")
     try:
         data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as error:

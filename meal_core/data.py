@@ -125,7 +125,10 @@ def row_prompt(row: dict[str, Any], column: str) -> tuple[str, tuple[Turn, ...]]
 
 def is_hub_id(spec: str) -> bool:
     """'org/name' that names no local file or folder: a Hugging Face dataset (or model) id."""
-    return bool(HUB_ID.match(spec)) and not Path(spec).expanduser().exists()
+    # fullmatch: `$` alone lets a trailing newline through. No NUL reaches Path.exists (it raises on one).
+    if "\x00" in spec or not HUB_ID.fullmatch(spec):
+        return False
+    return not Path(spec).expanduser().exists()
 
 
 @dataclass
@@ -170,7 +173,7 @@ def load_prompts(
     else:
         path = Path(spec).expanduser()
         if path.suffix == ".txt":
-            lines = path.read_text(errors="replace").splitlines()
+            lines = _text_lines(path, errors="replace")
             prompts = [Prompt(f"{path.stem}-{i}", t.strip()) for i, t in enumerate(lines, start=1) if t.strip()]
         else:
             prompts = _parse_jsonl(_text_lines(path), spec)
@@ -206,9 +209,14 @@ def filter_by_length(prompts: list[Prompt], count_tokens: Callable[[str], int], 
     return kept
 
 
-def _text_lines(path: Path) -> list[str]:
+def _text_lines(path: Path, errors: str = "strict") -> list[str]:
+    """A text file's lines; a binary file (one with a NUL byte: a database, an archive) or, with errors="strict",
+    one that is not UTF-8 is a DataError, not a page of garbage or a UnicodeDecodeError."""
+    raw = path.read_bytes()
+    if b"\x00" in raw:
+        raise DataError(f"{path}: a binary file, not text")
     try:
-        return path.read_text().splitlines()
+        return raw.decode("utf-8", errors=errors).splitlines()
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text") from None
 

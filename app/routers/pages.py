@@ -6,7 +6,9 @@ login page (and back afterwards); with too low a role, it gets a 403 page.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -25,13 +27,27 @@ def home_for(user: CurrentUser) -> str:
     return "/" if user.can(Role.TRAINER) else "/review"
 
 
+# Browsers drop tabs and newlines from URLs and read "\\" as "/": "/\t/evil.example" and "/\\evil.example" are
+# "//evil.example", another site. Control characters, spaces and backslashes are refused wherever they are.
+_UNSAFE_IN_NEXT = re.compile(r"[\x00-\x20\x7f\\]")
+
+
+def safe_next(value: str | None) -> str:
+    """Where to go after logging in: a path on this site ("/runs/3?x=1"), else "/". Never "//host", "/\\host",
+    "https://host", "javascript:…", nor anything a browser would turn into one."""
+    if not value or not value.startswith("/") or value.startswith("//") or _UNSAFE_IN_NEXT.search(value):
+        return "/"
+    parts = urlsplit(value)
+    return value if not parts.scheme and not parts.netloc else "/"
+
+
 @router.get("/login", response_class=HTMLResponse)
 def login_page(request: Request, next: str = Query("/", max_length=2000), expired: bool = False) -> Response:
     user = authenticate(request)
     if user is not None:
         return RedirectResponse(home_for(user), status_code=303)
     return TEMPLATES.TemplateResponse(
-        request, "login.html", {"user": None, "next_url": next, "expired": expired, "active": "login"}
+        request, "login.html", {"user": None, "next_url": safe_next(next), "expired": expired, "active": "login"}
     )
 
 

@@ -11,20 +11,20 @@ import math
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
+from app.config_policy import path_refusal
 from app.deps import MAX_ID, REQUIRE, IdPath, SessionDep, SettingsDep, TrainerDep
 from app.schemas import API_ERRORS, BODY_ERRORS, error_responses
 from app.store.artifacts import ArtifactError, open_store
 from app.store.models import PlaygroundGeneration, Run
 from app.store.queue import BrokerUnavailable, enqueue_playground
 from meal_core.config import ConfigError
-from meal_core.data import DataError, load_prompts
+from meal_core.data import DataError, is_hub_id, load_prompts
 from meal_core.enums import JobStatus, Role
 from meal_core.inference import BASE
 
@@ -87,8 +87,10 @@ def check_weights(weights: Sequence[list[float] | Literal["auto"]], objectives: 
         where = f"weights.{index}"
         if len(vector) != len(objectives):
             raise HTTPException(422, f"{where}: {len(objectives)} values, one per objective {objectives}")
-        if not all(math.isfinite(v) and v >= 0 for v in vector) or sum(vector) <= 0:
-            raise HTTPException(422, f"{where}: non-negative numbers with a positive sum")
+        # The sum too: [1e308, 1e308] sums to inf, and was stored normalised as [0, 0] (the worker then failed).
+        total = sum(vector)  # math.fsum would raise OverflowError on it
+        if not all(math.isfinite(v) and v >= 0 for v in vector) or not 0 < total < math.inf:
+            raise HTTPException(422, f"{where}: non-negative finite numbers with a positive sum (a finite one)")
 
 
 @router.post(
@@ -160,9 +162,11 @@ def run_checkpoints(run_id: IdPath, session: SessionDep, settings: SettingsDep) 
     return [*reversed(names), BASE]
 
 
-@router.get("/api/runs/{run_id}/prompts", response_model=list[str], responses=error_responses(404))
+@router.get("/api/runs/{run_id}/prompts", response_model=list[str], responses=error_responses(404, 422))
 def run_eval_prompts(run_id: IdPath, session: SessionDep, settings: SettingsDep) -> list[str]:
-    """The run's held-out evaluation prompts, when they are the shipped set or a file inside the data folder."""
+    """The run's held-out evaluation prompts: the shipped set, a dataset id, or a file the path policy lets configs
+    name (app/config_policy.py). Checked again here, for runs stored before the policy was what it is now. A file
+    the panel may not read, or that holds no prompts (a binary file), is a 422 naming data.eval_prompts."""
     run = session.get(Run, run_id)
     if run is None:
         raise HTTPException(404, f"run {run_id} not found")
@@ -173,11 +177,11 @@ def run_eval_prompts(run_id: IdPath, session: SessionDep, settings: SettingsDep)
     spec = data.eval_prompts
     # A web request reads a few rows at most, whatever the dataset's size.
     options = replace(data.source_options("eval"), max_rows=min(data.max_rows or PROMPTS_LISTED, PROMPTS_LISTED))
-    if not spec.startswith("builtin:"):
-        path = Path(spec).expanduser().resolve()
-        if not path.is_relative_to(Path(settings.data_dir).resolve()):
-            return []  # a file elsewhere on the server is not the panel's to read out
+    if not spec.startswith("builtin:") and not is_hub_id(spec):
+        refusal = path_refusal(spec, settings)
+        if refusal is not None:
+            raise HTTPException(422, f"data.eval_prompts: {refusal}")
     try:
         return [p.text for p in load_prompts(spec, options=options)][:PROMPTS_LISTED]
-    except DataError:
-        return []
+    except (DataError, OSError) as error:
+        raise HTTPException(422, f"data.eval_prompts: {str(error)[:500]}") from None

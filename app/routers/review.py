@@ -12,10 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from app import review
-from app.deps import MAX_ID, IdPath, ReviewerDep, SessionDep, TrainerDep
+from app.deps import MAX_ID, CurrentUser, IdPath, ReviewerDep, SessionDep, TrainerDep
 from app.schemas import API_ERRORS, BODY_ERRORS, error_responses
 from app.store.models import PlaygroundGeneration, Review, ReviewItem, ReviewQueue, Run, utcnow
-from meal_core.enums import QueueKind, QueueStatus, ReviewStatus
+from meal_core.enums import QueueKind, QueueStatus, ReviewStatus, Role
 
 router = APIRouter(prefix="/api/review", tags=["review"], responses=API_ERRORS)
 
@@ -54,7 +54,10 @@ class QueueOut(BaseModel):
     blind: bool
     status: QueueStatus
     objectives: list[str]
-    source: dict[str, Any]
+    source: dict[str, Any] = Field(
+        description="What the items were drawn from (run, steps, weight region, generations); {} for a reviewer "
+        "below trainer in a blind queue."
+    )
     created_at: datetime
     closed_at: datetime | None
     items: int = 0
@@ -67,7 +70,11 @@ class ReviewIn(BaseModel):
     )
     overall: str | None = Field(None, max_length=3)
     comment: str = Field("", max_length=4000)
-    submit: bool = Field(False, description="false: a draft; true: submitted (still editable until the queue closes).")
+    submit: bool = Field(
+        False,
+        description="false: a draft (refused, 409, once the review is submitted); true: submitted, replaced by "
+        "another complete submission until the queue closes.",
+    )
 
 
 def _queue(session: SessionDep, queue_id: int) -> ReviewQueue:
@@ -77,10 +84,12 @@ def _queue(session: SessionDep, queue_id: int) -> ReviewQueue:
     return queue
 
 
-def _queue_out(session: SessionDep, queue: ReviewQueue, reviewer: str) -> QueueOut:
+def _queue_out(session: SessionDep, queue: ReviewQueue, user: CurrentUser) -> QueueOut:
     out = QueueOut.model_validate(queue)
+    if queue.blind and not user.can(Role.TRAINER):
+        out.source = {}  # the run and weight region are the condition a blind queue hides
     out.items = review.item_count(session, queue)
-    out.mine = review.progress(session, queue).get(reviewer, {ReviewStatus.DRAFT: 0, ReviewStatus.SUBMITTED: 0})
+    out.mine = review.progress(session, queue).get(user.name, {ReviewStatus.DRAFT: 0, ReviewStatus.SUBMITTED: 0})
     return out
 
 
@@ -118,7 +127,7 @@ def create_queue(body: QueueIn, session: SessionDep, user: TrainerDep) -> QueueO
         )
     except review.ReviewError as error:
         raise HTTPException(422, str(error)) from None
-    return _queue_out(session, queue, user.name)
+    return _queue_out(session, queue, user)
 
 
 @router.get("/queues", response_model=list[QueueOut])
@@ -128,18 +137,17 @@ def list_queues(
     query = select(ReviewQueue).order_by(ReviewQueue.id.desc()).limit(500)
     if status_filter:
         query = query.where(ReviewQueue.status == status_filter)
-    return [_queue_out(session, queue, user.name) for queue in session.scalars(query)]
+    return [_queue_out(session, queue, user) for queue in session.scalars(query)]
 
 
 @router.get("/queues/{queue_id}", response_model=QueueOut, responses=error_responses(404))
 def get_queue(queue_id: IdPath, session: SessionDep, user: ReviewerDep) -> QueueOut:
-    return _queue_out(session, _queue(session, queue_id), user.name)
+    return _queue_out(session, _queue(session, queue_id), user)
 
 
 @router.get("/queues/{queue_id}/items", responses=error_responses(404))
 def queue_items(queue_id: IdPath, session: SessionDep, user: ReviewerDep) -> list[dict[str, Any]]:
-    """The queue's items as you may see them, each with your review (blind queues reveal run, weights and scores
-    once you submit)."""
+    """The queue's items as you may see them, each with your review (blind queues: the responses' text only)."""
     queue = _queue(session, queue_id)
     query = select(ReviewItem).where(ReviewItem.queue_id == queue.id).order_by(ReviewItem.position)
     items = list(session.scalars(query))
@@ -164,6 +172,8 @@ def put_review(item_id: IdPath, body: ReviewIn, session: SessionDep, user: Revie
         saved = review.save_review(
             session, queue, item, user.name, body.ratings, body.overall, body.comment, body.submit
         )
+    except review.ReviewConflict as conflict:
+        raise HTTPException(409, str(conflict)) from None
     except review.ReviewError as error:
         raise HTTPException(422, str(error)) from None
     return review.item_view(queue, item, saved)
@@ -174,7 +184,7 @@ def close_queue(queue_id: IdPath, session: SessionDep, user: TrainerDep) -> Queu
     queue = _queue(session, queue_id)
     if queue.status == QueueStatus.OPEN:
         queue.status, queue.closed_at = QueueStatus.CLOSED, utcnow()
-    return _queue_out(session, queue, user.name)
+    return _queue_out(session, queue, user)
 
 
 @router.get("/queues/{queue_id}/summary", responses=error_responses(404))

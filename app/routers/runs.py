@@ -15,7 +15,7 @@ from app.store import run_state
 from app.store.models import MetricLatest, Run
 from app.store.queue import BrokerUnavailable, enqueue_training
 from meal_core import metric_keys as keys
-from meal_core.config import ConfigError, parse_config
+from meal_core.config import ConfigError, RunConfig, parse_config
 from meal_core.enums import Role
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,16 @@ def config_errors_as_422(error: ConfigError) -> HTTPException:
         for where, message in error.fields
     ]
     return HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
+
+
+def allowed_or_refuse(config: RunConfig, settings: SettingsDep, user: TrainerDep) -> None:
+    """The server's policy (app/config_policy.py) for this user: a 422 (or 403) naming the field it refuses."""
+    try:
+        check_config(config, settings, user.role)
+    except ConfigNotAllowed as refused:
+        loc = ["body", "config", *refused.field.split(".")]
+        detail = [{"loc": loc, "msg": refused.message, "type": "not_allowed"}]
+        raise HTTPException(status_code=403 if refused.forbidden else 422, detail=detail) from None
 
 
 def latest_rewards(session: SessionDep, run_ids: list[int]) -> dict[int, dict[str, float]]:
@@ -90,12 +100,7 @@ def create_run(body: RunCreate, session: SessionDep, settings: SettingsDep, user
         config = parse_config(body.config)
     except ConfigError as error:
         raise config_errors_as_422(error) from None
-    try:
-        check_config(config, settings, user.role)
-    except ConfigNotAllowed as refused:
-        loc = ["body", "config", *refused.field.split(".")]
-        detail = [{"loc": loc, "msg": refused.message, "type": "not_allowed"}]
-        raise HTTPException(status_code=403 if refused.forbidden else 422, detail=detail) from None
+    allowed_or_refuse(config, settings, user)
     run = run_state.create_run(session, body.name, config.model_dump(mode="json"), config.iterations, user.name)
     _enqueue(session, settings, run)
     return run_out(session, run)
@@ -132,8 +137,16 @@ def stop_run(run: RunDep, session: SessionDep, user: TrainerDep) -> RunOut:
     return run_out(session, run)
 
 
-@router.post("/{run_id}/resume", response_model=RunOut, responses=error_responses(404, 409, 503))
+@router.post("/{run_id}/resume", response_model=RunOut, responses=error_responses(404, 409, 422, 503))
 def resume_run(run: RunDep, session: SessionDep, settings: SettingsDep, user: TrainerDep) -> RunOut:
+    """Back in the queue, if the config is still one this server allows this user (a run stored before the path
+    policy was what it is now may name the server's own files)."""
+    try:
+        config = run.run_config()
+    except ConfigError:
+        config = None  # no longer readable: the worker fails it with the reason, as before
+    if config is not None:
+        allowed_or_refuse(config, settings, user)
     try:
         run_state.requeue(session, run.id, user.name)
     except run_state.TransitionError as error:

@@ -64,7 +64,9 @@ class Settings(BaseSettings):
     )
     allowed_roots: list[Path] = Field(
         [],
-        description="Folders, besides the data folder, that configs may name files and models in (JSON list).",
+        description="Folders, besides the data folder's uploads/, that configs may name files and models in (JSON "
+        "list). The server's own files (database, broker, secret key, .env, run folders) are refused wherever they "
+        "lie.",
     )
     allow_python_objectives: bool = Field(
         False, description="Let admins launch runs with `python` objectives (code from the server's Python path)."

@@ -39,7 +39,8 @@ async function chooseRun() {
   const algorithm = run.config.algorithm || {};
   if (algorithm.max_new_tokens) $("pg-max-tokens").value = String(algorithm.max_new_tokens);
   if (algorithm.temperature) $("pg-temperature").value = String(algorithm.temperature);
-  const [checkpoints, prompts] = await Promise.all([api(`/api/runs/${runId}/checkpoints`), api(`/api/runs/${runId}/prompts`)]);
+  // A run whose evaluation prompts the panel may not read (422) still has a playground: type a prompt.
+  const [checkpoints, prompts] = await Promise.all([api(`/api/runs/${runId}/checkpoints`), api(`/api/runs/${runId}/prompts`).catch(() => [])]);
   setChildren(
     $("pg-checkpoint"),
     checkpoints.map((c, i) => el("option", { value: c }, i === 0 && c !== "base" ? `${c} (latest)` : c)),

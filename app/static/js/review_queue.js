@@ -1,5 +1,5 @@
 // Reviewing a queue, one item at a time: ratings 1–5 (single responses) or A / B / tie (comparisons) per objective
-// and overall, a comment; save as a draft or submit. Blind queues reveal run, weights and scores once submitted.
+// and overall, a comment; save as a draft or submit. Blind queues show the responses' text only.
 import { api, el, errorText, fmtNum, setChildren } from "./common.js";
 import { QUEUE_KIND, QUEUE_STATUS, REVIEW_STATUS } from "./contracts.js";
 
@@ -79,6 +79,8 @@ function render() {
   $("review-state").textContent = review.status ? `your review: ${review.status}` : "not reviewed yet";
   const closed = state.queue.status !== QUEUE_STATUS.OPEN;
   for (const id of ["save-draft", "submit-review"]) $(id).disabled = closed;
+  // A submitted review changes only by submitting it again (the server refuses a draft save: 409).
+  if (review.status === REVIEW_STATUS.SUBMITTED) $("save-draft").disabled = true;
   if (closed) $("review-state").textContent += " · the queue is closed";
   $("item-prev").disabled = state.index === 0;
   $("item-next").disabled = state.index >= state.items.length - 1;
