@@ -34,7 +34,7 @@ class MeOut(BaseModel):
 
 
 class PasswordIn(BaseModel):
-    current: Password | None = Field(None, description="Needed once the user has a password (the first admin has none).")
+    current: Password | None = Field(None, description="Needed once the user has one (the first admin has none).")
     new: Password
 
 
