@@ -99,27 +99,34 @@ def sample_items(session: Session, selection: SampleSelection, objectives: list[
 
 
 def comparison_items(session: Session, generation_ids: Sequence[int], objectives: list[str]) -> list[dict[str, Any]]:
-    """Comparison items from playground generations: the first sample of each weight vector against the next one's."""
+    """Comparison items from playground generations: every two weight vectors against each other, each pair with
+    responses no other pair shows (the next unused sample of each), so that revealing one item's weights gives away
+    nothing of another's. Pairs whose weights have no unused sample left are not made."""
     items = []
     for generation_id in generation_ids:
         generation = session.get(PlaygroundGeneration, generation_id)
         if generation is None or not generation.outputs:
             raise ReviewError(f"source.generation_ids: generation {generation_id} does not exist or has no outputs")
         outputs = generation.outputs
-        for a, b in zip(outputs, outputs[1:], strict=False):
+        used = [0] * len(outputs)
+        for a, b in combinations(range(len(outputs)), 2):
+            if used[a] >= len(outputs[a]["samples"]) or used[b] >= len(outputs[b]["samples"]):
+                continue
+            chosen = [(outputs[a], outputs[a]["samples"][used[a]]), (outputs[b], outputs[b]["samples"][used[b]])]
+            used[a], used[b] = used[a] + 1, used[b] + 1
             items.append(
                 {
                     "prompt": generation.prompt,
                     "responses": [
                         {
-                            "text": output["samples"][0]["text"],
+                            "text": sample["text"],
                             "run_id": generation.run_id,
                             "checkpoint": generation.checkpoint,
                             "weights": dict(zip(objectives, output["weights"], strict=False)),
-                            "scores": output["samples"][0]["scores"],
+                            "scores": sample["scores"],
                             "origin": f"playground {generation.id}",
                         }
-                        for output in (a, b)
+                        for output, sample in chosen
                     ],
                 }
             )

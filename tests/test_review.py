@@ -368,3 +368,36 @@ def test_csv_export_neutralises_formulas(settings: Settings, clients: dict) -> N
     # The jsonl export is data, not a spreadsheet: as written.
     lines = clients["trainer"].get(f"/api/review/queues/{queue['id']}/export").text.splitlines()
     assert [json.loads(line)["comment"] for line in lines] == hostile[:4]
+
+
+@pytest.mark.parametrize(("weights", "samples", "pairs"), [(3, 2, 3), (3, 1, 1), (4, 3, 6), (2, 4, 1)])
+def test_comparison_pairs_never_share_a_response(settings: Settings, weights: int, samples: int, pairs: int) -> None:
+    """Pairs that shared a response gave the next item's weights away once one was revealed."""
+    run_id = make_run_with_samples(settings)
+    outputs = [
+        {
+            "weights": [k / (weights - 1), 1 - k / (weights - 1)],
+            "auto": False,
+            "samples": [{"text": f"w{k} s{i}", "scores": {"positivity": 0.5, "brevity": -1.0}} for i in range(samples)],
+        }
+        for k in range(weights)
+    ]
+    with session_scope(settings.database_url) as session:
+        generation = PlaygroundGeneration(
+            run_id=run_id,
+            created_by="tia",
+            prompt="p",
+            weights=[o["weights"] for o in outputs],
+            seed=0,
+            temperature=0.7,
+            max_new_tokens=8,
+            samples=samples,
+            status="succeeded",
+            outputs=outputs,
+        )
+        session.add(generation)
+        session.flush()
+        items = review.comparison_items(session, [generation.id], ["positivity", "brevity"])
+    texts = [r["text"] for item in items for r in item["responses"]]
+    assert len(items) == pairs and len(texts) == len(set(texts)), texts
+    assert all(item["responses"][0]["weights"] != item["responses"][1]["weights"] for item in items)
