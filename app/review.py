@@ -133,6 +133,38 @@ def comparison_items(session: Session, generation_ids: Sequence[int], objectives
     return items
 
 
+#: What a 5 and a 1 mean for each built-in objective type (a comparison asks which response is better on it).
+RUBRIC_BY_TYPE = {
+    "brevity": "5: says what is needed in as few words as it can; 1: padded, rambling or repetitive.",
+    "coverage": "5: covers every point the prompt calls for, with substance; 1: says almost nothing.",
+    "sentiment": "5: warm and positive in tone; 1: negative, cold or hostile.",
+    "readability": "5: plain words and short sentences, easy to follow; 1: hard to read.",
+    "relevance": "5: answers exactly what was asked; 1: off the topic.",
+}
+OVERALL_RUBRIC = "5: the response you would most like to receive; 1: one you would not accept."
+
+
+def default_rubric(objectives: Sequence[tuple[str, str]], kind: QueueKind) -> dict[str, str]:
+    """objective (name, type) → what its rating means; "overall" too. Types without a text of their own (reward
+    models, python functions) name the objective."""
+    rubric = {
+        name: RUBRIC_BY_TYPE.get(kind_of, f"5: the best on “{name}” as the run scores it; 1: the worst.")
+        for name, kind_of in objectives
+    }
+    rubric["overall"] = OVERALL_RUBRIC
+    if kind == QueueKind.COMPARISON:  # A / B / tie: the better one on that objective, by the same description
+        rubric = {name: f"Which is better here? {text}" for name, text in rubric.items()}
+    return rubric
+
+
+def check_rubric(given: dict[str, str], objectives: list[str]) -> None:
+    unknown = sorted(set(given) - {*objectives, "overall"})
+    if unknown:
+        raise ReviewError(
+            f"rubric: {', '.join(unknown)} not an objective of the run ({', '.join(objectives)}) or 'overall'"
+        )
+
+
 def create_queue(
     session: Session,
     name: str,
@@ -143,12 +175,21 @@ def create_queue(
     items: list[dict[str, Any]],
     source: dict[str, Any],
     seed: int = 0,
+    rubric: dict[str, str] | None = None,
 ) -> ReviewQueue:
     if not items:
         raise ReviewError("source: nothing matched: the queue would be empty")
     if len(items) > MAX_ITEMS:
         raise ReviewError(f"source: {len(items)} items; at most {MAX_ITEMS} per queue (use random_n)")
-    queue = ReviewQueue(name=name, created_by=created_by, kind=kind, blind=blind, objectives=objectives, source=source)
+    queue = ReviewQueue(
+        name=name,
+        created_by=created_by,
+        kind=kind,
+        blind=blind,
+        objectives=objectives,
+        source=source,
+        rubric=rubric or {},
+    )
     session.add(queue)
     session.flush()
     order = list(range(len(items)))

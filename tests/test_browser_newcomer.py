@@ -166,6 +166,10 @@ def test_the_playground_starts_from_the_runs_settings_and_shows_what_auto_propos
     page.wait_for_function("document.querySelector('#queue-name').textContent.includes('Playground #')")
     title = page.text_content("#queue-name") or ""
     assert title.endswith("in warm countries and…"), title
+    # Each rating row says what it asks (the objective's rubric).
+    page.wait_for_selector("#rating-body .rubric")
+    rubrics = page.locator("#rating-body .rubric").all_text_contents()
+    assert len(rubrics) == 3 and all(r.startswith("Which is better here?") for r in rubrics), rubrics
     assert not page_errors, page_errors
 
 

@@ -401,3 +401,20 @@ def test_comparison_pairs_never_share_a_response(settings: Settings, weights: in
     texts = [r["text"] for item in items for r in item["responses"]]
     assert len(items) == pairs and len(texts) == len(set(texts)), texts
     assert all(item["responses"][0]["weights"] != item["responses"][1]["weights"] for item in items)
+
+
+def test_a_queue_has_a_rubric_from_its_objectives_types_and_its_builder(settings: Settings, clients: dict) -> None:
+    run_id = make_run_with_samples(settings)
+    source = {"type": "samples", "run_id": run_id, "steps": [1]}
+    body = {"name": "rubric", "source": source, "rubric": {"brevity": "5: one line; 1: a page."}}
+    queue = clients["trainer"].post("/api/review/queues", json=body).json()
+    rubric = clients["rev1"].get(f"/api/review/queues/{queue['id']}").json()["rubric"]
+    assert rubric["brevity"] == "5: one line; 1: a page."  # the builder's own words win
+    assert rubric["positivity"] == review.RUBRIC_BY_TYPE["sentiment"]  # the rest from the objective's type
+    assert rubric["overall"] == review.OVERALL_RUBRIC
+    refused = clients["trainer"].post(
+        "/api/review/queues", json={**body, "rubric": {"tone": "5: kind"}, "name": "unknown"}
+    )
+    assert refused.status_code == 422 and "rubric: tone not an objective" in refused.text
+    too_long = clients["trainer"].post("/api/review/queues", json={**body, "rubric": {"brevity": "x" * 501}})
+    assert too_long.status_code == 422 and "at most 500" in too_long.text

@@ -15,6 +15,7 @@ from app import review
 from app.deps import MAX_ID, CurrentUser, IdPath, ReviewerDep, SessionDep, TrainerDep
 from app.schemas import API_ERRORS, BODY_ERRORS, error_responses
 from app.store.models import PlaygroundGeneration, Review, ReviewItem, ReviewQueue, Run, utcnow
+from meal_core.config import ConfigError
 from meal_core.enums import QueueKind, QueueStatus, ReviewStatus, Role
 
 router = APIRouter(prefix="/api/review", tags=["review"], responses=API_ERRORS)
@@ -42,6 +43,11 @@ class QueueIn(BaseModel):
     name: str = Field(..., min_length=1, max_length=200)
     blind: bool = False
     source: Annotated[SampleSource | PlaygroundSource, Field(discriminator="type")]
+    rubric: dict[Annotated[str, Field(max_length=32)], Annotated[str, Field(min_length=1, max_length=500)]] = Field(
+        default_factory=dict,
+        max_length=9,
+        description="Objective (or 'overall') → what its rating means; the rest come from the objectives' types.",
+    )
 
 
 class QueueOut(BaseModel):
@@ -54,6 +60,7 @@ class QueueOut(BaseModel):
     blind: bool
     status: QueueStatus
     objectives: list[str]
+    rubric: dict[str, str] = Field(description="Objective and 'overall' → what a rating means.")
     source: dict[str, Any] = Field(
         description="What the items were drawn from (run, steps, weight region, generations); {} for a reviewer "
         "below trainer in a blind queue."
@@ -122,8 +129,14 @@ def create_queue(body: QueueIn, session: SessionDep, user: TrainerDep) -> QueueO
             assert run is not None
             objectives = run.objective_names
             items, kind = review.comparison_items(session, source.generation_ids, objectives), QueueKind.COMPARISON
+        review.check_rubric(body.rubric, objectives)
+        try:
+            types = [(o.name, o.type) for o in run.run_config().objectives]
+        except ConfigError:  # a run stored by an older version: its objectives by name only
+            types = [(name, "") for name in objectives]
+        rubric = {**review.default_rubric(types, kind), **body.rubric}
         queue = review.create_queue(
-            session, body.name, user.name, kind, body.blind, objectives, items, source.model_dump()
+            session, body.name, user.name, kind, body.blind, objectives, items, source.model_dump(), rubric=rubric
         )
     except review.ReviewError as error:
         raise HTTPException(422, str(error)) from None

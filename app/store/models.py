@@ -328,6 +328,8 @@ class ReviewQueue(Base):
     status: Mapped[str] = mapped_column(String(16), default=QueueStatus.OPEN)
     objectives: Mapped[list[str]] = mapped_column(JsonColumn)
     source: Mapped[dict[str, Any]] = mapped_column(JsonColumn)  # how it was built
+    # What a rating means, per objective and "overall" (what a 5 is for brevity): shown beside each rating row.
+    rubric: Mapped[dict[str, str]] = mapped_column(JsonColumn, server_default=text("'{}'"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

@@ -18,10 +18,11 @@ function choices() {
 
 function ratingRow(target, current) {
   const name = `rate-${target}`;
+  const rubric = (state.queue.rubric || {})[target];
   return el(
     "tr",
     {},
-    el("td", {}, target),
+    el("td", {}, el("div", {}, target), rubric ? el("div", { className: "muted small rubric" }, rubric) : null),
     el(
       "td",
       {},
