@@ -75,7 +75,7 @@ def sample_items(session: Session, selection: SampleSelection, objectives: list[
     rows = list(session.scalars(query.limit(100_000)))
     if selection.weight_objective is not None:
         if selection.weight_objective not in objectives:
-            raise ReviewError(f"source.weight_objective: one of {objectives}")
+            raise ReviewError(f"source.weight_objective: one of {', '.join(objectives)}")
         k = objectives.index(selection.weight_objective)
         rows = [s for s in rows if selection.weight_min <= s.weights[k] <= selection.weight_max]
     if selection.random_n is not None and len(rows) > selection.random_n:
@@ -225,22 +225,25 @@ def validate_review(
     allowed = RATINGS if queue.kind == QueueKind.SINGLE else CHOICES
     unknown = set(ratings) - set(queue.objectives)
     if unknown:
-        raise ReviewError(f"ratings: unknown objective(s) {sorted(unknown)}; this queue has {queue.objectives}")
+        raise ReviewError(
+            f"ratings: unknown objective(s) {', '.join(sorted(unknown))}; this queue has {', '.join(queue.objectives)}"
+        )
     clean = {}
     for name, value in ratings.items():
         if value is None:
             continue
         text = str(value)
         if text not in allowed:
-            raise ReviewError(f"ratings.{name}: one of {list(allowed)}")
+            raise ReviewError(f"ratings.{name}: one of {', '.join(allowed)}")
         clean[name] = text
     if overall is not None and str(overall) not in allowed:
-        raise ReviewError(f"overall: one of {list(allowed)}")
+        raise ReviewError(f"overall: one of {', '.join(allowed)}")
     if submit:
         missing = [n for n in queue.objectives if n not in clean]
         if missing or overall is None:
+            missing_text = ", ".join(missing or ["overall"])
             raise ReviewError(
-                f"a submitted review needs every objective and the overall judgement; missing {missing or ['overall']}"
+                f"a submitted review needs every objective and the overall judgement; missing {missing_text}"
             )
     return clean, None if overall is None else str(overall)
 

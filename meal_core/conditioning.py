@@ -51,7 +51,7 @@ def parse_weight_list(text: str, names: Sequence[str]) -> np.ndarray:
         given = {k.strip(): v for k, _, v in (p.partition("=") for p in parts)}
         unknown = set(given) - set(names)
         if unknown:
-            raise ValueError(f"unknown objective(s) {sorted(unknown)}; expected {list(names)}")
+            raise ValueError(f"unknown objective(s) {', '.join(sorted(unknown))}; expected {', '.join(names)}")
         parts = [given.get(n, "0") for n in names]
     if len(parts) != len(names):
         raise ValueError(f"expected {len(names)} weights ({', '.join(names)}), got {len(parts)}")

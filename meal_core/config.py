@@ -416,7 +416,7 @@ class RunConfig(Section):
     def _consistent(self) -> RunConfig:
         names = [o.name for o in self.objectives]
         if len(set(names)) != len(names):
-            raise ValueError(f"objectives: names must be unique, got {names}")
+            raise ValueError(f"objectives: names must be unique, got {', '.join(names)}")
         ref = self.eval.reference_point
         if ref is not None and len(ref) != len(names):
             raise ValueError(f"eval.reference_point: needs {len(names)} values, one per objective")

@@ -169,7 +169,7 @@ class Policy:
         present = {name.rsplit(".", 1)[-1] for name, _ in base.named_modules()}
         missing = [m for m in lora_config.target_modules if m not in present]
         if missing:
-            raise ModelLoadError(f"lora.target_modules: {missing} not found in {model_config.name_or_path}")
+            raise ModelLoadError(f"lora.target_modules: {', '.join(missing)} not found in {model_config.name_or_path}")
         adapter = PeftLoraConfig(
             r=lora_config.r,
             lora_alpha=lora_config.alpha,

@@ -66,7 +66,7 @@ def checked_weights(weights: list[float] | None, adapters: bool, objectives: lis
             raise HTTPException(422, "weights: needed for a merged export (or adapters: true, to choose them later)")
         return None
     if len(weights) != len(objectives):
-        raise HTTPException(422, f"weights: {len(objectives)} values, one per objective {objectives}")
+        raise HTTPException(422, f"weights: {len(objectives)} values, one per objective ({', '.join(objectives)})")
     total = sum(weights)  # inf when it overflows (math.fsum would raise)
     if not all(math.isfinite(v) and v >= 0 for v in weights) or not math.isfinite(total) or total <= 0:
         raise HTTPException(422, "weights: finite, non-negative numbers with a positive sum")

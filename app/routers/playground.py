@@ -86,7 +86,7 @@ def check_weights(weights: Sequence[list[float] | Literal["auto"]], objectives: 
             continue
         where = f"weights.{index}"
         if len(vector) != len(objectives):
-            raise HTTPException(422, f"{where}: {len(objectives)} values, one per objective {objectives}")
+            raise HTTPException(422, f"{where}: {len(objectives)} values, one per objective ({', '.join(objectives)})")
         # The sum too: [1e308, 1e308] sums to inf, and was stored normalised as [0, 0] (the worker then failed).
         total = sum(vector)  # math.fsum would raise OverflowError on it
         if not all(math.isfinite(v) and v >= 0 for v in vector) or not 0 < total < math.inf:

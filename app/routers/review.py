@@ -131,7 +131,7 @@ def create_queue(body: QueueIn, session: SessionDep, user: TrainerDep) -> QueueO
             items, kind = review.comparison_items(session, source.generation_ids, objectives), QueueKind.COMPARISON
         review.check_rubric(body.rubric, objectives)
         try:
-            types = [(o.name, o.type) for o in run.run_config().objectives]
+            types: list[tuple[str, str]] = [(o.name, o.type) for o in run.run_config().objectives]
         except ConfigError:  # a run stored by an older version: its objectives by name only
             types = [(name, "") for name in objectives]
         rubric = {**review.default_rubric(types, kind), **body.rubric}
