@@ -38,6 +38,7 @@ from app.routers import (
     samples,
 )
 from app.routers.pages import TEMPLATES, home_for
+from app.security import SecurityHeaders
 from app.store import run_state
 from app.store.db import session_scope
 from app.store.settings import Settings, get_settings
@@ -79,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         task.cancel()
 
     # The API documentation is for logged-in users too (install_docs), not FastAPI's public default.
-    app = FastAPI(
+    app = MealApp(
         title="Meal Studio", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     app.state.settings = settings
@@ -113,6 +114,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+class MealApp(FastAPI):
+    """FastAPI, with the security headers added outside its whole middleware stack: Starlette puts user
+    middleware inside its server-error handler, and the host check and body limit answered before an inner
+    middleware saw the response, so 400, 413 and 500 answers carried none."""
+
+    def build_middleware_stack(self) -> Any:
+        return SecurityHeaders(super().build_middleware_stack())
+
+
 def cross_origin(request: Request) -> str | None:
     """Why a request comes from another site, or None. Browsers say where a request comes from (Origin, and
     Sec-Fetch-Site); scripts send neither and are judged by their token alone."""
@@ -125,22 +135,10 @@ def cross_origin(request: Request) -> str | None:
     return None
 
 
-SECURITY_HEADERS = {
-    # Scripts only from this server (every page script is a file; no inline script anywhere); inline style
-    # attributes are used by the templates. No framing, no MIME sniffing, no full URLs in Referer.
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-        "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "same-origin",
-}
-
-
 def install_security(app: FastAPI, settings: Settings) -> None:
-    """Only the configured host names; bodies within the limit; state changes only from this site; security
-    headers on every response; the logged-out sent to the login page and the wrong role to a 403 page."""
+    """Only the configured host names; bodies within the limit; state changes only from this site; the logged-out
+    sent to the login page and the wrong role to a 403 page. (Security headers: `MealApp` adds them outside
+    all of this.)"""
 
     @app.middleware("http")
     async def same_origin_changes(request: Request, call_next):  # type: ignore[no-untyped-def]
@@ -148,10 +146,7 @@ def install_security(app: FastAPI, settings: Settings) -> None:
             reason = cross_origin(request)
             if reason is not None:
                 return JSONResponse({"detail": f"cross-origin request refused ({reason})"}, status_code=403)
-        response = await call_next(request)
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        return response
+        return await call_next(request)
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=[*settings.allowed_hosts, settings.host])

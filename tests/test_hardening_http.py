@@ -1,0 +1,51 @@
+"""What every HTTP answer says, whatever produced it: the security headers (the host check's 400, the body limit's
+413, the server-error handler's 500 included)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from helpers import bearer
+
+from app.main import create_app
+from app.security import SECURITY_HEADERS
+from app.store.settings import Settings
+
+
+@pytest.fixture()
+def app(embedded_settings: Settings) -> FastAPI:
+    return create_app(embedded_settings)
+
+
+def assert_secured(response: object, what: str) -> None:
+    headers = response.headers  # type: ignore[attr-defined]
+    missing = [name for name, value in SECURITY_HEADERS.items() if headers.get(name) != value]
+    assert not missing, f"{what} ({response.status_code}) lacks {missing}"  # type: ignore[attr-defined]
+    assert len(headers.get_list("content-security-policy")) == 1, what
+
+
+def test_every_answer_carries_the_security_headers(app: FastAPI, embedded_settings: Settings) -> None:
+    """Before: the 400, 413 and 500 answers came from outside the middleware that set them."""
+
+    @app.get("/test-boom", include_in_schema=False)
+    def boom() -> None:
+        raise RuntimeError("a bug")
+
+    with TestClient(app, headers=bearer(embedded_settings), raise_server_exceptions=False) as client:
+        bad_host = client.get("/healthz", headers={"host": "attacker.example"})
+        assert bad_host.status_code == 400
+        assert_secured(bad_host, "bad Host")
+        big = json.dumps({"text": "x" * (embedded_settings.max_body_bytes + 1)})
+        too_big = client.post("/api/config/parse", content=big, headers={"content-type": "application/json"})
+        assert too_big.status_code == 413
+        assert_secured(too_big, "body over the limit")
+        crashed = client.get("/test-boom")
+        assert crashed.status_code == 500
+        assert_secured(crashed, "server error")
+        for path in ("/healthz", "/login", "/api/runs", "/api/runs/987654", "/static/favicon.svg", "/nowhere"):
+            assert_secured(client.get(path), path)
+        assert_secured(client.delete("/api/runs"), "405")
+        assert_secured(client.post("/api/runs", content=b"{", headers={"content-type": "application/json"}), "422")
