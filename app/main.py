@@ -6,18 +6,21 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from app.auth import Keyring, LoginLimiter, load_secret
@@ -123,6 +126,23 @@ class MealApp(FastAPI):
         return SecurityHeaders(super().build_middleware_stack())
 
 
+def _routes(routes: list[Any]) -> Iterator[APIRoute]:
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        elif hasattr(route, "original_router"):  # an included router
+            yield from _routes(route.original_router.routes)
+
+
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method some route serves `path` with (API routes answer HEAD with a 405 too: not listed)."""
+    methods: set[str] = set()
+    for route in _routes(app.router.routes):
+        if route.path_regex.match(path):
+            methods |= route.methods
+    return sorted(methods)
+
+
 def cross_origin(request: Request) -> str | None:
     """Why a request comes from another site, or None. Browsers say where a request comes from (Origin, and
     Sec-Fetch-Site); scripts send neither and are judged by their token alone."""
@@ -137,8 +157,8 @@ def cross_origin(request: Request) -> str | None:
 
 def install_security(app: FastAPI, settings: Settings) -> None:
     """Only the configured host names; bodies within the limit; state changes only from this site; the logged-out
-    sent to the login page and the wrong role to a 403 page. (Security headers: `MealApp` adds them outside
-    all of this.)"""
+    sent to the login page and the wrong role to a 403 page; a 405 lists every method of its path. (Security
+    headers: `MealApp` adds them outside all of this.)"""
 
     @app.middleware("http")
     async def same_origin_changes(request: Request, call_next):  # type: ignore[no-untyped-def]
@@ -150,6 +170,16 @@ def install_security(app: FastAPI, settings: Settings) -> None:
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=[*settings.allowed_hosts, settings.host])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        if error.status_code == 405:
+            # Starlette's Allow names the methods of the first route whose path matched; a path served by two
+            # routes (GET and POST /api/runs) listed one of them.
+            methods = allowed_methods(app, request.scope["path"])
+            if methods:
+                error.headers = {**(error.headers or {}), "Allow": ", ".join(methods)}
+        return await http_exception_handler(request, error)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> Response:

@@ -1,5 +1,5 @@
 """What every HTTP answer says, whatever produced it: the security headers (the host check's 400, the body limit's
-413, the server-error handler's 500 included)."""
+413, the server-error handler's 500 included) and a 405's complete Allow list."""
 
 from __future__ import annotations
 
@@ -49,3 +49,26 @@ def test_every_answer_carries_the_security_headers(app: FastAPI, embedded_settin
             assert_secured(client.get(path), path)
         assert_secured(client.delete("/api/runs"), "405")
         assert_secured(client.post("/api/runs", content=b"{", headers={"content-type": "application/json"}), "422")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("DELETE", "/api/runs", "GET, POST"),
+        ("PUT", "/api/tokens", "GET, POST"),
+        ("DELETE", "/api/users", "GET, POST"),
+        ("PATCH", "/api/playground", "GET, POST"),
+        ("DELETE", "/api/review/queues", "GET, POST"),
+        ("POST", "/api/runs/5", "GET"),
+        ("GET", "/api/tokens/5", "DELETE"),
+        ("HEAD", "/healthz", "GET"),
+    ],
+)
+def test_a_405_lists_every_method_of_its_path(
+    app: FastAPI, embedded_settings: Settings, method: str, path: str, allowed: str
+) -> None:
+    """Before: `DELETE /api/runs` answered `Allow: GET` (the first route whose path matched), though POST is served."""
+    with TestClient(app, headers=bearer(embedded_settings, "admin")) as client:
+        response = client.request(method, path)
+        assert response.status_code == 405
+        assert response.headers["allow"] == allowed
