@@ -230,6 +230,30 @@ def test_login_is_rate_limited(app: FastAPI, settings: Settings) -> None:
         assert client.post("/api/auth/login", json={"name": "cy", "password": "another password"}).status_code == 200
 
 
+def test_failures_on_other_names_never_lock_out_a_right_password(app: FastAPI, settings: Settings) -> None:
+    """Before: 21 failures with made-up names from one address gave the admin, with the right password, a 429 (in
+    embedded mode every user comes from 127.0.0.1)."""
+    ensure_user(settings, "admin", "admin", password="the admin's password")
+    with TestClient(app) as client:
+        for i in range(60):
+            response = client.post("/api/auth/login", json={"name": f"made-up-{i}", "password": "guess guess"})
+            assert response.status_code == 401, (i, response.text)
+        # Over the per-address count, a name that already failed from here waits …
+        assert client.post("/api/auth/login", json={"name": "made-up-0", "password": "guess guess"}).status_code == 429
+        # … and one with no failures gets its try: the right password passes.
+        right = client.post("/api/auth/login", json={"name": "admin", "password": "the admin's password"})
+        assert right.status_code == 200, right.text
+
+
+def test_one_name_is_limited_from_every_address(settings: Settings) -> None:
+    limiter = auth.LoginLimiter()
+    for i in range(limiter.per_name):
+        assert limiter.retry_after(f"10.0.0.{i}", "Admin") is None
+        limiter.failed(f"10.0.0.{i}", "Admin")
+    assert limiter.retry_after("10.9.9.9", "admin") is not None  # a new address, the same name: waits
+    assert limiter.retry_after("10.9.9.9", "someone-else") is None
+
+
 def test_secrets_are_stored_hashed(app: FastAPI, settings: Settings) -> None:
     ensure_user(settings, "dee", "admin", password="a long password")
     token = bearer(settings, "admin", "dee")["Authorization"].split()[1]

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from helpers import ensure_user, free_port, wait_healthy
+from live_server import live_server
 
 from app.store.migrate import upgrade
 from app.store.settings import Settings
@@ -134,3 +135,45 @@ def test_slow_and_silent_clients_are_disconnected(web: tuple[str, Settings]) -> 
         sock.close()
     assert still_open == 0, f"{still_open} of 12 connections still open after 60 s"
     assert sent * 0.5 >= HEADER_TIMEOUT_S * 0.5  # closed by the timeout, not at once
+
+
+def test_forwarded_for_from_an_unlisted_proxy_is_not_believed(web: tuple[str, Settings]) -> None:
+    """Before: uvicorn believed X-Forwarded-For from 127.0.0.1, and 30 wrong passwords with a different one each got
+    30 × 401 and never a 429."""
+    base, settings = web
+    ensure_user(settings, "eve-target", "trainer", password="a password of hers")
+    codes = [
+        httpx.post(
+            f"{base}/api/auth/login",
+            json={"name": "eve-target", "password": f"guess number {i}"},
+            headers={"X-Forwarded-For": f"10.0.{i}.1"},
+        ).status_code
+        for i in range(30)
+    ]
+    assert codes[0] == 401 and codes.count(429) >= 20, codes
+
+
+def test_forwarded_for_from_a_listed_proxy_is_believed_and_the_name_is_still_limited(
+    embedded_settings: Settings,
+) -> None:
+    """Behind a configured proxy every client has its own address: guesses at one name from 30 addresses still
+    end in 429 (the per-name count), and a client at another address logging in as someone else is not held up."""
+    settings = embedded_settings.model_copy(update={"forwarded_allow_ips": ["127.0.0.1"]})
+    ensure_user(settings, "target", "trainer", password="a password of hers")
+    ensure_user(settings, "other", "trainer", password="another password")
+    with live_server(settings) as base:
+        codes = [
+            httpx.post(
+                f"{base}/api/auth/login",
+                json={"name": "target", "password": f"guess number {i}"},
+                headers={"X-Forwarded-For": f"10.0.{i}.1"},
+            ).status_code
+            for i in range(30)
+        ]
+        assert codes[:5] == [401] * 5 and 429 in codes, codes
+        other = httpx.post(
+            f"{base}/api/auth/login",
+            json={"name": "other", "password": "another password"},
+            headers={"X-Forwarded-For": "10.0.0.1"},
+        )
+        assert other.status_code == 200
