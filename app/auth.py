@@ -151,7 +151,27 @@ def find_user(session: Session, name: str) -> User | None:
 def set_password(session: Session, user: User, password: str) -> None:
     user.password_hash = hash_password(password)
     # A new password ends every other way in that the old one opened: all sessions go.
-    session.execute(update(UserSession).where(UserSession.user_id == user.id).values(expires_at=utcnow()))
+    end_sessions(session, user)
+
+
+def set_disabled(session: Session, user: User, disabled: bool) -> None:
+    """Disabling ends the user's sessions and unused login links, so that re-enabling them later brings none of
+    the old ones back (before, the rows only waited for `disabled` to turn false again). API tokens are kept:
+    refused while the user is disabled, working again once re-enabled (`meal tokens revoke NAME --all` ends them)."""
+    if disabled and not user.disabled:
+        end_sessions(session, user)
+        session.execute(
+            update(LoginLink).where(LoginLink.user_id == user.id, LoginLink.used_at.is_(None)).values(used_at=utcnow())
+        )
+    user.disabled = disabled
+
+
+def end_sessions(session: Session, user: User) -> None:
+    session.execute(
+        update(UserSession)
+        .where(UserSession.user_id == user.id, UserSession.expires_at > utcnow())
+        .values(expires_at=utcnow())
+    )
 
 
 def any_user(session: Session) -> bool:

@@ -303,6 +303,34 @@ def test_admins_manage_users(app: FastAPI, settings: Settings) -> None:
             assert fay.get("/api/auth/me").status_code == 401  # disabled: the session stops working at once
 
 
+def test_a_re_enabled_user_s_old_sessions_stay_ended(app: FastAPI, settings: Settings) -> None:
+    """Before: disabling only hid the sessions, and re-enabling the user brought every one of them back."""
+    ensure_user(settings, "hal", "trainer", password="hal's password")
+    with TestClient(app, headers=bearer(settings, "admin")) as admin, TestClient(app) as hal:
+        assert hal.post("/api/auth/login", json={"name": "hal", "password": "hal's password"}).status_code == 200
+        assert admin.patch("/api/users/hal", json={"disabled": True}).json()["disabled"] is True
+        assert hal.get("/api/auth/me").status_code == 401
+        assert admin.patch("/api/users/hal", json={"disabled": False}).json()["disabled"] is False
+        assert hal.get("/api/auth/me").status_code == 401  # the old session stays ended
+        assert hal.post("/api/auth/login", json={"name": "hal", "password": "hal's password"}).status_code == 200
+        assert hal.get("/api/auth/me").json()["name"] == "hal"
+
+
+def test_booleans_are_booleans(app: FastAPI, settings: Settings) -> None:
+    """Before: `{"disabled": 0}` (or 1, "yes", "false") was taken as a boolean."""
+    ensure_user(settings, "ivy", "trainer", password="ivy's password")
+    with TestClient(app, headers=bearer(settings, "admin")) as admin:
+        for value in (0, 1, "true", "no", 0.0):
+            response = admin.patch("/api/users/ivy", json={"disabled": value})
+            assert response.status_code == 422, (value, response.text)
+            assert response.json()["detail"][0]["loc"] == ["body", "disabled"]
+        assert admin.get("/api/users").json()[-1]["disabled"] is False
+        for field in ("trust_remote_code", "use_chat_template"):
+            response = admin.post("/api/runs", json={"name": "x", "config": {"model": {field: 1}}})
+            assert response.status_code == 422, response.text
+            assert response.json()["detail"][0]["loc"] == ["body", "config", "model", field]
+
+
 def test_a_new_password_ends_other_sessions(app: FastAPI, settings: Settings) -> None:
     ensure_user(settings, "gus", "trainer", password="first password")
     with TestClient(app) as one, TestClient(app) as two:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 from fastapi.responses import RedirectResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy import select
 
 from app import auth
@@ -78,7 +78,7 @@ class NewUser(UserOut):
 
 class UserChange(BaseModel):
     role: Role | None = None
-    disabled: bool | None = None
+    disabled: StrictBool | None = Field(None, description="true or false (not 0 or 1): a disabled user's sessions end.")
 
 
 def _keyring(request: Request) -> auth.Keyring:
@@ -251,5 +251,5 @@ def change_user(
     if body.role is not None:
         user.role = body.role.value
     if body.disabled is not None:
-        user.disabled = body.disabled
+        auth.set_disabled(session, user, body.disabled)
     return user
