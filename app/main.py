@@ -46,7 +46,7 @@ from app.store import run_state
 from app.store.db import session_scope
 from app.store.settings import Settings, get_settings
 from app.store.sql import refused_nul
-from meal_core.config import MAX_ECHO, MAX_ERRORS
+from meal_core.config import MAX_ECHO, MAX_ERRORS, RunConfig
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,6 +124,26 @@ class MealApp(FastAPI):
 
     def build_middleware_stack(self) -> Any:
         return SecurityHeaders(super().build_middleware_stack())
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            with_run_config(super().openapi())
+        return super().openapi()
+
+
+def with_run_config(schema: dict[str, Any]) -> None:
+    """`RunCreate.config` is validated by `parse_config` (its 422s name the config's fields), so its model field is
+    a plain object; the schema says what the server takes: a RunConfig, no unknown keys at any level."""
+    config = RunConfig.model_json_schema(ref_template="#/components/schemas/{model}")
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for name, definition in {**config.pop("$defs", {}), "RunConfig": config}.items():
+        assert components.get(name, definition) == definition, f"two schemas named {name}"
+        components[name] = definition
+    field = components["RunCreate"]["properties"]["config"]
+    components["RunCreate"]["properties"]["config"] = {
+        "$ref": "#/components/schemas/RunConfig",
+        "description": field.get("description", ""),
+    }
 
 
 def _routes(routes: list[Any]) -> Iterator[APIRoute]:

@@ -20,6 +20,8 @@ router = APIRouter(tags=["auth"], responses=API_ERRORS)
 
 Name = Annotated[str, Field(min_length=2, max_length=32, pattern=USER_NAME_PATTERN)]
 Password = Annotated[str, Field(min_length=1, max_length=auth.MAX_PASSWORD_LENGTH)]
+#: A password being set: the server's own bounds (auth.check_password), so that the schema refuses what it refuses.
+NewPassword = Annotated[str, Field(min_length=auth.MIN_PASSWORD_LENGTH, max_length=auth.MAX_PASSWORD_LENGTH)]
 
 
 class LoginIn(BaseModel):
@@ -35,7 +37,7 @@ class MeOut(BaseModel):
 
 class PasswordIn(BaseModel):
     current: Password | None = Field(None, description="Needed once the user has a password (the first admin has none).")
-    new: Password
+    new: NewPassword
 
 
 class TokenIn(BaseModel):
@@ -59,7 +61,7 @@ class NewToken(TokenOut):
 class UserIn(BaseModel):
     name: Name
     role: Role
-    password: Password | None = Field(None, description="Omitted: a password is generated and returned once.")
+    password: NewPassword | None = Field(None, description="Omitted: a password is generated and returned once.")
 
 
 class UserOut(BaseModel):
