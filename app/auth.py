@@ -151,7 +151,27 @@ def find_user(session: Session, name: str) -> User | None:
 def set_password(session: Session, user: User, password: str) -> None:
     user.password_hash = hash_password(password)
     # A new password ends every other way in that the old one opened: all sessions go.
-    session.execute(update(UserSession).where(UserSession.user_id == user.id).values(expires_at=utcnow()))
+    end_sessions(session, user)
+
+
+def set_disabled(session: Session, user: User, disabled: bool) -> None:
+    """Disabling ends the user's sessions and unused login links, so that re-enabling them later brings none of
+    the old ones back (before, the rows only waited for `disabled` to turn false again). API tokens are kept:
+    refused while the user is disabled, working again once re-enabled (`meal tokens revoke NAME --all` ends them)."""
+    if disabled and not user.disabled:
+        end_sessions(session, user)
+        session.execute(
+            update(LoginLink).where(LoginLink.user_id == user.id, LoginLink.used_at.is_(None)).values(used_at=utcnow())
+        )
+    user.disabled = disabled
+
+
+def end_sessions(session: Session, user: User) -> None:
+    session.execute(
+        update(UserSession)
+        .where(UserSession.user_id == user.id, UserSession.expires_at > utcnow())
+        .values(expires_at=utcnow())
+    )
 
 
 def any_user(session: Session) -> bool:
@@ -270,11 +290,21 @@ def use_login_link(session: Session, keyring: Keyring, token: str) -> User | Non
 
 
 class LoginLimiter:
-    """At most `attempts` failed logins per (client, user name) and per client within `window_s`; in memory, per
-    web process. A success clears the (client, user name) count."""
+    """Failed logins within the last `window_s`, counted three ways, in memory, per web process (OWASP's
+    authentication and credential-stuffing guidance: limit per account and per source, and never let one
+    source's failures on other accounts lock an account out):
 
-    def __init__(self, attempts: int = 5, window_s: float = 60.0, per_client: int = 20) -> None:
-        self.attempts, self.window_s, self.per_client = attempts, window_s, per_client
+    - per (address, name), `per_pair` (5): that name from that address waits (guessing one account from one place);
+    - per name, from any address, `per_name` (20): that name waits everywhere (one account guessed from many
+      addresses, or through forwarded headers a trusted proxy passes on);
+    - per address, `per_address` (50): the address may then try only names with no failure from it in the
+      window (one guess each), so a teammate behind the same address (every embedded-mode user comes from
+      127.0.0.1) who types the right password gets in whatever others got wrong.
+
+    A success clears its (address, name) count only: the per-name count keeps a distributed guesser slow."""
+
+    def __init__(self, per_pair: int = 5, window_s: float = 60.0, per_name: int = 20, per_address: int = 50) -> None:
+        self.per_pair, self.window_s, self.per_name, self.per_address = per_pair, window_s, per_name, per_address
         self._failures: dict[tuple[str, str], deque[float]] = {}
         self._lock = threading.Lock()
 
@@ -284,22 +314,30 @@ class LoginLimiter:
             times.popleft()
         return times
 
+    def _wait(self, times: deque[float], now: float) -> float:
+        return max(1.0, self.window_s - (now - times[0]))
+
     def retry_after(self, client: str, name: str) -> float | None:
         """Seconds to wait before another attempt, or None if one may be made now."""
-        now = time.monotonic()
+        now, name = time.monotonic(), name.lower()
         with self._lock:
-            for key, limit in (((client, name.lower()), self.attempts), ((client, ""), self.per_client)):
-                times = self._recent(key, now)
-                if len(times) >= limit:
-                    return max(1.0, self.window_s - (now - times[0]))
+            pair = self._recent((client, name), now)
+            if len(pair) >= self.per_pair:
+                return self._wait(pair, now)
+            by_name = self._recent(("", name), now)
+            if len(by_name) >= self.per_name:
+                return self._wait(by_name, now)
+            by_address = self._recent((client, ""), now)
+            if pair and len(by_address) >= self.per_address:
+                return self._wait(pair, now)
         return None
 
     def failed(self, client: str, name: str) -> None:
-        now = time.monotonic()
+        now, name = time.monotonic(), name.lower()
         with self._lock:
             if len(self._failures) > 100_000:  # a flood of distinct names: forget the oldest state
                 self._failures.clear()
-            for key in ((client, name.lower()), (client, "")):
+            for key in ((client, name), ("", name), (client, "")):
                 self._recent(key, now).append(now)
 
     def succeeded(self, client: str, name: str) -> None:

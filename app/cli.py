@@ -59,6 +59,7 @@ def web(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.main import create_app
+    from app.server import server_config
     from app.store.migrate import upgrade
     from app.store.settings import Settings
 
@@ -68,13 +69,15 @@ def web(args: argparse.Namespace) -> int:
         upgrade(settings.database_url)
     if settings.mode == "deployed":
         deployed_first_admin(settings)
-    uvicorn.run(
+    config = server_config(
         create_app(settings),
+        settings,
         host=args.host or settings.host,
         port=args.port or settings.port,
         log_level="info",
         timeout_graceful_shutdown=3,
     )
+    uvicorn.Server(config).run()
     return 0
 
 

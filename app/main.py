@@ -6,18 +6,21 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from app.auth import Keyring, LoginLimiter, load_secret
@@ -38,11 +41,12 @@ from app.routers import (
     samples,
 )
 from app.routers.pages import TEMPLATES, home_for
+from app.security import SecurityHeaders
 from app.store import run_state
 from app.store.db import session_scope
 from app.store.settings import Settings, get_settings
 from app.store.sql import refused_nul
-from meal_core.config import MAX_ECHO, MAX_ERRORS
+from meal_core.config import MAX_ECHO, MAX_ERRORS, RunConfig
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         task.cancel()
 
     # The API documentation is for logged-in users too (install_docs), not FastAPI's public default.
-    app = FastAPI(
+    app = MealApp(
         title="Meal Studio", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     app.state.settings = settings
@@ -113,6 +117,52 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+class MealApp(FastAPI):
+    """FastAPI, with the security headers added outside its whole middleware stack: Starlette puts user
+    middleware inside its server-error handler, and the host check and body limit answered before an inner
+    middleware saw the response, so 400, 413 and 500 answers carried none."""
+
+    def build_middleware_stack(self) -> Any:
+        return SecurityHeaders(super().build_middleware_stack())
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            with_run_config(super().openapi())
+        return super().openapi()
+
+
+def with_run_config(schema: dict[str, Any]) -> None:
+    """`RunCreate.config` is validated by `parse_config` (its 422s name the config's fields), so its model field is
+    a plain object; the schema says what the server takes: a RunConfig, no unknown keys at any level."""
+    config = RunConfig.model_json_schema(ref_template="#/components/schemas/{model}")
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for name, definition in {**config.pop("$defs", {}), "RunConfig": config}.items():
+        assert components.get(name, definition) == definition, f"two schemas named {name}"
+        components[name] = definition
+    field = components["RunCreate"]["properties"]["config"]
+    components["RunCreate"]["properties"]["config"] = {
+        "$ref": "#/components/schemas/RunConfig",
+        "description": field.get("description", ""),
+    }
+
+
+def _routes(routes: list[Any]) -> Iterator[APIRoute]:
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        elif hasattr(route, "original_router"):  # an included router
+            yield from _routes(route.original_router.routes)
+
+
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method some route serves `path` with (API routes answer HEAD with a 405 too: not listed)."""
+    methods: set[str] = set()
+    for route in _routes(app.router.routes):
+        if route.path_regex.match(path):
+            methods |= route.methods or set()
+    return sorted(methods)
+
+
 def cross_origin(request: Request) -> str | None:
     """Why a request comes from another site, or None. Browsers say where a request comes from (Origin, and
     Sec-Fetch-Site); scripts send neither and are judged by their token alone."""
@@ -125,22 +175,10 @@ def cross_origin(request: Request) -> str | None:
     return None
 
 
-SECURITY_HEADERS = {
-    # Scripts only from this server (every page script is a file; no inline script anywhere); inline style
-    # attributes are used by the templates. No framing, no MIME sniffing, no full URLs in Referer.
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-        "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "same-origin",
-}
-
-
 def install_security(app: FastAPI, settings: Settings) -> None:
-    """Only the configured host names; bodies within the limit; state changes only from this site; security
-    headers on every response; the logged-out sent to the login page and the wrong role to a 403 page."""
+    """Only the configured host names; bodies within the limit; state changes only from this site; the logged-out
+    sent to the login page and the wrong role to a 403 page; a 405 lists every method of its path. (Security
+    headers: `MealApp` adds them outside all of this.)"""
 
     @app.middleware("http")
     async def same_origin_changes(request: Request, call_next):  # type: ignore[no-untyped-def]
@@ -148,13 +186,20 @@ def install_security(app: FastAPI, settings: Settings) -> None:
             reason = cross_origin(request)
             if reason is not None:
                 return JSONResponse({"detail": f"cross-origin request refused ({reason})"}, status_code=403)
-        response = await call_next(request)
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        return response
+        return await call_next(request)
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=[*settings.allowed_hosts, settings.host])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        if error.status_code == 405:
+            # Starlette's Allow names the methods of the first route whose path matched; a path served by two
+            # routes (GET and POST /api/runs) listed one of them.
+            methods = allowed_methods(app, request.scope["path"])
+            if methods:
+                error.headers = {**(error.headers or {}), "Allow": ", ".join(methods)}
+        return await http_exception_handler(request, error)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> Response:

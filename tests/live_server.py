@@ -17,6 +17,7 @@ import httpx
 import uvicorn
 
 from app.main import create_app
+from app.server import server_config
 from app.store.settings import Settings
 
 
@@ -27,8 +28,16 @@ def live_server(settings: Settings, port: int = 0) -> Iterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(settings), log_level="warning", lifespan="on", timeout_graceful_shutdown=1, access_log=False
+    # The limits and proxy settings `meal web` runs with (app/server.py).
+    config = server_config(
+        create_app(settings),
+        settings,
+        "127.0.0.1",
+        port,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=1,
+        access_log=False,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn-test", daemon=True)

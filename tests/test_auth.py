@@ -230,6 +230,30 @@ def test_login_is_rate_limited(app: FastAPI, settings: Settings) -> None:
         assert client.post("/api/auth/login", json={"name": "cy", "password": "another password"}).status_code == 200
 
 
+def test_failures_on_other_names_never_lock_out_a_right_password(app: FastAPI, settings: Settings) -> None:
+    """Before: 21 failures with made-up names from one address gave the admin, with the right password, a 429 (in
+    embedded mode every user comes from 127.0.0.1)."""
+    ensure_user(settings, "admin", "admin", password="the admin's password")
+    with TestClient(app) as client:
+        for i in range(60):
+            response = client.post("/api/auth/login", json={"name": f"made-up-{i}", "password": "guess guess"})
+            assert response.status_code == 401, (i, response.text)
+        # Over the per-address count, a name that already failed from here waits …
+        assert client.post("/api/auth/login", json={"name": "made-up-0", "password": "guess guess"}).status_code == 429
+        # … and one with no failures gets its try: the right password passes.
+        right = client.post("/api/auth/login", json={"name": "admin", "password": "the admin's password"})
+        assert right.status_code == 200, right.text
+
+
+def test_one_name_is_limited_from_every_address(settings: Settings) -> None:
+    limiter = auth.LoginLimiter()
+    for i in range(limiter.per_name):
+        assert limiter.retry_after(f"10.0.0.{i}", "Admin") is None
+        limiter.failed(f"10.0.0.{i}", "Admin")
+    assert limiter.retry_after("10.9.9.9", "admin") is not None  # a new address, the same name: waits
+    assert limiter.retry_after("10.9.9.9", "someone-else") is None
+
+
 def test_secrets_are_stored_hashed(app: FastAPI, settings: Settings) -> None:
     ensure_user(settings, "dee", "admin", password="a long password")
     token = bearer(settings, "admin", "dee")["Authorization"].split()[1]
@@ -277,6 +301,34 @@ def test_admins_manage_users(app: FastAPI, settings: Settings) -> None:
             assert fay.post("/api/auth/login", json={"name": "fay", "password": password}).status_code == 200
             client.patch("/api/users/fay", json={"disabled": True})
             assert fay.get("/api/auth/me").status_code == 401  # disabled: the session stops working at once
+
+
+def test_a_re_enabled_user_s_old_sessions_stay_ended(app: FastAPI, settings: Settings) -> None:
+    """Before: disabling only hid the sessions, and re-enabling the user brought every one of them back."""
+    ensure_user(settings, "hal", "trainer", password="hal's password")
+    with TestClient(app, headers=bearer(settings, "admin")) as admin, TestClient(app) as hal:
+        assert hal.post("/api/auth/login", json={"name": "hal", "password": "hal's password"}).status_code == 200
+        assert admin.patch("/api/users/hal", json={"disabled": True}).json()["disabled"] is True
+        assert hal.get("/api/auth/me").status_code == 401
+        assert admin.patch("/api/users/hal", json={"disabled": False}).json()["disabled"] is False
+        assert hal.get("/api/auth/me").status_code == 401  # the old session stays ended
+        assert hal.post("/api/auth/login", json={"name": "hal", "password": "hal's password"}).status_code == 200
+        assert hal.get("/api/auth/me").json()["name"] == "hal"
+
+
+def test_booleans_are_booleans(app: FastAPI, settings: Settings) -> None:
+    """Before: `{"disabled": 0}` (or 1, "yes", "false") was taken as a boolean."""
+    ensure_user(settings, "ivy", "trainer", password="ivy's password")
+    with TestClient(app, headers=bearer(settings, "admin")) as admin:
+        for value in (0, 1, "true", "no", 0.0):
+            response = admin.patch("/api/users/ivy", json={"disabled": value})
+            assert response.status_code == 422, (value, response.text)
+            assert response.json()["detail"][0]["loc"] == ["body", "disabled"]
+        assert admin.get("/api/users").json()[-1]["disabled"] is False
+        for field in ("trust_remote_code", "use_chat_template"):
+            response = admin.post("/api/runs", json={"name": "x", "config": {"model": {field: 1}}})
+            assert response.status_code == 422, response.text
+            assert response.json()["detail"][0]["loc"] == ["body", "config", "model", field]
 
 
 def test_a_new_password_ends_other_sessions(app: FastAPI, settings: Settings) -> None:

@@ -23,7 +23,16 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import CHROMIUM, WorkerProcess, ensure_user, session_cookie, trained_run, worker_env
+from helpers import (
+    BROWSER_WAIT_MS,
+    CHROMIUM,
+    WorkerProcess,
+    ensure_user,
+    session_cookie,
+    trained_run,
+    worker_env,
+)
+from sqlalchemy import select
 
 from app.auth import SESSION_COOKIE
 from app.store import run_state
@@ -33,10 +42,10 @@ from app.store.migrate import upgrade
 from app.store.models import Evaluation, PlaygroundGeneration, Sample
 from app.store.queue import PLAYGROUND_QUEUE
 from app.store.settings import Settings
-from meal_core.enums import RunStatus
+from meal_core.enums import PENDING_JOB_STATUSES, JobStatus, RunStatus
 
 SCREENSHOT = Path("/tmp/run_page.png")
-TIMEOUT_MS = 120_000
+TIMEOUT_MS = BROWSER_WAIT_MS
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason=f"{CHROMIUM} is not installed (apt-get install chromium; scripts/setup.sh does it)"
@@ -480,7 +489,7 @@ def test_run_page_keeps_zoom_escapes_text_and_compares(
     page.wait_for_function(
         "(() => { const d = document.querySelector('#compare-rewards .chart-box').uplot.data;"
         " const i = d[0].indexOf(39); return i >= 0 && d[2][i] != null; })()",
-        timeout=20_000,
+        timeout=TIMEOUT_MS,
     )
 
     assert page.evaluate("window.__pwned") is None
@@ -507,7 +516,7 @@ def team(tmp_path: Path, tiny_model_dir: Path) -> Iterator[tuple[str, Settings, 
     worker = WorkerProcess(worker_env(settings), tmp_path, "--queues", PLAYGROUND_QUEUE)
     worker.start()
     try:
-        worker.wait_for(" ready.", timeout=120)
+        worker.wait_for(" ready.", timeout=300)
         with live_server(settings) as base:
             yield base, settings, run_id
     finally:
@@ -571,6 +580,24 @@ def review_and_submit(page: Any, base: str, queue_id: int, choice: str) -> None:
     )
 
 
+def wait_for_generation(settings: Settings, run_id: int, timeout_s: float = 900) -> None:
+    """Until the run's newest playground generation has finished (the worker recorded its answer)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with session_scope(settings.database_url) as session:
+            status = session.scalar(
+                select(PlaygroundGeneration.status)
+                .where(PlaygroundGeneration.run_id == run_id)
+                .order_by(PlaygroundGeneration.id.desc())
+                .limit(1)
+            )
+        if status is not None and status not in PENDING_JOB_STATUSES:
+            assert status == JobStatus.SUCCEEDED, status
+            return
+        time.sleep(0.5)
+    pytest.fail(f"the playground generation of run {run_id} did not finish within {timeout_s} s")
+
+
 def test_team_playground_review_and_agreement(
     team: tuple[str, Settings, int], page: Any, page_errors: list[str]
 ) -> None:
@@ -584,7 +611,10 @@ def test_team_playground_review_and_agreement(
     page.fill("#pg-prompt", hostile_prompt)
     page.fill("#pg-max-tokens", "8")
     page.click("#pg-generate")
-    page.wait_for_function("document.querySelectorAll('#pg-outputs .pg-column').length === 2", timeout=120_000)
+    # The worker's answer first (recorded in the database: generating on a busy machine takes what it takes), then
+    # the page showing it.
+    wait_for_generation(settings, run_id)
+    page.wait_for_function("document.querySelectorAll('#pg-outputs .pg-column').length === 2", timeout=TIMEOUT_MS)
     headers = page.eval_on_selector_all("#pg-outputs .pg-column h3", "hs => hs.map(h => h.textContent)")
     assert headers[0].startswith("positivity 1.00") and headers[1].startswith("positivity 0.00"), headers
     assert page.locator("#pg-outputs .pg-sample").count() == 2

@@ -1,6 +1,7 @@
 """The API against its own OpenAPI schema: schemathesis generates requests for every operation (valid ones and
 invalid ones), sends them to the app in-process as an admin with an API token, and checks every answer: never a
-server error, only documented status codes, and content types and bodies that match the schema.
+server error, only documented status codes, and content types and bodies that match the schema. The run's event
+stream is fuzzed too: each case reads it for a bounded time (STREAM_READ_S) or number of events.
 
 The database is a real SQLite one in tmp_path, the broker a real SQLite one too (POST /api/runs enqueues), with two
 runs, their samples and metrics, a playground generation and a review queue in it; valid cases of an operation
@@ -47,17 +48,25 @@ MIN_CASES = 1000
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
+#: The run's event stream never ends (a keep-alive every 15 s): a case reads it until STREAM_EVENTS events have
+#: come or STREAM_READ_S have passed, whichever is first, and its answer is checked like any other (status, content
+#: type; a 200 must be text/event-stream and start with its retry line).
+STREAM = "GET /api/runs/{run_id}/events"
+STREAM_EVENTS = 4
+STREAM_READ_S = 1.5
+
 #: Invalid input may also be refused as too large (413: over the server's body limit): schemathesis' default list
 #: of the statuses that reject invalid data leaves 413 out. (Also: no schemathesis.toml found around is read.)
 CONFIG = schemathesis.Config.from_dict(
-    {"checks": {"negative_data_rejection": {"expected-statuses": [400, 401, 403, 404, 409, 413, 422, 429]}}}
+    {
+        "checks": {"negative_data_rejection": {"expected-statuses": [400, 401, 403, 404, 409, 413, 422, 429]}},
+        "max-stream-events": STREAM_EVENTS,
+    }
 )
 
 #: Operations not fuzzed, and why. Only ones that cannot be fuzzed in-process: nothing is left out for failing.
-EXCLUDED = {
-    # A server-sent event stream: it never ends (a keep-alive every 15 s), so every case would wait out a timeout.
-    ("GET", "/api/runs/{run_id}/events"),
-}
+EXCLUDED: set[tuple[str, str]] = set()
+
 
 #: Path parameters naming rows that seed_database and the admin's first tokens made.
 REAL = {
@@ -193,6 +202,10 @@ def cases_of(operation: Any, mode: GenerationMode) -> st.SearchStrategy[Any]:
     return st.one_of(st.one_of(real), generated)
 
 
+streams: Counter[str] = Counter()  # 200 answers of the event stream, per mode
+events: Counter[str] = Counter()  # events read from them
+
+
 def fuzz(operation: Any, mode: GenerationMode, cases: Counter[str]) -> None:
     """Up to MAX_EXAMPLES[mode] cases of one operation, each sent and checked; the first failure (shrunk) raises."""
     label = f"{operation.label} ({mode.value})"
@@ -200,6 +213,8 @@ def fuzz(operation: Any, mode: GenerationMode, cases: Counter[str]) -> None:
     examples = MAX_EXAMPLES[mode]
     if mode == GenerationMode.POSITIVE:
         examples = FEWER_VALID.get(operation.label, examples)
+
+    stream = operation.label == STREAM
 
     @hypothesis.seed(zlib.crc32(label.encode()))  # fixed per operation and mode: CI runs the same cases every time
     @hypothesis.settings(
@@ -213,7 +228,15 @@ def fuzz(operation: Any, mode: GenerationMode, cases: Counter[str]) -> None:
     @given(case=cases_of(operation, mode))
     def check(case: Any) -> None:
         cases[label] += 1
-        case.call_and_validate(checks=checks)
+        if not stream:
+            case.call_and_validate(checks=checks)
+            return
+        response = case.call_and_validate(checks=checks, timeout=STREAM_READ_S)
+        if response.status_code == 200:
+            streams[label] += 1
+            assert response.headers["content-type"][0].startswith("text/event-stream"), response.headers
+            assert response.content.startswith(b"retry: 2000"), response.content[:100]
+            events[label] += response.content.count(b"\nevent: ")
 
     check()
 
@@ -232,3 +255,6 @@ def test_every_operation_answers_as_documented(api_schema: Any) -> None:
     report = "\n\n".join(f"== {label}\n{error}" for label, error in failures.items())
     assert not failures, f"{len(failures)} of {len(cases)} operations and modes failed:\n{report}"
     assert sum(cases.values()) >= MIN_CASES * min(SCALE, 1), cases
+    # The stream was read, not only refused: open on both real runs, with their events.
+    assert streams[f"{STREAM} (positive)"] >= 2 and events[f"{STREAM} (positive)"] >= 2, (streams, events)
+    print(f"{sum(cases.values())} cases; event stream: {dict(streams)} streams read, {dict(events)} events")

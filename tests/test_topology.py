@@ -30,7 +30,16 @@ import pytest
 import yaml
 from db_fixtures import create_postgres_database, drop_postgres_database
 from fault_helpers import HEARTBEAT_TIMEOUT_S, PACED, Panel, figures, paced_config, stored
-from helpers import MEAL, RedisServer, S3Server, ServiceProcess, free_port, wait_healthy, with_signal
+from helpers import (
+    BROWSER_WAIT_MS,
+    MEAL,
+    RedisServer,
+    S3Server,
+    ServiceProcess,
+    free_port,
+    wait_healthy,
+    with_signal,
+)
 
 from app.store.settings import Settings
 
@@ -237,9 +246,9 @@ def test_the_compose_topology_survives_a_killed_worker_with_the_store_on_s3(
     page.fill("#login-password", machines.compose.dotenv["MEAL_ADMIN_PASSWORD"])
     page.click("#login-button")
     page.wait_for_url(f"{base_url}/runs/{first}")
-    page.wait_for_selector("#run-status", timeout=60_000)
-    page.wait_for_function("document.querySelector('#run-status').textContent === 'succeeded'", timeout=60_000)
-    page.wait_for_selector(".uplot canvas", timeout=60_000)
+    page.wait_for_selector("#run-status", timeout=BROWSER_WAIT_MS)
+    page.wait_for_function("document.querySelector('#run-status').textContent === 'succeeded'", timeout=BROWSER_WAIT_MS)
+    page.wait_for_selector(".uplot canvas", timeout=BROWSER_WAIT_MS)
     assert page.text_content("#run-name") == "killed-on-a-machine"
     assert page_errors == []
 

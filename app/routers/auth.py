@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 from fastapi.responses import RedirectResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy import select
 
 from app import auth
@@ -20,6 +20,8 @@ router = APIRouter(tags=["auth"], responses=API_ERRORS)
 
 Name = Annotated[str, Field(min_length=2, max_length=32, pattern=USER_NAME_PATTERN)]
 Password = Annotated[str, Field(min_length=1, max_length=auth.MAX_PASSWORD_LENGTH)]
+#: A password being set: the server's own bounds (auth.check_password), so that the schema refuses what it refuses.
+NewPassword = Annotated[str, Field(min_length=auth.MIN_PASSWORD_LENGTH, max_length=auth.MAX_PASSWORD_LENGTH)]
 
 
 class LoginIn(BaseModel):
@@ -35,7 +37,7 @@ class MeOut(BaseModel):
 
 class PasswordIn(BaseModel):
     current: Password | None = Field(None, description="Needed once the user has one (the first admin has none).")
-    new: Password
+    new: NewPassword
 
 
 class TokenIn(BaseModel):
@@ -59,7 +61,7 @@ class NewToken(TokenOut):
 class UserIn(BaseModel):
     name: Name
     role: Role
-    password: Password | None = Field(None, description="Omitted: a password is generated and returned once.")
+    password: NewPassword | None = Field(None, description="Omitted: a password is generated and returned once.")
 
 
 class UserOut(BaseModel):
@@ -78,7 +80,7 @@ class NewUser(UserOut):
 
 class UserChange(BaseModel):
     role: Role | None = None
-    disabled: bool | None = None
+    disabled: StrictBool | None = Field(None, description="true or false (not 0 or 1): a disabled user's sessions end.")
 
 
 def _keyring(request: Request) -> auth.Keyring:
@@ -251,5 +253,5 @@ def change_user(
     if body.role is not None:
         user.role = body.role.value
     if body.disabled is not None:
-        user.disabled = body.disabled
+        auth.set_disabled(session, user, body.disabled)
     return user

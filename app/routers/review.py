@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy import select
 
 from app import review
@@ -29,7 +29,7 @@ class SampleSource(BaseModel):
     weight_objective: str | None = Field(None, max_length=32, description="With weight_min/_max: a weight region.")
     weight_min: float = Field(0.0, ge=0.0, le=1.0)
     weight_max: float = Field(1.0, ge=0.0, le=1.0)
-    accepted_only: bool = False
+    accepted_only: StrictBool = False
     random_n: int | None = Field(None, ge=1, le=review.MAX_ITEMS)
     seed: int = Field(0, ge=0, le=MAX_ID)
 
@@ -41,7 +41,7 @@ class PlaygroundSource(BaseModel):
 
 class QueueIn(BaseModel):
     name: str = Field(..., min_length=1, max_length=200)
-    blind: bool = False
+    blind: StrictBool = False
     source: Annotated[SampleSource | PlaygroundSource, Field(discriminator="type")]
     rubric: dict[Annotated[str, Field(max_length=32)], Annotated[str, Field(min_length=1, max_length=500)]] = Field(
         default_factory=dict,
@@ -77,7 +77,7 @@ class ReviewIn(BaseModel):
     )
     overall: str | None = Field(None, max_length=3)
     comment: str = Field("", max_length=4000)
-    submit: bool = Field(
+    submit: StrictBool = Field(
         False,
         description="false: a draft (refused, 409, once the review is submitted); true: submitted, replaced by "
         "another complete submission until the queue closes.",

@@ -76,6 +76,25 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(2_000_000, ge=1024, description="Larger request bodies get a 413.")
     max_metric_keys: int = Field(100, ge=1, description="Keys one metrics query may ask for.")
+    max_header_bytes: int = Field(
+        65_536, ge=4096, description="Request line and headers together; a larger head gets a 431 (app/server.py)."
+    )
+    max_headers: int = Field(100, ge=10, description="Request headers one request may carry; more get a 431.")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A request's headers must arrive within this many seconds of the connection opening (or of "
+        "their first byte on a kept-alive connection); a slower or silent client is disconnected.",
+    )
+    keep_alive_s: int = Field(5, ge=1, description="An idle kept-alive connection is closed after this many seconds.")
+    max_connections: int = Field(
+        1000, ge=10, description="Open connections (event streams included) beyond which new requests get a 503."
+    )
+    forwarded_allow_ips: list[str] = Field(
+        [],
+        description="Addresses (or CIDR ranges) of the reverse proxies whose X-Forwarded-For and X-Forwarded-Proto "
+        "are believed (JSON list). Default: none, the client is the connection's peer.",
+    )
     cookie_secure: bool | None = Field(
         None, description="Mark the session cookie Secure; default: when the request came over https."
     )
