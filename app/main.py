@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from app.auth import Keyring, LoginLimiter, load_secret
-from app.deps import SAFE_METHODS, LoginRequired, PageForbidden, ReviewerPage, UserDep
+from app.deps import SAFE_METHODS, LoginRequired, PageForbidden, ReviewerPage, UserDep, authenticate
 from app.event_hub import EventHub
 from app.routers import (
     auth,
@@ -199,6 +199,8 @@ def install_security(app: FastAPI, settings: Settings) -> None:
             methods = allowed_methods(app, request.scope["path"])
             if methods:
                 error.headers = {**(error.headers or {}), "Allow": ", ".join(methods)}
+        if error.status_code == 404 and wants_a_page(request):
+            return not_found_page(request)
         return await http_exception_handler(request, error)
 
     @app.exception_handler(RequestValidationError)
@@ -226,6 +228,24 @@ def install_security(app: FastAPI, settings: Settings) -> None:
     async def forbidden_page(request: Request, error: PageForbidden) -> Response:
         context = {"user": error.user, "needed": error.role.value, "home": home_for(error.user)}
         return TEMPLATES.TemplateResponse(request, "forbidden.html", context, status_code=403)
+
+
+def wants_a_page(request: Request) -> bool:
+    """A browser navigating (GET, HTML first in Accept) to a path outside the API and the static files: it gets the
+    not-found page rather than raw JSON."""
+    path = request.url.path
+    if request.method != "GET" or path.startswith(("/api/", "/static/", "/vendor/")):
+        return False
+    return "text/html" in request.headers.get("accept", "").split(",")[0]
+
+
+def not_found_page(request: Request) -> Response:
+    try:
+        user = authenticate(request)
+    except HTTPException:  # a bad API token: the page is shown as to a logged-out visitor
+        user = None
+    context = {"user": user, "message": f"There is no page at {request.url.path[:200]}.", "home": home_for(user)}
+    return TEMPLATES.TemplateResponse(request, "not_found.html", context, status_code=404)
 
 
 def install_docs(app: FastAPI) -> None:

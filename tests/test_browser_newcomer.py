@@ -27,6 +27,14 @@ def test_the_untouched_form_launches_and_each_role_lands_where_it_may(
     served: tuple[str, Settings], page: Any, page_errors: list[str]
 ) -> None:
     base, settings = served
+    # An unknown address shows the not-found page (logged out: a way to log in), never raw JSON; the API stays JSON.
+    response = page.goto(f"{base}/no/such/<page>")
+    assert response is not None and response.status == 404
+    assert page.text_content("h1") == "Not found"
+    assert "There is no page at /no/such/<page>." in (page.text_content("main") or "")  # text, not markup
+    assert page.locator("main page").count() == 0
+    assert page.text_content("#not-found-home") == "Log in"
+    assert page.goto(f"{base}/api/nope").headers["content-type"].startswith("application/json")
     log_in(page, base, settings, "trainer")
     page.goto(f"{base}/runs/new")
     page.wait_for_selector("#run-form[data-ready='1']")

@@ -22,8 +22,11 @@ TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parent.parent.par
 router = APIRouter(include_in_schema=False)
 
 
-def home_for(user: CurrentUser) -> str:
-    """Where a user starts: the runs for trainers and admins, the review queues for reviewers."""
+def home_for(user: CurrentUser | None) -> str:
+    """Where a user starts: the runs for trainers and admins, the review queues for reviewers; logged out, the
+    login page."""
+    if user is None:
+        return "/login"
     return "/" if user.can(Role.TRAINER) else "/review"
 
 
@@ -68,9 +71,8 @@ def new_run_page(request: Request, user: TrainerPage, clone: int | None = Query(
 def run_page(request: Request, run_id: IdPath, session: SessionDep, user: TrainerPage) -> HTMLResponse:
     run = session.get(Run, run_id)
     if run is None:
-        return TEMPLATES.TemplateResponse(
-            request, "not_found.html", {"user": user, "message": f"There is no run {run_id}."}, status_code=404
-        )
+        context = {"user": user, "message": f"There is no run {run_id}.", "home": home_for(user)}
+        return TEMPLATES.TemplateResponse(request, "not_found.html", context, status_code=404)
     return TEMPLATES.TemplateResponse(request, "run.html", {"user": user, "run": run, "active": "runs"})
 
 
