@@ -11,11 +11,17 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.store.queue import PLAYGROUND_QUEUE
 from app.store.settings import Settings
 from meal_core.cli import CLIError
 from meal_core.enums import Role
+
+if TYPE_CHECKING:  # the commands import the data layer when they run, so that `meal --help` stays quick
+    from sqlalchemy.orm import Session
+
+    from app.store.models import User
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -257,41 +263,133 @@ def _stop_children(children: list[subprocess.Popen[bytes]]) -> None:
 
 
 def register_users(sub: argparse._SubParsersAction) -> Handler:  # type: ignore[type-arg]
-    parser = sub.add_parser("users", help="add and list the users of the panel (the database MEAL_* settings name)")
+    parser = sub.add_parser("users", help="add, list and change the users of the panel (the database MEAL_* names)")
     actions = parser.add_subparsers(dest="action", required=True)
     add = actions.add_parser("add", help="add a user; prints a generated password unless --password-stdin")
     add.add_argument("name")
     add.add_argument("--role", required=True, choices=[r.value for r in Role])
     add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    actions.add_parser("list", help="list users and their roles")
-    for action in (parser, add):
+    listing = actions.add_parser("list", help="list users and their roles")
+    password = actions.add_parser(
+        "set-password", help="a new password for NAME (printed, unless --password-stdin); its sessions end"
+    )
+    password.add_argument("name")
+    password.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    role = actions.add_parser("set-role", help="change NAME's role")
+    role.add_argument("name")
+    role.add_argument("role", choices=[r.value for r in Role])
+    disable = actions.add_parser("disable", help="NAME can no longer log in or use its tokens; its sessions end")
+    disable.add_argument("name")
+    enable = actions.add_parser("enable", help="NAME can log in again (with its password; old sessions stay ended)")
+    enable.add_argument("name")
+    for action in (parser, add, listing, password, role, disable, enable):
         action.add_argument("--data-dir", help="embedded mode's data folder (default: ./data)")
     return users
 
 
 def users(args: argparse.Namespace) -> int:
-    from app import auth
     from app.store.db import session_scope
     from app.store.migrate import upgrade
-    from app.store.models import User
 
     settings = _settings(args)
     upgrade(settings.database_url)
     with session_scope(settings.database_url) as session:
-        if args.action == "list":
-            for user in session.query(User).order_by(User.name):
-                state = " (disabled)" if user.disabled else ""
-                print(f"{user.name}\t{user.role}{state}")
-            return 0
-        password = sys.stdin.readline().rstrip("\n") if args.password_stdin else auth.generate_password()
-        try:
-            auth.create_user(session, args.name, Role(args.role), password)
-        except auth.AuthError as error:
-            raise CLIError(str(error)) from None
+        return USER_ACTIONS[args.action](session, args)
+
+
+def _list_users(session: Session, args: argparse.Namespace) -> int:
+    from app.store.models import User
+
+    for user in session.query(User).order_by(User.name):
+        state = " (disabled)" if user.disabled else ""
+        print(f"{user.name}\t{user.role}{state}")
+    return 0
+
+
+def _new_password(args: argparse.Namespace) -> tuple[str, bool]:
+    """The password to set and whether to print it (generated ones only)."""
+    from app import auth
+
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n"), False
+    return auth.generate_password(), True
+
+
+def _add_user(session: Session, args: argparse.Namespace) -> int:
+    from app import auth
+
+    password, show = _new_password(args)
+    try:
+        auth.create_user(session, args.name, Role(args.role), password)
+    except auth.AuthError as error:
+        raise CLIError(str(error)) from None
     print(f"added {args.name} ({args.role})", file=sys.stderr)
-    if not args.password_stdin:
+    if show:
         print(f"password: {password}")
     return 0
+
+
+def _existing_user(session: Session, name: str) -> User:
+    from app import auth
+
+    user = auth.find_user(session, name)
+    if user is None:
+        raise CLIError(f"no user {name!r} (meal users list)")
+    return user
+
+
+def _keep_an_admin(session: Session, changed: User) -> None:
+    """Refuse a change that would leave no enabled admin: nobody could manage the team from the panel."""
+    from app.store.models import User
+
+    others = session.query(User).filter(User.role == Role.ADMIN, User.disabled.is_(False), User.id != changed.id)
+    if changed.role == Role.ADMIN and not changed.disabled:
+        return
+    if others.count() == 0:
+        raise CLIError(f"{changed.name} is the last enabled admin: make another admin first")
+
+
+def _set_password(session: Session, args: argparse.Namespace) -> int:
+    from app import auth
+
+    user = _existing_user(session, args.name)
+    password, show = _new_password(args)
+    try:
+        auth.set_password(session, user, password)
+    except auth.AuthError as error:
+        raise CLIError(str(error)) from None
+    print(f"new password for {user.name}; its sessions ended", file=sys.stderr)
+    if show:
+        print(f"password: {password}")
+    return 0
+
+
+def _set_role(session: Session, args: argparse.Namespace) -> int:
+    user = _existing_user(session, args.name)
+    user.role = Role(args.role).value
+    _keep_an_admin(session, user)
+    print(f"{user.name} is now {user.role}", file=sys.stderr)
+    return 0
+
+
+def _set_disabled(session: Session, args: argparse.Namespace) -> int:
+    from app import auth
+
+    user = _existing_user(session, args.name)
+    auth.set_disabled(session, user, args.action == "disable")
+    _keep_an_admin(session, user)
+    print(f"{user.name} {'disabled: its sessions ended' if user.disabled else 'enabled'}", file=sys.stderr)
+    return 0
+
+
+USER_ACTIONS: dict[str, Callable[[Session, argparse.Namespace], int]] = {
+    "add": _add_user,
+    "list": _list_users,
+    "set-password": _set_password,
+    "set-role": _set_role,
+    "disable": _set_disabled,
+    "enable": _set_disabled,
+}
 
 
 def register_tokens(sub: argparse._SubParsersAction) -> Handler:  # type: ignore[type-arg]

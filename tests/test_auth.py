@@ -434,3 +434,35 @@ def test_users_and_tokens_from_the_command_line(tmp_path: Path) -> None:
     assert meal("tokens", "revoke", "hal", "--id", token_id, data_dir=data).returncode == 2  # not live any more
     assert meal("tokens", "create", "nobody", data_dir=data).returncode == 2
     get_engine(settings.database_url).dispose()
+
+
+def test_operators_change_passwords_roles_and_access_from_the_command_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert meal("users", "add", "ada", "--role", "admin", data_dir=data).returncode == 0
+    assert meal("users", "add", "hal", "--role", "trainer", data_dir=data).returncode == 0
+    settings = Settings(data_dir=data)
+    with TestClient(create_app(settings)) as client:
+        changed = meal("users", "set-password", "hal", "--password-stdin", data_dir=data, stdin="hal's new password\n")
+        assert changed.returncode == 0 and changed.stdout == "", changed.stderr
+        assert client.post("/api/auth/login", json={"name": "hal", "password": "hal's new password"}).status_code == 200
+        assert client.get("/api/auth/me").json()["name"] == "hal"  # a session …
+        assert meal("users", "disable", "hal", data_dir=data).returncode == 0
+        assert client.get("/api/auth/me").status_code == 401  # … that disabling ended
+        refused = client.post("/api/auth/login", json={"name": "hal", "password": "hal's new password"})
+        assert refused.status_code == 401
+        assert meal("users", "enable", "hal", data_dir=data).returncode == 0
+        assert client.get("/api/auth/me").status_code == 401  # the old session stays ended
+        assert client.post("/api/auth/login", json={"name": "hal", "password": "hal's new password"}).status_code == 200
+    assert meal("users", "set-role", "hal", "reviewer", data_dir=data).returncode == 0
+    assert meal("users", "list", data_dir=data).stdout.splitlines() == ["ada\tadmin", "hal\treviewer"]
+    generated = meal("users", "set-password", "hal", data_dir=data)
+    assert generated.stdout.startswith("password: ") and len(generated.stdout.strip()) > 20
+    # The last enabled admin stays one; names that do not exist and short passwords are refused.
+    for args in (("disable", "ada"), ("set-role", "ada", "trainer")):
+        last = meal("users", *args, data_dir=data)
+        assert last.returncode == 2 and "last enabled admin" in last.stderr, last.stderr
+    assert meal("users", "list", data_dir=data).stdout.splitlines() == ["ada\tadmin", "hal\treviewer"]
+    assert "no user 'nobody'" in meal("users", "disable", "nobody", data_dir=data).stderr
+    short = meal("users", "set-password", "hal", "--password-stdin", data_dir=data, stdin="short\n")
+    assert short.returncode == 2 and "10" in short.stderr
+    get_engine(settings.database_url).dispose()
