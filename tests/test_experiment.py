@@ -3,11 +3,16 @@ values computed by hand on fixed numbers."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from helpers import tiny_run_config
 
+from meal_core.cli import main
 from meal_core.config import ConfigError
 from meal_core.experiment import (
     compute,
@@ -215,3 +220,67 @@ def test_report_builds_the_table_the_comparison_and_stability() -> None:
 
     text = format_report(found, ["hv_final"])
     assert "| meal | hv_final | 3 |" in text and "p (paired t-test)" in text
+
+
+def test_meal_experiment_run_trains_skips_and_resumes(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """2 seeds × 2 algorithms × 1 iteration through `meal experiment run`, a held-out evaluation per run; run again,
+    every run is skipped; a run cut short (no finished marker) is picked up, the others left alone."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_run_config(tiny_model_dir, iterations=1).model_dump(mode="json")))
+    prompts = tmp_path / "heldout.txt"
+    prompts.write_text("Describe a quiet morning.\nWhy is the sea salty?\n")
+    out = tmp_path / "exp"
+    argv = ["experiment", "run", str(config), "--seeds", "2", "--algorithms", "meal,static", "--out", str(out)]
+    argv += ["--prompts", str(prompts), "--samples-per-weight", "1", "--baseline", "static"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    for variant in ("meal", "static"):
+        for seed in (0, 1):
+            run = out / variant / f"seed-{seed}"
+            assert (run / "finished.json").is_file() and (run / "heldout.json").is_file()
+            assert json.loads((run / "config.json").read_text())["seed"] == seed
+            assert json.loads((run / "heldout.json").read_text())["prompts"] == str(prompts)
+    assert "compute differs between variants:\n  meta_steps: meal 5, static 0" in captured.err
+    assert "| meal | held_out_hv | 2 |" in captured.out
+    assert "| meal − static (paired by seed)" in captured.out.replace("variant − static", "meal − static")
+    assert "| meal | hv_final | 2 |" in captured.out
+    stored = json.loads((out / "report.json").read_text())
+    assert stored["baseline"] == "static" and stored["table"]["static"]["held_out_hv"]["n"] == 2
+    assert stored["comparison"]["meal"]["held_out_hv"]["n"] == 2
+    assert "hypervolume" in stored["stability"]["meal"]
+    assert (out / "report.csv").read_text().startswith("variant,figure,n,mean")
+
+    # Again: nothing to train.
+    before = (out / "meal" / "seed-1" / "metrics.jsonl").read_text()
+    assert main(argv) == 0
+    assert capsys.readouterr().err.count("finished before, skipped") == 4
+    assert (out / "meal" / "seed-1" / "metrics.jsonl").read_text() == before
+
+    # Cut short: the run without its marker (and held-out evaluation) is picked up from its checkpoint.
+    (out / "static" / "seed-1" / "finished.json").unlink()
+    (out / "static" / "seed-1" / "heldout.json").unlink()
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("finished before, skipped") == 3 and "static/seed-1: resuming at iteration 1" in err
+    assert (out / "static" / "seed-1" / "heldout.json").is_file()
+
+    # The report of the folder as it stands, against another baseline; a changed experiment in the folder is refused.
+    assert main(["experiment", "report", str(out), "--baseline", "meal"]) == 0
+    assert "| static | held_out_hv | 2 |" in capsys.readouterr().out
+    config.write_text(yaml.safe_dump(tiny_run_config(tiny_model_dir, iterations=2).model_dump(mode="json")))
+    assert main(argv) == 2
+    assert "holds a run with another config (differs in: iterations)" in capsys.readouterr().err
+
+
+def test_meal_experiment_run_refuses_a_bad_grid_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "base.yaml"
+    config.write_text("iterations: 1\n")
+    assert main(["experiment", "run", str(config), "--vary", "algorithm.nope=1,2", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "vary.algorithm.nope: no such config field" in err and len(err.strip().splitlines()) == 1
+    assert main(["experiment", "run", str(config), "--algorithms", "meal,ppo"]) == 2
+    assert "algorithms" in capsys.readouterr().err
+    assert main(["experiment", "run", str(config), "--seeds", "two"]) == 2
+    assert "--seeds" in capsys.readouterr().err
