@@ -28,6 +28,7 @@ from app.routers import (
     config,
     evaluations,
     events,
+    experiments,
     exports,
     health,
     metrics,
@@ -96,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         evaluations,
         playground,
         exports,
+        experiments,
         review,
         pages,
     ):
