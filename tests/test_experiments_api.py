@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers import bearer, tiny_run_config
+from helpers import bearer, session_cookie, tiny_run_config
 from sqlalchemy import select
 
 from app.main import create_app
@@ -131,3 +131,21 @@ def test_a_reviewer_cannot_launch_or_read_experiments(embedded_settings: Setting
         assert client.get("/api/experiments").status_code == 403
     with session_scope(settings.database_url) as session:
         assert list(session.scalars(select(Run))) == []
+
+
+def test_the_experiment_page(embedded_settings: Settings) -> None:
+    from app.auth import CSRF_HEADER, SESSION_COOKIE
+
+    settings = embedded_settings
+    with TestClient(create_app(settings), headers=bearer(settings)) as client:
+        experiment_id = launch(client).json()["id"]
+    cookie, csrf = session_cookie(settings)
+    with TestClient(create_app(settings), cookies={SESSION_COOKIE: cookie}, headers={CSRF_HEADER: csrf}) as browser:
+        page = browser.get(f"/experiments/{experiment_id}")
+        assert page.status_code == 200
+        assert f'data-experiment-id="{experiment_id}"' in page.text and "/static/js/experiment.js" in page.text
+        assert browser.get("/static/js/experiment.js").status_code == 200
+        assert browser.get("/experiments/999").status_code == 404
+    cookie, csrf = session_cookie(settings, "reviewer")
+    with TestClient(create_app(settings), cookies={SESSION_COOKIE: cookie}, headers={CSRF_HEADER: csrf}) as browser:
+        assert browser.get(f"/experiments/{experiment_id}").status_code == 403

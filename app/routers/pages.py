@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from app.deps import MAX_ID, AdminPage, CurrentUser, IdPath, ReviewerPage, SessionDep, TrainerPage, authenticate
-from app.store.models import Run
+from app.store.models import Experiment, Run
 from meal_core.enums import Role
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parent.parent.parent / "templates")
@@ -56,6 +56,20 @@ def run_page(request: Request, run_id: IdPath, session: SessionDep, user: Traine
             request, "not_found.html", {"user": user, "message": f"There is no run {run_id}."}, status_code=404
         )
     return TEMPLATES.TemplateResponse(request, "run.html", {"user": user, "run": run, "active": "runs"})
+
+
+@router.get("/experiments/{experiment_id}", response_class=HTMLResponse)
+def experiment_page(request: Request, experiment_id: IdPath, session: SessionDep, user: TrainerPage) -> HTMLResponse:
+    if session.get(Experiment, experiment_id) is None:
+        return TEMPLATES.TemplateResponse(
+            request,
+            "not_found.html",
+            {"user": user, "message": f"There is no experiment {experiment_id}."},
+            status_code=404,
+        )
+    return TEMPLATES.TemplateResponse(
+        request, "experiment.html", {"user": user, "experiment_id": experiment_id, "active": "runs"}
+    )
 
 
 @router.get("/compare", response_class=HTMLResponse)
