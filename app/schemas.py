@@ -87,6 +87,8 @@ class RunSummary(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat_at: datetime | None
+    experiment_id: int | None = Field(None, description="The experiment the run belongs to, if any.")
+    variant: str | None = Field(None, description="Its variant in that experiment.")
     queue_position: int | None = None
     latest: dict[str, float] = Field(default_factory=dict, description="Latest value of every reward metric.")
 

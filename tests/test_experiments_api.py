@@ -146,6 +146,10 @@ def test_the_experiment_page(embedded_settings: Settings) -> None:
         assert f'data-experiment-id="{experiment_id}"' in page.text and "/static/js/experiment.js" in page.text
         assert browser.get("/static/js/experiment.js").status_code == 200
         assert browser.get("/experiments/999").status_code == 404
+        # Each run names its experiment and variant, and its page links back.
+        run = browser.get("/api/runs").json()[0]
+        assert run["experiment_id"] == experiment_id and run["variant"] in ("meal", "static")
+        assert f'href="/experiments/{experiment_id}"' in browser.get(f"/runs/{run['id']}").text
     cookie, csrf = session_cookie(settings, "reviewer")
     with TestClient(create_app(settings), cookies={SESSION_COOKIE: cookie}, headers={CSRF_HEADER: csrf}) as browser:
         assert browser.get(f"/experiments/{experiment_id}").status_code == 403
