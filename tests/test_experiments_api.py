@@ -145,6 +145,9 @@ def test_the_experiment_page(embedded_settings: Settings) -> None:
         assert page.status_code == 200
         assert f'data-experiment-id="{experiment_id}"' in page.text and "/static/js/experiment.js" in page.text
         assert browser.get("/static/js/experiment.js").status_code == 200
+        listing = browser.get("/experiments")
+        assert listing.status_code == 200 and "/static/js/experiments.js" in listing.text
+        assert 'href="/experiments"' in listing.text  # in the nav
         assert browser.get("/experiments/999").status_code == 404
         # Each run names its experiment and variant, and its page links back.
         run = browser.get("/api/runs").json()[0]

@@ -58,6 +58,11 @@ def run_page(request: Request, run_id: IdPath, session: SessionDep, user: Traine
     return TEMPLATES.TemplateResponse(request, "run.html", {"user": user, "run": run, "active": "runs"})
 
 
+@router.get("/experiments", response_class=HTMLResponse)
+def experiments_page(request: Request, user: TrainerPage) -> HTMLResponse:
+    return TEMPLATES.TemplateResponse(request, "experiments.html", {"user": user, "active": "experiments"})
+
+
 @router.get("/experiments/{experiment_id}", response_class=HTMLResponse)
 def experiment_page(request: Request, experiment_id: IdPath, session: SessionDep, user: TrainerPage) -> HTMLResponse:
     if session.get(Experiment, experiment_id) is None:
@@ -68,7 +73,7 @@ def experiment_page(request: Request, experiment_id: IdPath, session: SessionDep
             status_code=404,
         )
     return TEMPLATES.TemplateResponse(
-        request, "experiment.html", {"user": user, "experiment_id": experiment_id, "active": "runs"}
+        request, "experiment.html", {"user": user, "experiment_id": experiment_id, "active": "experiments"}
     )
 
 
