@@ -1,6 +1,7 @@
 // An experiment: compute per variant, the variant table with the paired comparison against a chosen baseline,
 // stability, the runs (linked), and the table as CSV or JSON.
-import { api, el, errorText, fmtNum, setChildren, statusBadge } from "./common.js";
+import { api, el, errorText, every, fmtNum, setChildren, statusBadge } from "./common.js";
+import { RUN_STATUSES } from "./contracts.js";
 
 const $ = (id) => document.getElementById(id);
 const experimentId = $("experiment-root").dataset.experimentId;
@@ -118,10 +119,25 @@ async function load(baseline) {
         el("td", {}, m.variant || "–"),
         el("td", { className: "num" }, m.seed === null ? "–" : String(m.seed)),
         el("td", {}, statusBadge(m.status)),
+        el("td", {}, RUN_STATUSES.RESUMABLE.includes(m.status) ? el("button", { type: "button", className: "btn", onclick: () => resume(m.id) }, "Resume") : ""),
       ),
     ),
   );
 }
+
+async function resume(runId) {
+  try {
+    await api(`/api/runs/${runId}/resume`, { method: "POST" });
+    await load($("baseline").value);
+  } catch (error) {
+    showError(error);
+  }
+}
+
+// Live while runs train: the table refills as they finish.
+every(10000, async () => {
+  if (current && current.finished < current.runs) await load($("baseline").value);
+});
 
 $("baseline").addEventListener("change", () => load($("baseline").value).catch(showError));
 $("export-csv").addEventListener("click", () => {
