@@ -106,6 +106,8 @@ def test_launch_list_and_read_an_experiment(embedded_settings: Settings) -> None
         # Against another baseline.
         other = client.get(f"/api/experiments/{body['id']}", params={"baseline": "meal-base_loss=sft"}).json()
         assert other["report"]["comparison"]["static-base_loss=sft"]["hv_final"]["mean_difference"] == -1.5
+        unknown = client.get(f"/api/experiments/{body['id']}", params={"baseline": "ppo"})
+        assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"] == ["query", "baseline"]
         assert client.get("/api/experiments/999").status_code == 404
 
 

@@ -27,7 +27,7 @@ from app.store.models import Evaluation, Experiment, MetricPoint, Run
 from meal_core import metric_keys as keys
 from meal_core.config import ConfigError
 from meal_core.enums import Role, RunStatus
-from meal_core.experiment import ExperimentConfig, compute_report, parse_experiment, report, run_figures, series_of
+from meal_core.experiment import compute_report, parse_experiment, report, run_figures, series_of
 
 router = APIRouter(
     prefix="/api/experiments",
@@ -184,13 +184,15 @@ def run_records(
 
 def experiment_out(session: SessionDep, found: Experiment, baseline: str | None) -> ExperimentOut:
     members = _members(session, found.id)
-    definition = ExperimentConfig.model_validate(found.config)
     try:
-        planned = definition.expand()
+        planned = parse_experiment(found.config).expand()
     except ConfigError:  # stored by a version whose config fields have changed since
         planned = []
     per_variant, differences = compute_report(planned)
     chosen = baseline or found.baseline
+    if baseline is not None and planned and baseline not in per_variant:
+        detail = [{"loc": ["query", "baseline"], "msg": f"no variant {baseline!r}", "type": "value_error"}]
+        raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
     records = run_records(session, [r for r in members if r.status == RunStatus.SUCCEEDED])
     results: dict[str, dict[int, dict[str, float]]] = {}
     series: dict[str, dict[int, dict[str, list[tuple[int, float]]]]] = {}
