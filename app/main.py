@@ -31,6 +31,7 @@ from app.routers import (
     config,
     evaluations,
     events,
+    experiments,
     exports,
     health,
     metrics,
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         evaluations,
         playground,
         exports,
+        experiments,
         review,
         pages,
     ):

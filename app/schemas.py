@@ -87,6 +87,8 @@ class RunSummary(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat_at: datetime | None
+    experiment_id: int | None = Field(None, description="The experiment the run belongs to, if any.")
+    variant: str | None = Field(None, description="Its variant in that experiment.")
     queue_position: int | None = None
     latest: dict[str, float] = Field(default_factory=dict, description="Latest value of every reward metric.")
 
@@ -143,3 +145,47 @@ EvaluationOut = record_schema(
 # Lists of the models above, for `response_model=`: mypy cannot see a model made at import time as a type.
 SampleList = list[SampleOut]  # type: ignore[valid-type]
 EvaluationList = list[EvaluationOut]  # type: ignore[valid-type]
+
+
+class ExperimentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, max_length=120)
+    experiment: dict[str, Any] = Field(
+        default_factory=dict,
+        description="A meal_core.experiment.ExperimentConfig: base (a RunConfig), seeds (a list or a count), "
+        "algorithms, vary ({dotted field: [values]}) and baseline.",
+    )
+
+
+class ExperimentRun(BaseModel):
+    id: int
+    name: str
+    variant: str | None
+    seed: int | None
+    status: RunStatus
+
+
+class ExperimentSummary(BaseModel):
+    id: int
+    name: str
+    baseline: str
+    created_by: str | None
+    created_at: datetime
+    runs: int = Field(..., description="Runs in the experiment.")
+    finished: int = Field(..., description="Of those, runs that succeeded.")
+
+
+class ExperimentOut(ExperimentSummary):
+    config: dict[str, Any] = Field(..., description="The experiment as launched (ExperimentConfig).")
+    members: list[ExperimentRun]
+    compute: dict[str, dict[str, int]] = Field(..., description="Per variant, the compute its config implies.")
+    compute_differences: list[dict[str, Any]] = Field(
+        ..., description="Each quantity that differs between variants: values per variant and max / min."
+    )
+    report: dict[str, Any] = Field(
+        ...,
+        description="baseline, figures, table (variant → figure → n, mean, sd, low, high), comparison (variant → "
+        "figure → paired difference against the baseline: n, seeds, mean_difference, sd, low, high, p) and "
+        "stability (variant → series → n, final_sd, band, jumpiness); null where a figure is undefined.",
+    )

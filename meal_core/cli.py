@@ -17,7 +17,7 @@ from meal_core.enums import RunStatus
 from meal_core.provenance import dict_differences
 
 if TYPE_CHECKING:
-    pass
+    from meal_core.experiment import ExperimentConfig
 
 EXIT_USAGE = 2
 
@@ -154,6 +154,65 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment_from(args: argparse.Namespace) -> ExperimentConfig:
+    """The experiment: the file's (a mapping with `base`) or a run config as its base, then the flags over it."""
+    import yaml
+
+    from meal_core.config import parse_config_text
+    from meal_core.experiment import parse_experiment
+
+    path = Path(args.config)
+    if not path.is_file():
+        raise CLIError(f"config file not found: {path}")
+    data = parse_config_text(path.read_text(), source=str(path)) or {}
+    fields = dict(data) if "base" in data else {"base": data}
+    if args.seeds:
+        text = args.seeds.strip()
+        try:
+            fields["seeds"] = int(text) if "," not in text else [int(s) for s in text.split(",") if s.strip()]
+        except ValueError:
+            raise CLIError(f"--seeds: a count (5) or a list (0,1,2), got {args.seeds!r}") from None
+    if args.algorithms:
+        fields["algorithms"] = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    for item in args.vary or []:
+        name, sep, values = item.partition("=")
+        if not sep or not name.strip():
+            raise CLIError(f"--vary: FIELD=VALUE,VALUE… (e.g. algorithm.base_loss=sft,sft+pairwise), got {item!r}")
+        vary = dict(fields.get("vary") or {})
+        vary[name.strip()] = [yaml.safe_load(v) for v in values.split(",") if v.strip()]
+        fields["vary"] = vary
+    if args.baseline:
+        fields["baseline"] = args.baseline
+    return parse_experiment(fields)
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from meal_core.experiment import format_report
+    from meal_core.experiment_runs import SHOWN, compute_lines, load_experiment_folder, run_experiment
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    if args.action == "report":
+        out = Path(args.dir)
+        experiment = load_experiment_folder(out)
+        if args.baseline:
+            experiment = experiment.model_copy(update={"baseline": args.baseline})
+            experiment.expand()  # refuses an unknown baseline
+        found = run_experiment(experiment, out, train=False, log=lambda _line: None)
+        for line in compute_lines(experiment.expand()):
+            print(line)
+    else:
+        experiment = _experiment_from(args)
+        runs = experiment.expand()
+        out = Path(args.out) if args.out else Path("runs") / f"experiment-{Path(args.config).stem}"
+        log(f"experiment: {len(runs)} runs of {len({r.variant for r in runs})} variants into {out}")
+        found = run_experiment(experiment, out, args.prompts, args.samples_per_weight, log)
+    print(format_report(found, SHOWN))
+    print(f"(every figure: {out / 'report.md'}, {out / 'report.json'}, {out / 'report.csv'})")
+    return 0
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
     parser = argparse.ArgumentParser(prog="meal", description="Meal (Meta-Aligner) multi-objective alignment.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -190,7 +249,33 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     export.add_argument("--adapters", action="store_true", help="the adapters in peft format and their mixing rule")
     export.add_argument("--checkpoint", help="e.g. iter-000016 (default: the latest)")
 
+    experiment = sub.add_parser(
+        "experiment", help="seeds × algorithms × settings trained as one, compared paired by seed"
+    )
+    actions = experiment.add_subparsers(dest="action", required=True)
+    launch = actions.add_parser(
+        "run",
+        help="train every run of an experiment into a folder tree (finished runs are skipped, unfinished resumed), "
+        "then print the variant table and the paired comparison",
+    )
+    launch.add_argument("config", help="a run config (the base), or an experiment: a mapping with 'base', 'seeds', …")
+    launch.add_argument("--seeds", help="a count (5: seeds 0-4) or a list (0,1,2)")
+    launch.add_argument("--algorithms", help="comma-separated algorithm.name values, e.g. meal,static")
+    launch.add_argument(
+        "--vary",
+        action="append",
+        help="FIELD=VALUE,VALUE…: a config field's values, e.g. algorithm.base_loss=sft,sft+pairwise",
+    )
+    launch.add_argument("--baseline", help="the variant the others are compared against (default: the first)")
+    launch.add_argument("--out", help="the experiment's folder (default: runs/experiment-<config>)")
+    launch.add_argument("--prompts", help="held-out prompt file every run is finally evaluated on (as meal eval)")
+    launch.add_argument("--samples-per-weight", type=int, help="held-out responses per prompt and weight")
+    summary = actions.add_parser("report", help="the table and comparison of an experiment folder, as it stands")
+    summary.add_argument("dir")
+    summary.add_argument("--baseline", help="compare against this variant")
+
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        "experiment": cmd_experiment,
         "train": cmd_train,
         "eval": cmd_eval,
         "generate": cmd_generate,

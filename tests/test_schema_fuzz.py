@@ -75,6 +75,7 @@ REAL = {
     "item_id": [1, 6],
     "generation_id": [1],
     "export_id": [1, 2],
+    "experiment_id": [1],
     "token_id": [1, 2],
     "name": ["admin", "reviewer"],
 }
@@ -86,10 +87,12 @@ def seed_database(settings: Settings) -> None:
     are real rows."""
     import zipfile
 
+    from sqlalchemy import update
+
     from app import auth, review
     from app.store import metric_store, run_state
     from app.store.db import session_scope
-    from app.store.models import ModelExport, PlaygroundGeneration, Sample
+    from app.store.models import Evaluation, Experiment, ModelExport, PlaygroundGeneration, Run, Sample
     from meal_core.config import RunConfig
     from meal_core.enums import JobStatus, QueueKind, Role, RunStatus
 
@@ -147,6 +150,33 @@ def seed_database(settings: Settings) -> None:
             session.add(
                 ModelExport(run_id=finished, created_by="admin", weights=[0.5, 0.5], status=status, artifact=artifact)
             )
+        # An experiment whose first run finished with an evaluation, the other still queued.
+        experiment = Experiment(
+            name="experiment",
+            config={"base": {"iterations": 2}, "seeds": [0], "algorithms": ["meal", "static"]},
+            baseline="meal",
+            created_by="admin",
+        )
+        session.add(experiment)
+        session.flush()
+        session.execute(update(Run).where(Run.id == finished).values(experiment_id=experiment.id, variant="meal"))
+        run_state.create_run(
+            session, "experiment static", config, 2, "admin", experiment_id=experiment.id, variant="static"
+        )
+        session.add(
+            Evaluation(
+                run_id=finished,
+                step=2,
+                objectives=objectives,
+                points=[],
+                hypervolume=1.0,
+                reference_point=[-3.0] * len(objectives),
+                controllability={name: 0.5 for name in objectives},
+                probe={},
+                degenerate_share=0.0,
+                responses=4,
+            )
+        )
         items = review.sample_items(session, review.SampleSelection(run_id=finished), objectives)
         review.create_queue(session, "queue", "admin", QueueKind.SINGLE, False, objectives, items, {"type": "samples"})
 

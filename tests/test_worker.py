@@ -282,3 +282,25 @@ def test_a_run_trains_from_a_teams_dataset_file(live: Setup, tiny_model_dir: Pat
     prompts = {s["prompt"] for s in live.get(f"/api/runs/{run['id']}/samples")}
     assert prompts and all(p.startswith("Question ") and p.endswith("?") for p in prompts)
     assert done["reproducibility"]["data"]["train_prompts"]["sha256"]
+
+
+def test_an_experiment_of_tiny_runs_trains_to_a_filled_report(live: Setup, tiny_model_dir: Path) -> None:
+    """2 seeds × meal and static × 1 iteration, launched as one through the API and trained by the real worker: the
+    experiment reads back every run finished, the table filled for both variants and meal paired against static."""
+    base = tiny_run_config(tiny_model_dir, iterations=1).model_dump(mode="json")
+    experiment = {"base": base, "seeds": 2, "algorithms": ["meal", "static"], "baseline": "static"}
+    response = live.post("/api/experiments", {"name": "tiny", "experiment": experiment})
+    assert response.status_code == 201, response.text
+    created = response.json()
+    for member in created["members"]:
+        live.wait_run(member["id"], lambda run: run["status"] == "succeeded", 300, "succeeded")
+    found = live.get(f"/api/experiments/{created['id']}")
+    assert found["finished"] == 4
+    report = found["report"]
+    assert report["baseline"] == "static"
+    for variant in ("meal", "static"):
+        assert report["table"][variant]["hv_final"]["n"] == 2
+        assert report["table"][variant]["training_responses"]["mean"] == 4 * 3  # B × M × 1 iteration
+        assert report["stability"][variant]["hypervolume"]["n"] == 2
+    compared = report["comparison"]["meal"]["hv_final"]
+    assert compared["n"] == 2 and compared["seeds"] == [0, 1]

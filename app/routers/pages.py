@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from app.deps import MAX_ID, AdminPage, CurrentUser, IdPath, ReviewerPage, SessionDep, TrainerPage, authenticate
-from app.store.models import Run
+from app.store.models import Experiment, Run
 from meal_core.enums import Role
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parent.parent.parent / "templates")
@@ -74,6 +74,25 @@ def run_page(request: Request, run_id: IdPath, session: SessionDep, user: Traine
         context = {"user": user, "message": f"There is no run {run_id}.", "home": home_for(user)}
         return TEMPLATES.TemplateResponse(request, "not_found.html", context, status_code=404)
     return TEMPLATES.TemplateResponse(request, "run.html", {"user": user, "run": run, "active": "runs"})
+
+
+@router.get("/experiments", response_class=HTMLResponse)
+def experiments_page(request: Request, user: TrainerPage) -> HTMLResponse:
+    return TEMPLATES.TemplateResponse(request, "experiments.html", {"user": user, "active": "experiments"})
+
+
+@router.get("/experiments/{experiment_id}", response_class=HTMLResponse)
+def experiment_page(request: Request, experiment_id: IdPath, session: SessionDep, user: TrainerPage) -> HTMLResponse:
+    if session.get(Experiment, experiment_id) is None:
+        return TEMPLATES.TemplateResponse(
+            request,
+            "not_found.html",
+            {"user": user, "message": f"There is no experiment {experiment_id}."},
+            status_code=404,
+        )
+    return TEMPLATES.TemplateResponse(
+        request, "experiment.html", {"user": user, "experiment_id": experiment_id, "active": "experiments"}
+    )
 
 
 @router.get("/compare", response_class=HTMLResponse)

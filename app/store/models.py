@@ -90,6 +90,11 @@ class Run(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # meal_core.provenance: packages, git revision, fingerprints, seeds, calibration (written once calibrated)
     reproducibility: Mapped[dict[str, Any] | None] = mapped_column(JsonColumn)
+    # The experiment the run belongs to, and its variant there (meal_core.experiment.VariantRun.variant).
+    experiment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("experiment.id", ondelete="SET NULL", name="fk_run_experiment_id_experiment"), index=True
+    )
+    variant: Mapped[str | None] = mapped_column(String(200))
 
     def run_config(self) -> RunConfig:
         """The stored config read through its contract (objectives, prompts, defaults): see read_config."""
@@ -119,6 +124,20 @@ def read_config(stored: dict[str, Any]) -> RunConfig:
 
 
 _CONFIGS: dict[tuple[int, datetime], RunConfig] = {}
+
+
+class Experiment(Base):
+    """Seeds × algorithms × settings launched as one: the definition (ExperimentConfig as JSON) and the baseline
+    variant; its runs point here (run.experiment_id)."""
+
+    __tablename__ = "experiment"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    config: Mapped[dict[str, Any]] = mapped_column(JsonColumn)
+    baseline: Mapped[str] = mapped_column(String(200))
+    created_by: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class MetricPoint(Base):

@@ -32,8 +32,24 @@ def _transition(session: Session, run_id: int, allowed: Collection[RunStatus], *
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def create_run(session: Session, name: str, config: dict[str, Any], total_iterations: int, user: str | None) -> Run:
-    run = Run(name=name, config=config, total_iterations=total_iterations, created_by=user, status=RunStatus.QUEUED)
+def create_run(
+    session: Session,
+    name: str,
+    config: dict[str, Any],
+    total_iterations: int,
+    user: str | None,
+    experiment_id: int | None = None,
+    variant: str | None = None,
+) -> Run:
+    run = Run(
+        name=name,
+        config=config,
+        total_iterations=total_iterations,
+        created_by=user,
+        status=RunStatus.QUEUED,
+        experiment_id=experiment_id,
+        variant=variant,
+    )
     session.add(run)
     session.flush()
     return run

@@ -1,0 +1,233 @@
+"""Experiments: seeds × algorithms × settings launched as one (each run created and queued as POST /api/runs does),
+listed, and read back with the variant table, the paired comparison and stability computed from the runs' stored
+evaluations and metrics (meal_core.experiment)."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, status
+from sqlalchemy import case, func, select
+
+from app.config_policy import ConfigNotAllowed, check_config
+from app.deps import REQUIRE, IdPath, SessionDep, SettingsDep, TrainerDep
+from app.routers.runs import _enqueue
+from app.schemas import (
+    API_ERRORS,
+    BODY_ERRORS,
+    ExperimentCreate,
+    ExperimentOut,
+    ExperimentRun,
+    ExperimentSummary,
+    error_responses,
+)
+from app.store import run_state
+from app.store.models import Evaluation, Experiment, MetricPoint, Run
+from meal_core import metric_keys as keys
+from meal_core.config import ConfigError
+from meal_core.enums import Role, RunStatus
+from meal_core.experiment import compute_report, parse_experiment, report, run_figures, series_of
+
+router = APIRouter(
+    prefix="/api/experiments",
+    tags=["experiments"],
+    dependencies=[Depends(REQUIRE[Role.TRAINER])],
+    responses=API_ERRORS,
+)
+# The metric keys an experiment's figures and series read (rewards by prefix).
+FIGURE_KEYS = (
+    keys.GENERATED_RESPONSES,
+    keys.GENERATED_TOKENS,
+    keys.POLICY_STEPS,
+    keys.TIME_GENERATE,
+    keys.TIME_SCORE,
+    keys.TIME_UPDATE,
+)
+
+
+def experiment_errors_as_422(error: ConfigError) -> HTTPException:
+    detail = [
+        {"loc": ["body", "experiment", *where.split(".")], "msg": message, "type": "config_error"}
+        for where, message in error.fields
+    ]
+    return HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
+
+
+def get_experiment(experiment_id: IdPath, session: SessionDep) -> Experiment:
+    found = session.get(Experiment, experiment_id)
+    if found is None:
+        raise HTTPException(status_code=404, detail=f"experiment {experiment_id} not found")
+    return found
+
+
+ExperimentDep = Annotated[Experiment, Depends(get_experiment)]
+
+
+def _members(session: SessionDep, experiment_id: int) -> list[Run]:
+    return list(session.scalars(select(Run).where(Run.experiment_id == experiment_id).order_by(Run.id)))
+
+
+def _seed(run: Run) -> int | None:
+    seed = run.config.get("seed") if isinstance(run.config, dict) else None
+    return seed if isinstance(seed, int) else None
+
+
+def _counts(session: SessionDep, ids: list[int]) -> dict[int, tuple[int, int]]:
+    rows = session.execute(
+        select(Run.experiment_id, func.count(), func.sum(case((Run.status == RunStatus.SUCCEEDED, 1), else_=0)))
+        .where(Run.experiment_id.in_(ids))
+        .group_by(Run.experiment_id)
+    )
+    return {eid: (int(total), int(done or 0)) for eid, total, done in rows}
+
+
+def summary_of(found: Experiment, counts: tuple[int, int]) -> ExperimentSummary:
+    return ExperimentSummary(
+        id=found.id,
+        name=found.name,
+        baseline=found.baseline,
+        created_by=found.created_by,
+        created_at=found.created_at,
+        runs=counts[0],
+        finished=counts[1],
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ExperimentOut,
+    responses={**BODY_ERRORS, **error_responses(503)},
+)
+def create_experiment(
+    body: ExperimentCreate, session: SessionDep, settings: SettingsDep, user: TrainerDep
+) -> ExperimentOut:
+    """Expand the grid (refused whole, with the field named, if any run's config is), then create and queue every
+    run, seed-major, as POST /api/runs does."""
+    try:
+        definition = parse_experiment(body.experiment)
+        runs = definition.expand()
+    except ConfigError as error:
+        raise experiment_errors_as_422(error) from None
+    for run in runs:
+        try:
+            check_config(run.config, settings, user.role)
+        except ConfigNotAllowed as refused:
+            loc = ["body", "experiment", "base", *refused.field.split(".")]
+            detail = [{"loc": loc, "msg": f"{run.name}: {refused.message}", "type": "not_allowed"}]
+            raise HTTPException(status_code=403 if refused.forbidden else 422, detail=detail) from None
+    baseline = definition.baseline or runs[0].variant
+    found = Experiment(
+        name=body.name,
+        config=definition.model_dump(mode="json"),
+        baseline=baseline,
+        created_by=user.name,
+    )
+    session.add(found)
+    session.flush()
+    created = [
+        run_state.create_run(
+            session,
+            f"{body.name} · {run.name}",
+            run.config_dict(),
+            run.config.iterations,
+            user.name,
+            experiment_id=found.id,
+            variant=run.variant,
+        )
+        for run in runs
+    ]
+    for row in created:
+        _enqueue(session, settings, row)
+    return experiment_out(session, found, None)
+
+
+@router.get("", response_model=list[ExperimentSummary])
+def list_experiments(session: SessionDep, settings: SettingsDep) -> list[ExperimentSummary]:
+    found = list(session.scalars(select(Experiment).order_by(Experiment.id.desc()).limit(settings.max_runs_listed)))
+    counts = _counts(session, [e.id for e in found])
+    return [summary_of(e, counts.get(e.id, (0, 0))) for e in found]
+
+
+def run_records(
+    session: SessionDep, runs: list[Run]
+) -> dict[int, tuple[list[dict[str, Any]], list[tuple[int, str, float]]]]:
+    """Each run's evaluations (as EvaluationResult.to_json(), in step order) and the metric points figures read."""
+    ids = [r.id for r in runs]
+    found: dict[int, tuple[list[dict[str, Any]], list[tuple[int, str, float]]]] = {i: ([], []) for i in ids}
+    for row in session.scalars(select(Evaluation).where(Evaluation.run_id.in_(ids)).order_by(Evaluation.step)):
+        found[row.run_id][0].append(
+            {
+                "step": row.step,
+                "objectives": row.objectives,
+                "points": row.points,
+                "hypervolume": row.hypervolume,
+                "controllability": row.controllability,
+                "controllability_grid": row.controllability_grid,
+                "controllability_null": row.controllability_null,
+                "degenerate_share": row.degenerate_share or 0.0,
+            }
+        )
+    points = session.execute(
+        select(MetricPoint.run_id, MetricPoint.step, MetricPoint.key, MetricPoint.value)
+        .where(
+            MetricPoint.run_id.in_(ids),
+            MetricPoint.key.in_(FIGURE_KEYS) | MetricPoint.key.startswith(keys.REWARD.prefix),
+        )
+        .order_by(MetricPoint.run_id, MetricPoint.step)
+    )
+    for run_id, step, key, value in points:
+        found[run_id][1].append((step, key, value))
+    return found
+
+
+def experiment_out(session: SessionDep, found: Experiment, baseline: str | None) -> ExperimentOut:
+    members = _members(session, found.id)
+    try:
+        planned = parse_experiment(found.config).expand()
+    except ConfigError:  # stored by a version whose config fields have changed since
+        planned = []
+    per_variant, differences = compute_report(planned)
+    chosen = baseline or found.baseline
+    if baseline is not None and planned and baseline not in per_variant:
+        detail = [{"loc": ["query", "baseline"], "msg": f"no variant {baseline!r}", "type": "value_error"}]
+        raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
+    records = run_records(session, [r for r in members if r.status == RunStatus.SUCCEEDED])
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    series: dict[str, dict[int, dict[str, list[tuple[int, float]]]]] = {}
+    for run in members:
+        seed = _seed(run)
+        if run.id not in records or run.variant is None or seed is None:
+            continue
+        evaluations, rows = records[run.id]
+        metrics: dict[str, list[float]] = {}
+        for _, key, value in rows:
+            metrics.setdefault(key, []).append(value)
+        results.setdefault(run.variant, {})[seed] = run_figures(evaluations, metrics, None)
+        series.setdefault(run.variant, {})[seed] = series_of(evaluations, rows)
+    return ExperimentOut(
+        **summary_of(found, (len(members), sum(r.status == RunStatus.SUCCEEDED for r in members))).model_dump(),
+        config=found.config,
+        members=[
+            ExperimentRun(id=r.id, name=r.name, variant=r.variant, seed=_seed(r), status=RunStatus(r.status))
+            for r in members
+        ],
+        compute=per_variant,
+        compute_differences=[
+            {"quantity": d.quantity, "values": d.values, "ratio": d.ratio if math.isfinite(d.ratio) else None}
+            for d in differences
+        ],
+        report=report(results, chosen, series).to_json(),
+    )
+
+
+@router.get("/{experiment_id}", response_model=ExperimentOut, responses=error_responses(404))
+def get_experiment_out(
+    found: ExperimentDep,
+    session: SessionDep,
+    baseline: str | None = Query(
+        None, max_length=200, description="Compare against this variant (default: the experiment's baseline)."
+    ),
+) -> ExperimentOut:
+    return experiment_out(session, found, baseline)

@@ -1,0 +1,150 @@
+// An experiment: compute per variant, the variant table with the paired comparison against a chosen baseline,
+// stability, the runs (linked), and the table as CSV or JSON.
+import { api, el, errorText, every, fmtNum, setChildren, statusBadge } from "./common.js";
+import { RUN_STATUSES } from "./contracts.js";
+
+const $ = (id) => document.getElementById(id);
+const experimentId = $("experiment-root").dataset.experimentId;
+let current = null;
+
+function showError(error) {
+  $("experiment-error").textContent = errorText(error);
+  $("experiment-error").classList.remove("hidden");
+}
+
+function interval(low, high) {
+  return low === null || high === null ? "–" : `[${fmtNum(low)}, ${fmtNum(high)}]`;
+}
+
+function computeNote(body) {
+  if (!body.compute_differences.length) {
+    return el("span", {}, "Equal compute: every variant generates the same responses and takes the same policy steps.");
+  }
+  return el(
+    "ul",
+    {},
+    ...body.compute_differences.map((d) =>
+      el(
+        "li",
+        { dataset: { quantity: d.quantity } },
+        `${d.quantity} differs: ` +
+          Object.entries(d.values)
+            .map(([variant, value]) => `${variant} ${value}`)
+            .join(", ") +
+          (d.ratio === null ? "" : ` (max / min ${fmtNum(d.ratio, 2)})`),
+      ),
+    ),
+  );
+}
+
+function variantRows(report) {
+  const rows = [];
+  for (const [variant, figures] of Object.entries(report.table)) {
+    for (const [figure, s] of Object.entries(figures)) {
+      const d = (report.comparison[variant] || {})[figure];
+      rows.push(
+        el(
+          "tr",
+          { dataset: { variant, figure } },
+          el("td", {}, variant),
+          el("td", {}, figure),
+          el("td", { className: "num" }, String(s.n)),
+          el("td", { className: "num" }, `${fmtNum(s.mean)} ± ${fmtNum(s.sd)}`),
+          el("td", { className: "num" }, interval(s.low, s.high)),
+          el("td", { className: "num" }, d ? fmtNum(d.mean_difference) : variant === report.baseline ? "baseline" : "–"),
+          el("td", { className: "num" }, d ? interval(d.low, d.high) : ""),
+          el("td", { className: "num" }, d ? fmtNum(d.p) : ""),
+        ),
+      );
+    }
+  }
+  return rows;
+}
+
+function stabilityRows(report) {
+  const rows = [];
+  for (const [variant, series] of Object.entries(report.stability)) {
+    for (const [name, s] of Object.entries(series)) {
+      rows.push(
+        el(
+          "tr",
+          {},
+          el("td", {}, variant),
+          el("td", {}, name),
+          el("td", { className: "num" }, String(s.n)),
+          el("td", { className: "num" }, fmtNum(s.final_sd)),
+          el("td", { className: "num" }, fmtNum(s.band)),
+          el("td", { className: "num" }, fmtNum(s.jumpiness)),
+        ),
+      );
+    }
+  }
+  return rows;
+}
+
+function csvCell(value) {
+  const text = value === null || value === undefined ? "" : String(value);
+  return /[",\n]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
+}
+
+function tableCsv(report) {
+  const lines = [["variant", "figure", "n", "mean", "sd", "low", "high", "diff", "diff_low", "diff_high", "p"]];
+  for (const [variant, figures] of Object.entries(report.table)) {
+    for (const [figure, s] of Object.entries(figures)) {
+      const d = (report.comparison[variant] || {})[figure] || {};
+      lines.push([variant, figure, s.n, s.mean, s.sd, s.low, s.high, d.mean_difference, d.low, d.high, d.p]);
+    }
+  }
+  return lines.map((line) => line.map(csvCell).join(",")).join("\n") + "\n";
+}
+
+async function load(baseline) {
+  const query = baseline ? `?baseline=${encodeURIComponent(baseline)}` : "";
+  const body = await api(`/api/experiments/${experimentId}${query}`);
+  current = body;
+  $("experiment-name").textContent = `${body.name}: ${body.finished} of ${body.runs} runs finished`;
+  const variants = Object.keys(body.compute);
+  const chosen = body.report.baseline;
+  setChildren($("baseline"), ...variants.map((v) => el("option", { value: v, selected: v === chosen }, v)));
+  setChildren($("compute-note"), computeNote(body));
+  setChildren($("variant-body"), ...variantRows(body.report));
+  setChildren($("stability-body"), ...stabilityRows(body.report));
+  setChildren(
+    $("member-body"),
+    ...body.members.map((m) =>
+      el(
+        "tr",
+        { dataset: { runId: String(m.id) } },
+        el("td", {}, el("a", { href: `/runs/${m.id}` }, m.name)),
+        el("td", {}, m.variant || "–"),
+        el("td", { className: "num" }, m.seed === null ? "–" : String(m.seed)),
+        el("td", {}, statusBadge(m.status)),
+        el("td", {}, RUN_STATUSES.RESUMABLE.includes(m.status) ? el("button", { type: "button", className: "btn", onclick: () => resume(m.id) }, "Resume") : ""),
+      ),
+    ),
+  );
+}
+
+async function resume(runId) {
+  try {
+    await api(`/api/runs/${runId}/resume`, { method: "POST" });
+    await load($("baseline").value);
+  } catch (error) {
+    showError(error);
+  }
+}
+
+// Live while runs train: the table refills as they finish.
+every(10000, async () => {
+  if (current && current.finished < current.runs) await load($("baseline").value);
+});
+
+$("baseline").addEventListener("change", () => load($("baseline").value).catch(showError));
+$("export-csv").addEventListener("click", () => {
+  if (!current) return;
+  const blob = new Blob([tableCsv(current.report)], { type: "text/csv" });
+  const link = el("a", { href: URL.createObjectURL(blob), download: `experiment-${experimentId}.csv` });
+  link.click();
+  URL.revokeObjectURL(link.href);
+});
+load(null).catch(showError);

@@ -1,0 +1,205 @@
+"""An experiment trained headless into a folder tree: OUT/<variant>/seed-<s>/ per run, each a `meal train` run
+folder (config.json, metrics.jsonl, evaluations.jsonl, checkpoints/) plus `finished.json` once it trained to the
+end and `heldout.json`, its final evaluation on a held-out prompt file (the `meal eval --prompts` path).
+
+Finished runs and held-out evaluations are skipped and unfinished runs resume from their last checkpoint, so an
+interrupted experiment picks up where it stopped. `meal experiment run` drives this module.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from meal_core import metric_keys as keys
+from meal_core.config import ConfigError
+from meal_core.enums import RunStatus
+from meal_core.experiment import (
+    CONTROL_FINAL,
+    HELD_OUT_CONTROL,
+    HELD_OUT_DEGENERATE,
+    HELD_OUT_HV,
+    HV_FINAL,
+    HV_GAIN,
+    ExperimentConfig,
+    ExperimentReport,
+    VariantRun,
+    baseline_of,
+    compute_report,
+    format_report,
+    report,
+    run_figures,
+    series_of,
+)
+from meal_core.provenance import dict_differences
+from meal_core.recorder import ConsoleProgress, JsonlRecorder, MultiRecorder, read_jsonl
+
+EXPERIMENT_FILE = "experiment.json"
+FINISHED = "finished.json"
+HELDOUT = "heldout.json"
+MINUTES = "minutes"
+# What the printed table shows; report.json and report.csv hold every figure.
+SHOWN = [HV_FINAL, HV_GAIN, CONTROL_FINAL, HELD_OUT_HV, HELD_OUT_CONTROL, HELD_OUT_DEGENERATE, MINUTES]
+
+
+def run_directory(out: Path, run: VariantRun) -> Path:
+    return out / run.variant / f"seed-{run.seed}"
+
+
+def check_stored(directory: Path, run: VariantRun) -> None:
+    """A folder that already holds a run must hold this run: the same config (a changed experiment is refused)."""
+    path = directory / "config.json"
+    if path.is_file():
+        changed = dict_differences(json.loads(path.read_text()), run.config_dict())
+        if changed:
+            raise ConfigError(f"{directory} holds a run with another config (differs in: {', '.join(changed)})")
+
+
+def train_one(
+    run: VariantRun,
+    directory: Path,
+    prompts: str | None,
+    samples: int | None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> str:
+    """Train (or resume) one run to its end, then evaluate it on `prompts`; what it did: 'skipped', 'evaluated' or
+    'trained'."""
+    from meal_core.data import load_prompts
+    from meal_core.trainer import Trainer
+
+    check_stored(directory, run)
+    trainer: Trainer | None = None
+    did = "skipped"
+    if not (directory / FINISHED).is_file():
+        started = time.monotonic()
+        jsonl = JsonlRecorder(directory)
+        recorder = MultiRecorder(jsonl, ConsoleProgress()) if progress else jsonl
+        trainer = Trainer(run.config, directory, recorder)
+        if trainer.resume():
+            log(f"{run.name}: resuming at iteration {trainer.iteration}")
+        try:
+            status = trainer.train()
+        finally:
+            jsonl.close()
+        if status != RunStatus.SUCCEEDED:
+            raise ConfigError(f"{run.name}: training ended {status}")
+        minutes = (time.monotonic() - started) / 60
+        (directory / FINISHED).write_text(json.dumps({"iterations": trainer.iteration, MINUTES: minutes}))
+        did = "trained"
+    if prompts is None or (directory / HELDOUT).is_file():
+        return did
+    if trainer is None:
+        trainer = Trainer(run.config, directory)
+        trainer.resume()
+    held_out = load_prompts(prompts)
+    result = trainer.evaluation(held_out, samples or run.config.eval.samples_per_weight, trainer.iteration)
+    (directory / HELDOUT).write_text(json.dumps({"prompts": prompts, **result.to_json()}))
+    return "trained" if did == "trained" else "evaluated"
+
+
+def read_run(directory: Path) -> tuple[dict[str, float], dict[str, list[tuple[int, float]]]] | None:
+    """A finished run's figures and series, from its folder; None until it finished."""
+    finished = directory / FINISHED
+    if not finished.is_file():
+        return None
+    evaluations = {row["step"]: row for row in read_jsonl(directory / "evaluations.jsonl")}  # a resume's repeat: last
+    points: dict[tuple[int, str], float] = {}
+    for row in read_jsonl(directory / "metrics.jsonl"):
+        points[(row["step"], row["key"])] = row["value"]
+    rows = sorted((step, key, value) for (step, key), value in points.items())
+    metrics: dict[str, list[float]] = {}
+    for _, key, value in rows:
+        metrics.setdefault(key, []).append(value)
+    held_out = json.loads((directory / HELDOUT).read_text()) if (directory / HELDOUT).is_file() else None
+    ordered = [evaluations[s] for s in sorted(evaluations)]
+    figures = run_figures(ordered, metrics, held_out)
+    figures[MINUTES] = float(json.loads(finished.read_text()).get(MINUTES, math.nan))
+    return figures, series_of(ordered, [r for r in rows if r[1].startswith(keys.REWARD.prefix)])
+
+
+def collect(out: Path, experiment: ExperimentConfig, runs: list[VariantRun]) -> ExperimentReport:
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    series: dict[str, dict[int, dict[str, list[tuple[int, float]]]]] = {}
+    for run in runs:
+        found = read_run(run_directory(out, run))
+        if found is not None:
+            results.setdefault(run.variant, {})[run.seed] = found[0]
+            series.setdefault(run.variant, {})[run.seed] = found[1]
+    return report(results, baseline_of(experiment, runs), series)
+
+
+def report_csv(found: ExperimentReport) -> str:
+    """One row per variant and figure: the table, and the paired difference against the baseline beside it."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(
+        ["variant", "figure", "n", "mean", "sd", "low", "high", "diff_n", "diff", "diff_low", "diff_high", "p"]
+    )
+
+    def number(value: float) -> str:
+        return repr(value) if math.isfinite(value) else ""
+
+    for variant, row in found.table.items():
+        for figure, s in row.items():
+            d = found.comparison.get(variant, {}).get(figure)
+            paired = [str(d.n), *(number(v) for v in (d.mean_difference, d.low, d.high, d.p))] if d else [""] * 5
+            writer.writerow([variant, figure, s.n, *(number(v) for v in (s.mean, s.sd, s.low, s.high)), *paired])
+    return buffer.getvalue()
+
+
+def compute_lines(runs: list[VariantRun]) -> list[str]:
+    _, differences = compute_report(runs)
+    if not differences:
+        return ["equal compute: every variant generates the same responses and takes the same policy steps"]
+    lines = ["compute differs between variants:"]
+    for d in differences:
+        values = ", ".join(f"{v} {n}" for v, n in d.values.items())
+        lines.append(f"  {d.quantity}: {values} (max / min {d.ratio:.2f})")
+    return lines
+
+
+def run_experiment(
+    experiment: ExperimentConfig,
+    out: Path,
+    prompts: str | None = None,
+    samples: int | None = None,
+    log: Callable[[str], None] = print,
+    train: bool = True,
+    progress: bool = True,
+) -> ExperimentReport:
+    """Every run into `out` (seed-major), then the report, also written to out/report.md, .json and .csv."""
+    runs = experiment.expand()
+    out.mkdir(parents=True, exist_ok=True)
+    stored = out / EXPERIMENT_FILE
+    if not stored.is_file():
+        stored.write_text(json.dumps(experiment.model_dump(mode="json"), indent=2))
+    for line in compute_lines(runs):
+        log(line)
+    if train:
+        for index, run in enumerate(runs, 1):
+            log(f"== {run.name} ({index}/{len(runs)})")
+            did = train_one(run, run_directory(out, run), prompts, samples, log, progress)
+            if did == "skipped":
+                log(f"{run.name}: finished before, skipped")
+    found = collect(out, experiment, runs)
+    (out / "report.json").write_text(json.dumps(found.to_json(), indent=2))
+    (out / "report.csv").write_text(report_csv(found))
+    (out / "report.md").write_text(format_report(found) + "\n")
+    return found
+
+
+def load_experiment_folder(out: Path) -> ExperimentConfig:
+    from meal_core.experiment import parse_experiment
+
+    path = out / EXPERIMENT_FILE
+    if not path.is_file():
+        raise ConfigError(f"{out} holds no experiment ({EXPERIMENT_FILE})")
+    data: Any = json.loads(path.read_text())
+    return parse_experiment(data)

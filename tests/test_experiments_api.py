@@ -1,0 +1,160 @@
+"""Experiments through the API (embedded mode: SQLite database and broker): launched as runs created and queued
+like any other, refused whole with the field named, listed, and read back with the table, the paired comparison
+and stability computed from the runs' stored evaluations and metrics. A reviewer cannot launch."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from helpers import bearer, session_cookie, tiny_run_config
+from sqlalchemy import select
+
+from app.main import create_app
+from app.store import metric_store, run_state
+from app.store.db import session_scope
+from app.store.models import Evaluation, Run
+from app.store.settings import Settings
+from meal_core.enums import RunStatus
+
+
+def base_config() -> dict[str, Any]:
+    return tiny_run_config(Path(tempfile.gettempdir()) / "no-tiny-model", iterations=2).model_dump(mode="json")
+
+
+def launch(client: TestClient, **fields: Any) -> Any:
+    experiment = {"base": base_config(), "seeds": 2, "algorithms": ["meal", "static"], **fields}
+    return client.post("/api/experiments", json={"name": "cmp", "experiment": experiment})
+
+
+def finish_with_records(settings: Settings, run_id: int, hypervolumes: list[float]) -> None:
+    """What a worker would leave: the run succeeded, an evaluation per step, training metrics."""
+    with session_scope(settings.database_url) as session:
+        assert run_state.claim(session, run_id, "worker@test")
+        assert run_state.finish(session, run_id, "worker@test", RunStatus.SUCCEEDED)
+        for step, hv in enumerate(hypervolumes):
+            session.add(
+                Evaluation(
+                    run_id=run_id,
+                    step=step,
+                    objectives=["positivity", "readability"],
+                    points=[],
+                    hypervolume=hv,
+                    reference_point=[-3.0, -3.0],
+                    controllability={"positivity": 0.1 * step, "readability": 0.0},
+                    probe={},
+                    controllability_grid={},
+                    controllability_null={},
+                    degenerate_share=0.0,
+                    responses=12,
+                )
+            )
+        points = [metric_store.Point("train/generated_responses", s, 12.0, float(s)) for s in (1, 2)]
+        points += [metric_store.Point("reward/positivity", s, 0.1 * s, float(s)) for s in (1, 2)]
+        metric_store.ingest(session, run_id, points)
+
+
+def test_launch_list_and_read_an_experiment(embedded_settings: Settings) -> None:
+    settings = embedded_settings
+    with TestClient(create_app(settings), headers=bearer(settings)) as client:
+        response = launch(
+            client, vary={"algorithm.base_loss": ["sft", "sft+pairwise"]}, baseline="static-base_loss=sft"
+        )
+        assert response.status_code == 201, response.text
+        body = response.json()
+        assert body["runs"] == 8 and body["finished"] == 0 and body["baseline"] == "static-base_loss=sft"
+        assert body["created_by"] == "trainer"
+        members = body["members"]
+        assert {m["variant"] for m in members} == {
+            "meal-base_loss=sft",
+            "meal-base_loss=sft+pairwise",
+            "static-base_loss=sft",
+            "static-base_loss=sft+pairwise",
+        }
+        assert sorted({m["seed"] for m in members}) == [0, 1]
+        assert all(m["status"] == RunStatus.QUEUED for m in members)
+        # Each run was created and queued as POST /api/runs does: a run of its own, with a task id.
+        run = client.get(f"/api/runs/{members[0]['id']}").json()
+        assert run["task_id"] and run["config"]["seed"] == 0 and run["name"] == f"cmp · {members[0]['variant']}/seed-0"
+        assert body["compute_differences"][0]["quantity"] == "meta_steps"
+        assert body["compute_differences"][0]["ratio"] is None  # static takes none: no finite ratio
+        assert body["compute"]["meal-base_loss=sft"]["training_responses"] == 2 * 4 * 3
+
+        listed = client.get("/api/experiments").json()
+        assert [(e["id"], e["runs"]) for e in listed] == [(body["id"], 8)]
+
+        # Two seeds of two variants finished: the table, the paired comparison and stability follow.
+        by_key = {(m["variant"], m["seed"]): m["id"] for m in members}
+        finish_with_records(settings, by_key[("static-base_loss=sft", 0)], [1.0, 1.5, 2.0])
+        finish_with_records(settings, by_key[("static-base_loss=sft", 1)], [1.0, 1.2, 1.0])
+        finish_with_records(settings, by_key[("meal-base_loss=sft", 0)], [1.0, 2.0, 3.0])
+        finish_with_records(settings, by_key[("meal-base_loss=sft", 1)], [1.0, 1.5, 3.0])
+        found = client.get(f"/api/experiments/{body['id']}").json()
+        assert found["finished"] == 4
+        report = found["report"]
+        assert report["table"]["static-base_loss=sft"]["hv_final"]["mean"] == 1.5
+        assert report["table"]["meal-base_loss=sft"]["training_responses"]["mean"] == 24
+        compared = report["comparison"]["meal-base_loss=sft"]["hv_final"]  # differences 1 and 2
+        assert compared["n"] == 2 and compared["mean_difference"] == 1.5 and compared["seeds"] == [0, 1]
+        assert 0 < compared["p"] < 1
+        assert report["stability"]["static-base_loss=sft"]["hypervolume"]["jumpiness"] == pytest.approx(
+            (0.5 + 0.2) / 2
+        )  # mean |Δ| per seed
+        # Against another baseline.
+        other = client.get(f"/api/experiments/{body['id']}", params={"baseline": "meal-base_loss=sft"}).json()
+        assert other["report"]["comparison"]["static-base_loss=sft"]["hv_final"]["mean_difference"] == -1.5
+        unknown = client.get(f"/api/experiments/{body['id']}", params={"baseline": "ppo"})
+        assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"] == ["query", "baseline"]
+        assert client.get("/api/experiments/999").status_code == 404
+
+
+def test_an_invalid_grid_is_refused_whole_with_the_field_named(embedded_settings: Settings) -> None:
+    settings = embedded_settings
+    with TestClient(create_app(settings), headers=bearer(settings)) as client:
+        response = launch(client, vary={"algorithm.base_loss": ["sft", "bogus"]})
+        assert response.status_code == 422
+        assert response.json()["detail"][0]["loc"] == ["body", "experiment", "vary", "algorithm", "base_loss"]
+        response = launch(client, vary={"algorithm.nope": [1]})
+        assert response.status_code == 422 and "no such config field" in response.text
+        assert launch(client, algorithms=[]).status_code == 422
+        assert launch(client, seeds=0).status_code == 422
+        assert client.get("/api/experiments").json() == []
+    with session_scope(settings.database_url) as session:
+        assert list(session.scalars(select(Run))) == []
+
+
+def test_a_reviewer_cannot_launch_or_read_experiments(embedded_settings: Settings) -> None:
+    settings = embedded_settings
+    with TestClient(create_app(settings), headers=bearer(settings, "reviewer")) as client:
+        assert launch(client).status_code == 403
+        assert client.get("/api/experiments").status_code == 403
+    with session_scope(settings.database_url) as session:
+        assert list(session.scalars(select(Run))) == []
+
+
+def test_the_experiment_page(embedded_settings: Settings) -> None:
+    from app.auth import CSRF_HEADER, SESSION_COOKIE
+
+    settings = embedded_settings
+    with TestClient(create_app(settings), headers=bearer(settings)) as client:
+        experiment_id = launch(client).json()["id"]
+    cookie, csrf = session_cookie(settings)
+    with TestClient(create_app(settings), cookies={SESSION_COOKIE: cookie}, headers={CSRF_HEADER: csrf}) as browser:
+        page = browser.get(f"/experiments/{experiment_id}")
+        assert page.status_code == 200
+        assert f'data-experiment-id="{experiment_id}"' in page.text and "/static/js/experiment.js" in page.text
+        assert browser.get("/static/js/experiment.js").status_code == 200
+        listing = browser.get("/experiments")
+        assert listing.status_code == 200 and "/static/js/experiments.js" in listing.text
+        assert 'href="/experiments"' in listing.text  # in the nav
+        assert browser.get("/experiments/999").status_code == 404
+        # Each run names its experiment and variant, and its page links back.
+        run = browser.get("/api/runs").json()[0]
+        assert run["experiment_id"] == experiment_id and run["variant"] in ("meal", "static")
+        assert f'href="/experiments/{experiment_id}"' in browser.get(f"/runs/{run['id']}").text
+    cookie, csrf = session_cookie(settings, "reviewer")
+    with TestClient(create_app(settings), cookies={SESSION_COOKIE: cookie}, headers={CSRF_HEADER: csrf}) as browser:
+        assert browser.get(f"/experiments/{experiment_id}").status_code == 403
