@@ -63,6 +63,14 @@ def test_trainer_iterations_on_vllm_and_both_backends_see_the_trained_adapter(mo
     first = trainer.sample(prompts, CORNERS_AND_MIXED, 2, sampling, seed=5)
     assert trainer.sample(prompts, CORNERS_AND_MIXED, 2, sampling, seed=5).token_ids == first.token_ids
 
+    # A trainer resumed from the checkpoint (a worker picking the run up) serves the loaded adapters, not zeros.
+    resumed = Trainer(config, tmp_path / "run")
+    fresh = sample_prompts(resumed.sampler, resumed.policy, prompts, CORNERS_AND_MIXED, 1, GREEDY, seed=0)
+    assert fresh.token_ids() == before.token_ids()
+    assert resumed.resume()
+    again = sample_prompts(resumed.sampler, resumed.policy, prompts, CORNERS_AND_MIXED, 1, GREEDY, seed=0)
+    assert again.token_ids() == after.token_ids()
+
 
 # -- a real worker: trains a run on vLLM, then serves a playground request from it -------------------------------------
 
