@@ -12,6 +12,10 @@ mixed adapters of rank 16), the same conditioned prompts, the same weights and t
                 adapters (one per distinct weight) and the engine loading them, timed as a one-token sample call
                 right after `sync()` minus the same call with the adapters cached.
 
+--iteration adds one demo training iteration per backend (examples/demo.yaml with `model.rollout` set, the
+calibration shortened to 2 prompts, no evaluation), split into rollout / scoring / policy step by the trainer's own
+timings (`time/generate`, `time/score`, `time/update`).
+
 Two rollouts: the demo's (8 prompts × 6 samples × 48 new tokens) and a bigger one (64 × 4 × 128). Every side stops
 only at max_new_tokens (min_new_tokens = max_new_tokens), so none does less work; each prompt has its own weight,
 drawn from Dirichlet(1) as the trainer's exploration does, so vLLM serves as many adapters as there are prompts.
@@ -22,6 +26,7 @@ A warm-up call of every path runs before anything is timed; with --repeats N eac
     HF_HUB_OFFLINE=1 .venv/bin/python bench/rollout.py --json          # and one JSON line (the demo's figures)
     HF_HUB_OFFLINE=1 .venv/bin/python bench/rollout.py --sizes demo    # the demo rollout only
     HF_HUB_OFFLINE=1 .venv/bin/python bench/rollout.py --quick         # smoke run: 2 × 2 × 8
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/rollout.py --sizes demo --iteration   # and a demo iteration per backend
 
 Other flags: --threads N (torch threads, for HF and for the in-process vLLM engine alike), --repeats N, --seed S.
 """
@@ -45,7 +50,8 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from meal_core.config import LoraConfig, ModelConfig  # noqa: E402
+from meal_core import metric_keys as keys  # noqa: E402
+from meal_core.config import LoraConfig, ModelConfig, load_config, parse_config  # noqa: E402
 from meal_core.data import load_prompts  # noqa: E402
 from meal_core.policy import Policy, Sampling  # noqa: E402
 from meal_core.rollout import HFSampler, VLLMOptions, VLLMSampler, row_seed, vllm_available  # noqa: E402
@@ -173,6 +179,38 @@ def measure(hf: HFSampler, vllm: VLLMSampler, work: Workload, repeats: int, seed
     return result
 
 
+def demo_iteration(backend: str, threads: int | None) -> dict[str, float]:
+    """One demo training iteration on `backend`: seconds of rollout, scoring and the update steps, as the trainer
+    times them (the calibration before it is shortened and not timed)."""
+    import tempfile
+    from pathlib import Path
+
+    from meal_core.trainer import Trainer
+
+    config = load_config(Path(__file__).resolve().parent.parent / "examples" / "demo.yaml")
+    changes = {
+        "model": {"rollout": backend, "cpu_threads": threads},
+        "algorithm": {"calibration_prompts": 2},
+        "eval": {"at_start": False, "every": 0, "probe_pairs": 0},
+    }
+    data = config.model_dump(mode="json")
+    for section, values in changes.items():
+        data[section].update(values)
+    trainer = Trainer(parse_config(data), Path(tempfile.mkdtemp(prefix="meal-bench-iteration-")))
+    trainer.calibrate()
+    outcome = trainer.run_iteration()
+    timings = outcome.timings
+    result = {
+        "rollout_s": round(timings[keys.TIME_GENERATE], 2),
+        "scoring_s": round(timings[keys.TIME_SCORE], 2),
+        "policy_step_s": round(timings[keys.TIME_UPDATE], 2),
+        "new_tokens": outcome.candidates.new_tokens,
+    }
+    result["total_s"] = round(result["rollout_s"] + result["scoring_s"] + result["policy_step_s"], 2)
+    print(f"  [iteration {backend}] {result}", flush=True)
+    return result
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="demo,big", help="comma-separated: demo (8×6×48), big (64×4×128)")
@@ -181,6 +219,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="also print one JSON line")
+    parser.add_argument(
+        "--iteration", action="store_true", help="also time one demo training iteration per backend, by phase"
+    )
     args = parser.parse_args(argv)
     args.sizes = ["quick"] if args.quick else [s.strip() for s in args.sizes.split(",") if s.strip()]
     unknown = [s for s in args.sizes if s not in SIZES]
@@ -236,6 +277,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{r['vllm_over_hf']:.3f}; {r['distinct_weights']} adapters, refreshed after a step in "
             f"+{r['adapter_refresh_s']:.2f} s"
         )
+    iterations: dict[str, dict[str, float]] = {}
+    if args.iteration:
+        iterations = {backend: demo_iteration(backend, args.threads) for backend in ("hf", "vllm")}
+        print()
+        print(f"{'demo iteration':<20}{'rollout s':>11}{'scoring s':>11}{'policy step s':>15}{'total s':>9}")
+        for backend, t in iterations.items():
+            print(
+                f"{backend:<20}{t['rollout_s']:>11.2f}{t['scoring_s']:>11.2f}{t['policy_step_s']:>15.2f}"
+                f"{t['total_s']:>9.2f}"
+            )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     if args.json:
         headline = results.get("demo") or results[works[0].name]
@@ -250,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "threads": torch.get_num_threads(),
                     "cpu_count": os.cpu_count(),
                     "results": results,
+                    "demo_iteration": iterations,
                 }
             )
         )

@@ -116,33 +116,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import torch
+    """Sample from the run's latest checkpoint: the policy, its net and objectives as the playground loads them
+    (`LoadedRun`), not a whole trainer (no prompt sets, optimisers or calibration)."""
+    import secrets
 
     from meal_core.conditioning import parse_weight_list
-    from meal_core.data import Prompt
+    from meal_core.inference import LoadedRun, checkpoint_names
     from meal_core.policy import Sampling
-    from meal_core.trainer import Trainer
 
-    trainer = _load_trained(Path(args.run_dir))
-    assert isinstance(trainer, Trainer)
-    prompt = Prompt("cli", args.prompt)
+    run_dir = Path(args.run_dir)
+    config = _stored_config(run_dir)
+    if not checkpoint_names(run_dir):
+        raise CLIError(f"{run_dir} has no checkpoint yet")
+    sampling = Sampling.of(config.algorithm, max_new_tokens=args.max_new_tokens, do_sample=not args.greedy)
+    loaded = LoadedRun(config, run_dir, max_new_tokens=sampling.max_new_tokens)
     if args.weights == "auto":
-        weights = trainer.auto_weights(prompt)
+        weights = loaded.auto_weights(args.prompt)
     else:
         try:
-            weights = parse_weight_list(args.weights, trainer.names)
+            weights = parse_weight_list(args.weights, loaded.names)
         except ValueError as error:
             raise CLIError(f"--weights: {error}") from None
-    sampling = Sampling.of(trainer.algo, max_new_tokens=args.max_new_tokens, do_sample=not args.greedy)
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
-    responses = trainer.sample([prompt.text], weights[None, :], args.samples, sampling).texts
-    raw, _ = trainer.oriented_scores([prompt.text] * len(responses), responses)
-    print("weights: " + ", ".join(f"{n}={w:.2f}" for n, w in zip(trainer.names, weights, strict=True)))
+    seed = args.seed if args.seed is not None else secrets.randbits(32)
+    responses = loaded.sample(args.prompt, weights[None, :], args.samples, sampling, seed)[0]
+    raw = loaded.score(args.prompt, responses).raw
+    print("weights: " + ", ".join(f"{n}={w:.2f}" for n, w in zip(loaded.names, weights, strict=True)))
     for response, scores in zip(responses, raw, strict=True):
         print("---")
         print(response)
-        print("[" + ", ".join(f"{n}={s:.3f}" for n, s in zip(trainer.names, scores, strict=True)) + "]")
+        print("[" + ", ".join(f"{n}={s:.3f}" for n, s in zip(loaded.names, scores, strict=True)) + "]")
     return 0
 
 

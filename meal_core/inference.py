@@ -1,6 +1,6 @@
 """A trained run loaded for sampling: the policy at one of its checkpoints (or the base model), the run's objectives
-and normaliser, and its preference-weight-net for "auto" weights. The playground samples through it; it samples
-through `Policy.generate`, the engine's one sampling function.
+and normaliser, and its preference-weight-net for "auto" weights. The playground and `meal generate` sample
+through it; it samples through the run's `model.rollout` sampler (`meal_core.rollout`), as the trainer does.
 """
 
 from __future__ import annotations
@@ -15,11 +15,14 @@ from numpy.typing import ArrayLike
 from meal_core import checkpoint as checkpoints
 from meal_core.config import RunConfig
 from meal_core.normalization import Normalizer
-from meal_core.objectives import build_objectives
+from meal_core.objectives import build_objectives, score_responses
 from meal_core.policy import Policy, Sampling
+from meal_core.rollout import Sampler, sample_prompts, sampler_for
 from meal_core.weights import PreferenceNet
 
 BASE = "base"  # the checkpoint name of the untrained policy: adapters at zero
+# The longest response a loaded run is asked for (the playground's limit): a vLLM engine is sized for it.
+MAX_NEW_TOKENS = 512
 
 
 class CheckpointError(ValueError):
@@ -44,7 +47,10 @@ class LoadedRun:
     model's responses are scored on the same scale as the trained policy's.
     """
 
-    def __init__(self, config: RunConfig, run_dir: Path, checkpoint: str | None = None) -> None:
+    def __init__(
+        self, config: RunConfig, run_dir: Path, checkpoint: str | None = None, max_new_tokens: int = MAX_NEW_TOKENS
+    ) -> None:
+        """`max_new_tokens`: the longest response `sample` will be asked for (sizes a vLLM engine)."""
         names = checkpoint_names(run_dir)
         chosen = checkpoint or (names[-1] if names else BASE)
         if chosen != BASE and chosen not in names:
@@ -55,6 +61,8 @@ class LoadedRun:
         if chosen != BASE:
             self.policy.load_adapter(checkpoints.checkpoint_dir(run_dir) / chosen / "adapter")
         self.objectives = build_objectives(config.objectives, str(self.policy.device))
+        max_model_len = config.model.max_prompt_tokens + max(max_new_tokens, config.algorithm.max_new_tokens) + 1
+        self.sampler: Sampler = sampler_for(self.policy, config, max_model_len=max_model_len)
         self.normalizer: Normalizer | None = None
         self.net: PreferenceNet | None = None
         if names:
@@ -76,14 +84,10 @@ class LoadedRun:
         return weights
 
     def sample(self, prompt: str, weights: ArrayLike, samples: int, sampling: Sampling, seed: int) -> list[list[str]]:
-        """`samples` responses under each row of `weights`, in one batched call, from the seed's own stream."""
+        """`samples` responses under each row of `weights`, in one batched call; the same seed, the same responses."""
         rows = np.atleast_2d(np.asarray(weights, dtype=np.float64))
-        devices = [self.policy.device] if self.policy.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            return self.policy.generate([prompt] * len(rows), rows, samples, sampling).texts
+        return sample_prompts(self.sampler, self.policy, [prompt] * len(rows), rows, samples, sampling, seed).texts()
 
     def score(self, prompt: str, responses: list[str]) -> Scored:
-        raw = np.stack([o.score([prompt] * len(responses), responses) for o in self.objectives], axis=1)
-        oriented = raw * np.array([o.sign for o in self.objectives])
+        raw, oriented = score_responses(self.objectives, [prompt] * len(responses), responses)
         return Scored(raw, self.normalizer(oriented) if self.normalizer is not None else None)

@@ -17,8 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,10 +39,11 @@ from meal_core.evaluation import (
     weight_grid,
 )
 from meal_core.normalization import Normalizer
-from meal_core.objectives import Objective, build_objectives
+from meal_core.objectives import Objective, build_objectives, score_responses
 from meal_core.policy import Policy, Sampling
 from meal_core.provenance import reproducibility_record
 from meal_core.recorder import NullRecorder, Recorder, SampleRecord
+from meal_core.rollout import Sampler, sample_prompts, sampler_for
 from meal_core.selection import DegeneracyGuard, select
 from meal_core.weights import LearnableWeights, PreferenceNet, entropy, hindsight_target, kl_to_net
 
@@ -51,8 +51,9 @@ USES_NET = {"meal", "meal_no_learnable"}
 USES_LEARNABLE = {"meal", "meal_no_meta"}
 # Row and label kinds (see the module docstring).
 CORNER, PROPOSAL, DRAW = "corner", "proposal", "draw"
-# Seeds of the random streams that must not depend on what ran before them (so that they pair across algorithms).
-CALIBRATION_STREAM, PROBE_STREAM, EVALUATION_STREAM = 1, 2, 100_003
+# Every sampling call is seeded by (run seed, stream, …) alone, so that what it draws does not depend on what ran
+# before it: calibration and evaluation pair across algorithms, and a resumed run draws what a straight one would.
+CALIBRATION_STREAM, PROBE_STREAM, WARM_START_STREAM, ROLLOUT_STREAM, EVALUATION_STREAM = 1, 2, 3, 4, 100_003
 
 
 @dataclass
@@ -143,12 +144,9 @@ class PreferenceState:
     updates: float | None  # mean number of updates per learnable prompt
 
 
-@contextmanager
-def random_stream(seed: int, device: torch.device) -> Iterator[None]:
-    """torch draws inside come from their own stream, seeded here; the global stream is left as it was."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
+def stream_seed(*parts: int) -> int:
+    """The seed of one sampling call, a function of its parts alone (run seed, stream, step, chunk)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
 @dataclass
@@ -200,6 +198,9 @@ class Trainer:
         self.eval_prompts = filter_by_length(self.eval_prompts, length, data.max_prompt_length)
         self.policy.add_conversations(self.train_prompts + self.eval_prompts)
         self.objectives = objectives or build_objectives(config.objectives, str(self.policy.device))
+        # model.rollout: every response of the run (rollouts, calibration, probe, warm start, evaluation) is drawn
+        # here; with vLLM the engine follows the policy's adapters after each step on its own.
+        self.sampler: Sampler = sampler_for(self.policy, config)
         self.guard = DegeneracyGuard.of(self.algo)
         self.policy_optimizer = torch.optim.AdamW(self.policy.trainable_parameters(), lr=self.algo.policy_lr)
 
@@ -240,23 +241,9 @@ class Trainer:
         started, first = time.monotonic(), self.iteration
         self.recorder.progress(self.iteration, total, None)
         while self.iteration < total:
-            step = self.iteration + 1
-            batch = self.propose()
-            t0 = time.monotonic()
-            candidates = self.generate(batch)
-            t1 = time.monotonic()
-            scores = self.score(candidates, batch)
-            t2 = time.monotonic()
-            accepted = self.reject(batch, scores)
-            weight_loss = self.hindsight(batch, scores, accepted)
-            meta_loss = self.meta_step(batch, accepted)
-            fitted = self.base_step(step, batch, candidates, scores, accepted)
-            t3 = time.monotonic()
-            self.iteration = step
-            timings = {keys.TIME_GENERATE: t1 - t0, keys.TIME_SCORE: t2 - t1, keys.TIME_UPDATE: t3 - t2}
-            self.record(
-                IterationOutcome(step, batch, candidates, scores, accepted, weight_loss, meta_loss, fitted, timings)
-            )
+            outcome = self.run_iteration()
+            step = outcome.step
+            self.record(outcome)
             if self.config.eval.every and step % self.config.eval.every == 0:
                 self.evaluate(step)
             if self.config.checkpoint.every and step % self.config.checkpoint.every == 0:
@@ -272,6 +259,25 @@ class Trainer:
         self.save_checkpoint()
         self.recorder.status(RunStatus.SUCCEEDED)
         return RunStatus.SUCCEEDED
+
+    def run_iteration(self) -> IterationOutcome:
+        """Steps 1–7 of one iteration, timed by phase (rollout, scoring, the rest: the policy and preference
+        updates); records nothing. Needs the calibration (`calibrate`) done."""
+        step = self.iteration + 1
+        batch = self.propose()
+        t0 = time.monotonic()
+        candidates = self.generate(batch)
+        t1 = time.monotonic()
+        scores = self.score(candidates, batch)
+        t2 = time.monotonic()
+        accepted = self.reject(batch, scores)
+        weight_loss = self.hindsight(batch, scores, accepted)
+        meta_loss = self.meta_step(batch, accepted)
+        fitted = self.base_step(step, batch, candidates, scores, accepted)
+        t3 = time.monotonic()
+        self.iteration = step
+        timings = {keys.TIME_GENERATE: t1 - t0, keys.TIME_SCORE: t2 - t1, keys.TIME_UPDATE: t3 - t2}
+        return IterationOutcome(step, batch, candidates, scores, accepted, weight_loss, meta_loss, fitted, timings)
 
     # -- 1. propose ---------------------------------------------------------------------------------------------
 
@@ -328,27 +334,28 @@ class Trainer:
 
     # -- 2. generate --------------------------------------------------------------------------------------------
 
-    def sample(self, prompts: list[str], weights: np.ndarray, samples: int, sampling: Sampling) -> Candidates:
-        """`samples` responses per prompt under its weights, flattened prompt-major."""
-        out = self.policy.generate(prompts, weights, samples, sampling)
+    def sample(
+        self, prompts: list[str], weights: np.ndarray, samples: int, sampling: Sampling, seed: int
+    ) -> Candidates:
+        """`samples` responses per prompt under its weights, flattened prompt-major, through `model.rollout`."""
+        rollout = sample_prompts(self.sampler, self.policy, prompts, weights, samples, sampling, seed)
+        flat = [c for group in rollout.completions for c in group]
         return Candidates(
-            texts=[t for group in out.texts for t in group],
-            token_ids=[ids for group in out.token_ids for ids in group],
-            new_tokens=out.new_tokens,
+            texts=[c.text for c in flat], token_ids=[c.token_ids for c in flat], new_tokens=rollout.new_tokens
         )
 
     def generate(self, batch: ProposedBatch) -> Candidates:
+        """The iteration's rollout, seeded by the step it is for."""
+        seed = stream_seed(self.config.seed, ROLLOUT_STREAM, self.iteration + 1)
         return self.sample(
-            [p.text for p in batch.prompts], batch.weights, self.algo.samples_per_prompt, Sampling.of(self.algo)
+            [p.text for p in batch.prompts], batch.weights, self.algo.samples_per_prompt, Sampling.of(self.algo), seed
         )
 
     # -- 3. score -----------------------------------------------------------------------------------------------
 
     def oriented_scores(self, prompts: list[str], responses: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(raw, oriented) scores, each (N, K); oriented ones are higher-is-better."""
-        raw = np.stack([o.score(prompts, responses) for o in self.objectives], axis=1)
-        signs = np.array([o.sign for o in self.objectives])
-        return raw, raw * signs
+        return score_responses(self.objectives, prompts, responses)
 
     def score(self, candidates: Candidates, batch: ProposedBatch) -> Scores:
         assert self.normalizer is not None
@@ -572,10 +579,13 @@ class Trainer:
 
     # -- before the loop: calibration, probe set, warm start -------------------------------------------------------
 
-    def sample_base(self, prompts: list[Prompt], samples: int) -> tuple[Candidates, np.ndarray, np.ndarray]:
-        """Responses under uniform weights, with (raw, oriented) scores."""
+    def sample_base(
+        self, prompts: list[Prompt], samples: int, stream: int
+    ) -> tuple[Candidates, np.ndarray, np.ndarray]:
+        """Responses under uniform weights, with (raw, oriented) scores, from the run's `stream`."""
         uniform = np.full((len(prompts), self.k), 1 / self.k)
-        candidates = self.sample([p.text for p in prompts], uniform, samples, Sampling.of(self.algo))
+        seed = stream_seed(self.config.seed, stream)
+        candidates = self.sample([p.text for p in prompts], uniform, samples, Sampling.of(self.algo), seed)
         raw, oriented = self.oriented_scores([p.text for p in prompts for _ in range(samples)], candidates.texts)
         return candidates, raw, oriented
 
@@ -584,8 +594,7 @@ class Trainer:
         count = min(self.algo.calibration_prompts, len(self.train_prompts))
         prompts = [self.train_prompts[i] for i in self.rng.permutation(len(self.train_prompts))[:count]]
         # Its own random stream: the same seed calibrates on the same samples whatever the algorithm.
-        with random_stream(self.config.seed * 7919 + CALIBRATION_STREAM, self.policy.device):
-            candidates, _, oriented = self.sample_base(prompts, self.algo.samples_per_prompt)
+        candidates, _, oriented = self.sample_base(prompts, self.algo.samples_per_prompt, CALIBRATION_STREAM)
         valid = self.guard.valid(candidates.texts)
         basis = oriented[valid] if valid.sum() >= 2 else oriented
         self.normalizer = Normalizer.calibrate(self.names, basis, self.algo.clip)
@@ -604,8 +613,7 @@ class Trainer:
         if pairs == 0:
             return
         prompts = [pool[i % len(pool)] for i in range(pairs)]
-        with random_stream(self.config.seed * 7919 + PROBE_STREAM, self.policy.device):
-            candidates, _, oriented = self.sample_base(prompts, 2)
+        candidates, _, oriented = self.sample_base(prompts, 2, PROBE_STREAM)
         assert self.normalizer is not None
         self.probe_set = ProbeSet(
             [p.text for p in prompts for _ in range(2)], candidates.token_ids, self.normalizer(oriented)
@@ -619,7 +627,7 @@ class Trainer:
         assert self.normalizer is not None
         prompts = [self.train_prompts[i] for i in self.rng.permutation(len(self.train_prompts))[:count]]
         m = self.algo.samples_per_prompt
-        candidates, _, oriented = self.sample_base(prompts, m)
+        candidates, _, oriented = self.sample_base(prompts, m, WARM_START_STREAM)
         relative = self.normalizer(oriented)
         tau = self.algo.hindsight_temperature
         items = [
@@ -651,7 +659,7 @@ class Trainer:
         """Grid of weights × prompts → front, hypervolume, controllability (per response, over the grid, and a
         shuffled-weights null), degenerate share, the probe, and how well the net's auto weights fit.
 
-        Runs on its own seeded random stream, so that evaluating does not change the training that follows and
+        Samples from seeds of its own, so that evaluating does not change the training that follows and
         the same seed and step sample alike whatever the algorithm. Records nothing.
         """
         assert self.normalizer is not None
@@ -660,11 +668,11 @@ class Trainer:
         jobs = [(p, w) for w in grid for p in prompts]
         sampling = Sampling.of(self.algo, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
         texts: list[str] = []
-        with random_stream(self.config.seed * EVALUATION_STREAM + step, self.policy.device):
-            for chunk in _chunks(jobs, 64):
-                texts += self.sample(
-                    [p.text for p, _ in chunk], np.stack([w for _, w in chunk]), samples_per_weight, sampling
-                ).texts
+        for index, chunk in enumerate(_chunks(jobs, 64)):
+            seed = stream_seed(self.config.seed, EVALUATION_STREAM, step, index)
+            texts += self.sample(
+                [p.text for p, _ in chunk], np.stack([w for _, w in chunk]), samples_per_weight, sampling, seed
+            ).texts
         n = samples_per_weight
         asked = np.repeat(np.stack([w for _, w in jobs]), n, axis=0)
         raw, oriented = self.oriented_scores([p.text for p, _ in jobs for _ in range(n)], texts)

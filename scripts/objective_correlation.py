@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from meal_core.config import OBJECTIVE_TYPES, load_config  # noqa: E402
 from meal_core.evaluation import linear_correlation  # noqa: E402
 from meal_core.selection import DegeneracyGuard  # noqa: E402
-from meal_core.trainer import Trainer  # noqa: E402
+from meal_core.trainer import CALIBRATION_STREAM, Trainer  # noqa: E402
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
         config = config.model_validate({**config.model_dump(), "objectives": [{"name": t, "type": t} for t in offline]})
     trainer = Trainer(config, Path(tempfile.mkdtemp(prefix="meal-corr-")))
     prompts = trainer.train_prompts[: args.prompts]
-    candidates, _, oriented = trainer.sample_base(prompts, args.samples)
+    candidates, _, oriented = trainer.sample_base(prompts, args.samples, CALIBRATION_STREAM)
     valid = DegeneracyGuard.of(config.algorithm).valid(candidates.texts)
     groups = np.repeat(np.arange(len(prompts)), args.samples)
     within = oriented.copy()

@@ -83,6 +83,27 @@ def build_tiny_causal_lm(directory: Path, seed: int = 0, **config: Any) -> Path:
     return directory
 
 
+def build_vllm_tiny_lm(directory: Path) -> Path:
+    """A tiny random Llama that vLLM's CPU kernels can serve (head size 32: there is no smaller kernel), with peaked
+    next-token distributions so that greedy decoding has clear winners, not float ties."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    tokenizer = build_tiny_tokenizer(directory)
+    torch.manual_seed(0)
+    config = tiny_llama_config(
+        tokenizer,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+        initializer_range=0.2,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
 def tiny_run_config(model_dir: Path, **overrides: Any) -> RunConfig:
     """A whole run that takes seconds on a CPU: cheap objectives, few prompts, short responses."""
     data: dict[str, Any] = {
@@ -308,7 +329,7 @@ def with_signal(group: int, sig: signal.Signals) -> None:
         os.killpg(group, sig)
 
 
-def trained_run(settings: Any, model_dir: Path, created_by: str = "ana") -> int:
+def trained_run(settings: Any, model_dir: Path, created_by: str = "ana", **overrides: Any) -> int:
     """A stored run of the tiny model trained for two iterations (a checkpoint each) in the settings' runs folder,
     with its last evaluation in the database: what the playground and review need."""
     from app.store import run_state
@@ -317,7 +338,7 @@ def trained_run(settings: Any, model_dir: Path, created_by: str = "ana") -> int:
     from meal_core.recorder import NullRecorder
     from meal_core.trainer import Trainer
 
-    config = tiny_run_config(model_dir, iterations=2, checkpoint__every=1)
+    config = tiny_run_config(model_dir, **{"iterations": 2, "checkpoint__every": 1, **overrides})
     with session_scope(settings.database_url) as session:
         run_id: int = run_state.create_run(session, "trained", config.model_dump(mode="json"), 2, created_by).id
     trainer = Trainer(config, settings.runs_dir / f"run-{run_id}", NullRecorder())

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import build_tiny_tokenizer, randomize_lora, tiny_llama_config
+from helpers import build_vllm_tiny_lm, randomize_lora
 
 from meal_core.config import LoraConfig, ModelConfig
 from meal_core.policy import Policy, Sampling
@@ -37,23 +37,7 @@ OPTIONS = VLLMOptions(max_model_len=256, max_num_seqs=32, max_loras=4, kv_cache_
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import LlamaForCausalLM
-
-    directory = tmp_path_factory.mktemp("tiny-vllm-lm")
-    tokenizer = build_tiny_tokenizer(directory)
-    torch.manual_seed(0)
-    config = tiny_llama_config(
-        tokenizer,
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        tie_word_embeddings=True,
-        # Peaked next-token distributions: greedy decoding then has clear winners, not float ties.
-        initializer_range=0.2,
-    )
-    LlamaForCausalLM(config).save_pretrained(directory)
-    return directory
+    return build_vllm_tiny_lm(tmp_path_factory.mktemp("tiny-vllm-lm"))
 
 
 def _policy(model_dir: Path, conditioning: str, r: int, shared: bool) -> Policy:

@@ -26,7 +26,7 @@ from app.store.queue import BrokerUnavailable, enqueue_playground
 from meal_core.config import ConfigError
 from meal_core.data import DataError, is_hub_id, load_prompts
 from meal_core.enums import JobStatus, Role
-from meal_core.inference import BASE
+from meal_core.inference import BASE, MAX_NEW_TOKENS
 
 STORE_WAIT_S = 5.0  # how long a page waits on an artefact store that fails before it answers 503
 PROMPTS_LISTED = 200  # held-out prompts the playground offers
@@ -48,7 +48,7 @@ class PlaygroundIn(BaseModel):
     )
     seed: int = Field(0, ge=0, le=MAX_ID)
     temperature: float = Field(0.7, gt=0.0, le=2.0)
-    max_new_tokens: int = Field(64, ge=1, le=512)
+    max_new_tokens: int = Field(64, ge=1, le=MAX_NEW_TOKENS)
     samples: int = Field(1, ge=1, le=8, description="Responses per weight vector.")
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from meal_core.config import HFClassifierObjective, ObjectiveConfig
 from meal_core.objectives.base import Objective, ObjectiveError
@@ -11,7 +14,16 @@ from meal_core.objectives.python_function import PythonScorer
 from meal_core.objectives.relevance import RelevanceScorer
 from meal_core.objectives.text_scorers import BrevityScorer, CoverageScorer, ReadabilityScorer, SentimentScorer
 
-__all__ = ["Objective", "ObjectiveError", "build_objective", "build_objectives"]
+__all__ = ["Objective", "ObjectiveError", "build_objective", "build_objectives", "score_responses"]
+
+
+def score_responses(
+    objectives: Sequence[Objective], prompts: Sequence[str], responses: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(raw, oriented) scores, each (N, K): raw as the scorers return them, oriented higher-is-better. The trainer,
+    `meal generate` and the playground all score through this."""
+    raw = np.stack([o.score(prompts, responses) for o in objectives], axis=1)
+    return raw, raw * np.array([o.sign for o in objectives])
 
 
 def build_objective(config: ObjectiveConfig, device: str = "cpu") -> Objective:

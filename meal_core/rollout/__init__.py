@@ -1,8 +1,8 @@
 """One sampling path with two backends: Hugging Face `generate` (`HFSampler`) and vLLM (`VLLMSampler`).
 
-    sampler = build_sampler(policy, "vllm", VLLMOptions.for_run(config))
-    prompts = [policy.prompt_text(p, w) for p, w in zip(raw_prompts, weights)]   # chat template + tag
-    rollout = sampler.sample(prompts, weights, n=6, sampling=Sampling.of(config.algorithm), seed=step)
+    sampler = sampler_for(policy, config)                    # model.rollout: hf | vllm
+    rollout = sample_prompts(sampler, policy, raw_prompts, weights, n=6, sampling=Sampling.of(config.algorithm),
+                             seed=step)                       # chat template + tag: Policy.prompt_text
     rollout.completions[i][j].token_ids / .text / .finish_reason
 
 Importing this package never imports vLLM; only building a `VLLMSampler` does.
@@ -10,12 +10,24 @@ Importing this package never imports vLLM; only building a `VLLMSampler` does.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from meal_core.policy import Policy
-from meal_core.rollout.base import Completion, FinishReason, PromptInput, Rollout, Sampler, row_seed
+from meal_core.rollout.base import (
+    Completion,
+    FinishReason,
+    PromptInput,
+    Rollout,
+    Sampler,
+    conditioned_prompts,
+    row_seed,
+    sample_prompts,
+)
 from meal_core.rollout.hf import HFSampler
 from meal_core.rollout.vllm_backend import VLLMOptions, VLLMSampler, VLLMUnavailable, vllm_available
+
+if TYPE_CHECKING:
+    from meal_core.config import RunConfig
 
 __all__ = [
     "Completion",
@@ -28,7 +40,10 @@ __all__ = [
     "VLLMSampler",
     "VLLMUnavailable",
     "build_sampler",
+    "conditioned_prompts",
     "row_seed",
+    "sample_prompts",
+    "sampler_for",
     "vllm_available",
 ]
 
@@ -40,3 +55,10 @@ def build_sampler(policy: Policy, backend: Literal["hf", "vllm"] = "hf", options
     if backend == "vllm":
         return VLLMSampler(policy, options)
     raise ValueError(f"model.rollout: unknown backend {backend!r}; expected 'hf' or 'vllm'")
+
+
+def sampler_for(policy: Policy, config: RunConfig, **engine: Any) -> Sampler:
+    """The sampler a run's `model.rollout` names, its vLLM engine (if any) sized from the run's config;
+    `engine` overrides `VLLMOptions` fields (e.g. a longer max_model_len for the playground's limits)."""
+    backend = config.model.rollout
+    return build_sampler(policy, backend, VLLMOptions.for_run(config, **engine) if backend == "vllm" else None)

@@ -70,6 +70,23 @@ class Sampler(Protocol):
         ...
 
 
+def conditioned_prompts(policy: Policy, prompts: Sequence[str], weights: ArrayLike) -> list[str]:
+    """What the model reads for each raw prompt under its row of weights (chat template, and the tag if the policy
+    uses one): `Policy.prompt_text`, the one place prompts are built, row by row."""
+    rows = weight_rows(weights, len(prompts))
+    return [policy.prompt_text(p, w) for p, w in zip(prompts, rows, strict=True)]
+
+
+def sample_prompts(
+    sampler: Sampler, policy: Policy, prompts: Sequence[str], weights: ArrayLike, n: int, sampling: Sampling, seed: int
+) -> Rollout:
+    """`n` responses to each raw prompt under its row of weights: conditioned here, drawn by the sampler. Every
+    caller that starts from user or data-set text (the trainer, evaluation, `meal generate`, the playground)
+    samples through this."""
+    rows = weight_rows(weights, len(prompts))
+    return sampler.sample(conditioned_prompts(policy, prompts, rows), rows, n, sampling, seed)
+
+
 def prompt_token_ids(policy: Policy, prompts: Sequence[PromptInput]) -> list[list[int]]:
     """Token ids of each prompt: text is tokenised as the policy does it (no special tokens added, left-truncated
     to `model.max_prompt_tokens`); ids are taken as they are."""

@@ -30,7 +30,7 @@ import tempfile
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -115,12 +115,26 @@ def lora_rank_limit(rank: int) -> int:
     raise VLLMUnavailable(f"a mixed adapter of rank {rank} exceeds vLLM's largest LoRA rank {LORA_RANKS[-1]}")
 
 
-def kv_bytes_per_token(model_path: str, dtype: torch.dtype, trust_remote_code: bool = False) -> int:
-    """Keys and values of one token over all layers, from the model's config."""
+def model_text_config(model_path: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoConfig
 
     config: Any = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-    config = getattr(config, "text_config", None) or config
+    return getattr(config, "text_config", None) or config
+
+
+def fitted_to_model(options: VLLMOptions, model_path: str, trust_remote_code: bool = False) -> VLLMOptions:
+    """`options` with max_model_len no longer than the model's positions (vLLM refuses longer): a caller that sized
+    the engine for its largest request (the playground's 512 new tokens) still gets an engine; a request that does
+    not fit is refused by the sampler with a message naming both lengths."""
+    positions = getattr(model_text_config(model_path, trust_remote_code), "max_position_embeddings", None)
+    if positions is None or options.max_model_len <= int(positions):
+        return options
+    return replace(options, max_model_len=int(positions))
+
+
+def kv_bytes_per_token(model_path: str, dtype: torch.dtype, trust_remote_code: bool = False) -> int:
+    """Keys and values of one token over all layers, from the model's config."""
+    config = model_text_config(model_path, trust_remote_code)
     heads = int(config.num_attention_heads)
     kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
@@ -299,7 +313,8 @@ class VLLMSampler:
         this sampler's own under `adapter_root` (default: /dev/shm where there is one, else the temporary folder),
         removed by `close()` or when the sampler is garbage-collected."""
         self.policy = policy
-        self.options = options or VLLMOptions()
+        model = resolve_model_path(policy.config.name_or_path)
+        self.options = fitted_to_model(options or VLLMOptions(), model, policy.config.trust_remote_code)
         self.engine = engine_for(policy, self.options)
         self.eos_token_id = int(policy.tokenizer.eos_token_id)
         root = adapter_root or _default_adapter_root()
