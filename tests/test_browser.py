@@ -617,7 +617,8 @@ def test_team_playground_review_and_agreement(
     page.wait_for_function("document.querySelectorAll('#pg-outputs .pg-column').length === 2", timeout=TIMEOUT_MS)
     headers = page.eval_on_selector_all("#pg-outputs .pg-column h3", "hs => hs.map(h => h.textContent)")
     assert headers[0].startswith("positivity 1.00") and headers[1].startswith("positivity 0.00"), headers
-    assert page.locator("#pg-outputs .pg-sample").count() == 2
+    per_weight = int(page.input_value("#pg-samples"))  # several samples per weight (4 by default), with their mean
+    assert page.locator("#pg-outputs .pg-sample").count() == 2 * per_weight
     # An output that is hostile text is shown as text (a stored generation, loaded from the history).
     with session_scope(settings.database_url) as session:
         sample = {
