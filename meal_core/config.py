@@ -493,7 +493,7 @@ def load_config(path: str | Path) -> RunConfig:
 
 
 MAX_CONFIG_DEPTH = 32  # a run config nests 4 levels deep
-MAX_CONFIG_NODES = 10_000  # a run config has a few hundred values
+MAX_CONFIG_NODES = 2_000  # a run config has 60–300 values (the defaults: 185)
 MAX_CONFIG_TEXT = 100_000  # characters; a run config is a few kilobytes
 
 # YAML 1.2's core schema (https://yaml.org/spec/1.2.2/#1032-tag-resolution): what an untagged plain scalar is.

@@ -3,6 +3,7 @@ parser for the form's "paste or upload" panel."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, status
@@ -20,6 +21,10 @@ from meal_core.config import (
     parse_config_text,
 )
 from meal_core.enums import Role
+
+# One YAML parse at a time per process: the parser is pure Python and holds the GIL, so concurrent parses took turns
+# with the event loop (four clients posting at once slowed /healthz 25-fold); waiting on this lock does not.
+PARSING = threading.Lock()
 
 router = APIRouter(
     prefix="/api/config", tags=["config"], dependencies=[Depends(REQUIRE[Role.TRAINER])], responses=API_ERRORS
@@ -45,9 +50,10 @@ def parse(body: ConfigText) -> dict[str, Any]:
     """Parse YAML or JSON text and validate it: the whole config with defaults filled in, or 422 naming each field
     (`loc` ["body", "text"] when the text itself is not YAML/JSON, ["body", "config", *path] for a bad field).
     A plain `def`: FastAPI runs it in its thread pool, off the event loop; the parser's work is bounded by
-    MAX_CONFIG_TEXT and MAX_CONFIG_NODES (meal_core/config.py)."""
+    MAX_CONFIG_TEXT and MAX_CONFIG_NODES (meal_core/config.py), and one parse runs at a time (PARSING)."""
     try:
-        data = parse_config_text(body.text, source="text")
+        with PARSING:
+            data = parse_config_text(body.text, source="text")
     except ConfigError as error:
         raise HTTPException(
             status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
