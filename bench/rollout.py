@@ -44,7 +44,7 @@ import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -153,7 +153,7 @@ def measure(hf: HFSampler, vllm: VLLMSampler, work: Workload, repeats: int, seed
     small = Sampling(max_new_tokens=2, min_new_tokens=2)
     hf.sample(work.prompts[:2], work.weights[:2], 1, small, seed)
     vllm.sample(work.prompts, work.weights, 1, small, seed)
-    sides["bare_vllm"]()
+    bare_vllm(vllm, replace(work, samples=1, max_new_tokens=2), seed)()
     runs: dict[str, list[tuple[float, int]]] = {name: [] for name in sides}
     for repeat in range(repeats):
         order = list(sides) if repeat % 2 == 0 else list(reversed(sides))

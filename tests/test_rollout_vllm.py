@@ -203,3 +203,35 @@ def test_the_engine_is_loaded_once_and_leaves_the_process_as_it_was(
     import os
 
     assert "tcmalloc" not in os.environ.get("LD_PRELOAD", "")
+
+
+def test_engines_do_not_pile_up_in_a_long_lived_process(
+    samplers: tuple[HFSampler, VLLMSampler], experts: Policy
+) -> None:
+    """A worker that trains run after run keeps one engine per shape still in use, not one per run it ever saw."""
+    from dataclasses import replace
+
+    from meal_core.rollout import vllm_backend
+
+    _, in_use = samplers
+    assert VLLMSampler(experts, replace(OPTIONS, max_model_len=128)).engine is in_use.engine  # a shorter run fits
+
+    longer = VLLMSampler(experts, replace(OPTIONS, max_model_len=320))  # does not fit: an engine of its own
+    first_longer = longer.engine
+    assert first_longer is not in_use.engine and len(vllm_backend._ENGINES) == 2
+    longer.close()  # the run ended; its engine stays loaded for the next run of that shape …
+    assert VLLMSampler(experts, replace(OPTIONS, max_model_len=300)).engine is first_longer
+    del longer
+
+    longest = VLLMSampler(experts, replace(OPTIONS, max_model_len=400))  # … until another shape needs one
+    assert first_longer.llm is None and first_longer not in vllm_backend._ENGINES
+    assert [in_use.engine, longest.engine] == vllm_backend._ENGINES
+    greedy = _greedy(4)
+    prompt = [experts.prompt_text(QUESTIONS[1], CORNERS_AND_MIXED[0])]
+    assert (
+        longest.sample(prompt, CORNERS_AND_MIXED[:1], 1, greedy, 0).texts()
+        == in_use.sample(prompt, CORNERS_AND_MIXED[:1], 1, greedy, 0).texts()
+    )
+    longest.close()
+    assert vllm_backend.shut_down_idle_engines() == 1
+    assert [in_use.engine] == vllm_backend._ENGINES  # the engine still in use is kept

@@ -1,8 +1,10 @@
 """The vLLM backend: the policy's base model served by `vllm.LLM`, its adapters passed as LoRA requests.
 
 How the pieces meet:
-- **One engine per process.** The base model is loaded once (`engine_for`, keyed by what fixes the engine's shape)
-  and shared by every sampler of the process; the trainer's steps never reload it.
+- **One engine per process.** The base model is loaded once (`engine_for`) and shared by every sampler of the
+  process whose model it is and whose lengths and adapter ranks fit in it; the trainer's steps never reload it. A
+  long-lived worker that meets a run the loaded engines cannot serve first shuts down the engines no live sampler
+  uses, so that engines (and their KV caches) do not pile up run after run.
 - **The engine runs inside the calling process** (`VLLM_ENABLE_V1_MULTIPROCESSING=0`: an in-process engine core and
   vLLM's one-process executor). By default vLLM spawns an engine-core process and, on CPU, a worker process
   besides, which needs the `if __name__ == "__main__"` idiom in every entry point (pytest, Celery, `meal`); with the
@@ -23,6 +25,7 @@ How the pieces meet:
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import shutil
@@ -176,14 +179,35 @@ class EngineKey:
     max_lora_rank: int
     options: VLLMOptions
 
+    def serves(self, asked: EngineKey) -> bool:
+        """Whether an engine built for this key can serve a sampler that asked for `asked`: the same model in the
+        same dtype on the same device, sequences and adapter ranks at least as long (the rest of the options only
+        size the batch and the cache)."""
+        return (
+            (self.model, self.dtype, self.device, self.trust_remote_code)
+            == (asked.model, asked.dtype, asked.device, asked.trust_remote_code)
+            and self.max_lora_rank >= asked.max_lora_rank
+            and self.options.max_model_len >= asked.options.max_model_len
+        )
 
-@dataclass
+
+@dataclass(eq=False)
 class Engine:
-    """A loaded `vllm.LLM` and the LoRA ids handed out on it (unique per engine, never reused)."""
+    """A loaded `vllm.LLM`, the LoRA ids handed out on it (unique per engine, never reused) and the samplers that
+    use it (weakly: a sampler that is closed or garbage-collected no longer holds the engine)."""
 
     llm: Any
     key: EngineKey
     _next_lora_id: int = 1
+    users: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
+
+    def shutdown(self) -> None:
+        """Stop the engine core and drop the model, so that its memory (weights and KV cache) is freed."""
+        self.llm.llm_engine.engine_core.shutdown()
+        self.llm = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def new_lora_id(self) -> int:
         lora_id, self._next_lora_id = self._next_lora_id, self._next_lora_id + 1
@@ -196,7 +220,7 @@ class Engine:
                 self.llm.llm_engine.remove_lora(lora_id)
 
 
-_ENGINES: dict[EngineKey, Engine] = {}
+_ENGINES: list[Engine] = []
 
 
 @contextmanager
@@ -227,7 +251,8 @@ def _process_state_kept() -> Iterator[None]:
 
 
 def engine_for(policy: Policy, options: VLLMOptions) -> Engine:
-    """The process's engine for this policy's base model and shape, loaded on first use."""
+    """A loaded engine that serves this policy's base model and shape, else a new one, loaded once the engines no
+    sampler uses any more are shut down."""
     model = resolve_model_path(policy.config.name_or_path)
     key = EngineKey(
         model=model,
@@ -237,11 +262,22 @@ def engine_for(policy: Policy, options: VLLMOptions) -> Engine:
         max_lora_rank=lora_rank_limit(mixed_rank(policy)),
         options=options,
     )
-    engine = _ENGINES.get(key)
+    engine = next((e for e in _ENGINES if e.key.serves(key)), None)
     if engine is None:
+        shut_down_idle_engines()
         engine = Engine(llm=_load(key, policy.dtype), key=key)
-        _ENGINES[key] = engine
+        _ENGINES.append(engine)
     return engine
+
+
+def shut_down_idle_engines() -> int:
+    """Shut down the engines no live sampler uses; returns how many."""
+    gc.collect()  # a finished run's trainer may hold its sampler in a reference cycle
+    idle = [engine for engine in _ENGINES if not engine.users]
+    for engine in idle:
+        _ENGINES.remove(engine)
+        engine.shutdown()
+    return len(idle)
 
 
 def _load(key: EngineKey, dtype: torch.dtype) -> Any:
@@ -316,6 +352,7 @@ class VLLMSampler:
         model = resolve_model_path(policy.config.name_or_path)
         self.options = fitted_to_model(options or VLLMOptions(), model, policy.config.trust_remote_code)
         self.engine = engine_for(policy, self.options)
+        self.engine.users.add(self)
         self.eos_token_id = int(policy.tokenizer.eos_token_id)
         root = adapter_root or _default_adapter_root()
         root.mkdir(parents=True, exist_ok=True)
@@ -459,8 +496,10 @@ class VLLMSampler:
             )
 
     def close(self) -> None:
-        """Remove this sampler's adapters from the engine and the disk (the engine stays loaded for others)."""
+        """Remove this sampler's adapters from the engine and the disk. The engine stays loaded, for other samplers
+        and for the next sampler of the same shape; it is shut down only when another shape needs an engine."""
         self._retire()
+        self.engine.users.discard(self)
         self._finalizer()
 
 
