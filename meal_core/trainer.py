@@ -517,7 +517,12 @@ class Trainer:
         return pairs
 
     def fit(self, items: list[ReplayItem], pairs: list[PairItem], epochs: int, max_steps: int) -> FitResult:
-        """Up to `max_steps` AdamW steps, each on one micro-batch of items (SFT) and one of pairs (pairwise)."""
+        """Up to `max_steps` AdamW steps, each on one micro-batch of items (SFT) and one of pairs (pairwise), while
+        the sampler has given back what memory it can (vLLM's sleep mode on GPUs)."""
+        with self.sampler.released():
+            return self.policy_steps(items, pairs, epochs, max_steps)
+
+    def policy_steps(self, items: list[ReplayItem], pairs: list[PairItem], epochs: int, max_steps: int) -> FitResult:
         item_batches = self.micro_batches(items, epochs, max_steps)
         pair_batches = self.micro_batches(pairs, epochs, max_steps)
         sft_losses, pair_losses, margins, totals = [], [], [], []

@@ -7,13 +7,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import randomize_lora, tiny_run_config
+from helpers import TEST_DEVICE, randomize_lora, tiny_run_config
 
 from meal_core.config import LoraConfig, ModelConfig
 from meal_core.policy import Policy, Sampling
 from meal_core.rollout import HFSampler, VLLMOptions, build_sampler, row_seed
 from meal_core.rollout.adapters import mixed_rank, mixing_coefficients, mixing_key, write_mixed_adapter
-from meal_core.rollout.vllm_backend import MiB, VLLMUnavailable, cpu_kv_cache_bytes, lora_rank_limit
+from meal_core.rollout.vllm_backend import (
+    EngineKey,
+    MiB,
+    VLLMUnavailable,
+    cpu_kv_cache_bytes,
+    engine_arguments,
+    lora_rank_limit,
+)
 
 NAMES = ["positivity", "readability"]
 QUESTIONS = ["Hi", "How do I cook rice so it comes out fluffy instead of sticky?", "Why drink water?"]
@@ -21,7 +28,7 @@ WEIGHTS = np.array([[1.0, 0.0], [0.3, 0.7], [0.0, 1.0]])
 
 
 def _policy(model_dir: Path, conditioning: str = "experts", shared: bool = True) -> Policy:
-    config = ModelConfig(name_or_path=str(model_dir), device="cpu", conditioning=conditioning)  # type: ignore[arg-type]
+    config = ModelConfig(name_or_path=str(model_dir), device=TEST_DEVICE, conditioning=conditioning)  # type: ignore[arg-type]
     policy = Policy(config, LoraConfig(r=4, alpha=16, shared=shared), NAMES)
     randomize_lora(policy, seed=1)
     return policy
@@ -140,3 +147,70 @@ def test_engine_sizing(tiny_model_dir: Path) -> None:
     sized = VLLMOptions.for_run(config, max_loras=4)
     assert sized.max_model_len == config.model.max_prompt_tokens + 64 + 1
     assert sized.max_loras == 4
+    assert sized.gpu_memory_utilization == 0.5 and sized.sleep_during_update
+    shared = tiny_run_config(tiny_model_dir, model__vllm_gpu_memory_utilization=0.3, model__vllm_sleep=False)
+    assert (VLLMOptions.for_run(shared).gpu_memory_utilization, VLLMOptions.for_run(shared).sleep_during_update) == (
+        0.3,
+        False,
+    )
+
+
+def test_a_gpu_engine_sleeps_through_policy_steps_and_a_cpu_engine_cannot(tiny_model_dir: Path) -> None:
+    options = VLLMOptions(max_model_len=256, max_num_seqs=8)
+    cuda = EngineKey(str(tiny_model_dir), "bfloat16", "cuda", False, 16, options)
+    arguments = engine_arguments(cuda, torch.bfloat16, free_memory=0)
+    assert arguments["enable_sleep_mode"] is True and arguments["gpu_memory_utilization"] == 0.5
+    assert "kv_cache_memory_bytes" not in arguments  # the device share sizes it
+    awake = EngineKey(str(tiny_model_dir), "bfloat16", "cuda", False, 16, VLLMOptions(sleep_during_update=False))
+    assert "enable_sleep_mode" not in engine_arguments(awake, torch.bfloat16, free_memory=0)
+    cpu = EngineKey(str(tiny_model_dir), "float32", "cpu", False, 16, options)
+    arguments = engine_arguments(cpu, torch.float32, free_memory=1 << 30)
+    assert "enable_sleep_mode" not in arguments and arguments["kv_cache_memory_bytes"] >= 64 * MiB
+    # An engine serves a sampler that asks for no more than it has (shorter sequences, lower ranks), nothing else.
+    assert cuda.serves(EngineKey(str(tiny_model_dir), "bfloat16", "cuda", False, 8, VLLMOptions(max_model_len=128)))
+    assert not cuda.serves(EngineKey(str(tiny_model_dir), "bfloat16", "cuda", False, 32, options))
+    assert not cuda.serves(
+        EngineKey(str(tiny_model_dir), "bfloat16", "cuda", False, 16, VLLMOptions(max_model_len=512))
+    )
+    assert not cuda.serves(cpu)
+
+
+def test_the_trainer_takes_policy_steps_while_the_sampler_has_released_its_memory(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Every optimizer step of an iteration falls inside `Sampler.released()` (where vLLM sleeps on GPUs), and no
+    sampling does."""
+    from contextlib import contextmanager
+
+    from meal_core.recorder import NullRecorder
+    from meal_core.trainer import Trainer
+
+    trainer = Trainer(tiny_run_config(tiny_model_dir), tmp_path / "run", NullRecorder())
+    events: list[str] = []
+    sampler = trainer.sampler
+    sample = sampler.sample
+
+    @contextmanager
+    def released():  # type: ignore[no-untyped-def]
+        events.append("release")
+        yield
+        events.append("take back")
+
+    def sampling(*args, **kwargs):  # type: ignore[no-untyped-def]
+        events.append("sample")
+        return sample(*args, **kwargs)
+
+    step = trainer.policy_optimizer.step
+
+    def stepping(*args, **kwargs):  # type: ignore[no-untyped-def]
+        events.append("step")
+        return step(*args, **kwargs)
+
+    sampler.released, sampler.sample = released, sampling  # type: ignore[method-assign]
+    trainer.policy_optimizer.step = stepping  # type: ignore[method-assign]
+    trainer.calibrate()
+    events.clear()
+    trainer.run_iteration()
+    assert events[0] == "sample" and "step" in events
+    inside = events[events.index("release") : events.index("take back")]
+    assert "sample" not in inside and inside.count("step") == events.count("step")

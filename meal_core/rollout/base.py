@@ -13,6 +13,7 @@ tokens return the same text.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
@@ -67,6 +68,11 @@ class Sampler(Protocol):
         self, prompts: Sequence[PromptInput], weights: ArrayLike, responses: Sequence[Sequence[int]]
     ) -> list[np.ndarray]:
         """Teacher-forced log-probability of every token of each response (raw logits: no temperature)."""
+        ...
+
+    def released(self) -> AbstractContextManager[None]:
+        """Around a policy step: the device memory the sampler can give back meanwhile (vLLM's sleep mode on GPUs:
+        weights to host memory, KV cache freed), taken back at the end. Nothing, where there is nothing to free."""
         ...
 
 

