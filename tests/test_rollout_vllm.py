@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import build_vllm_tiny_lm, randomize_lora
+from helpers import TEST_DEVICE, build_vllm_tiny_lm, randomize_lora
 
 from meal_core.config import LoraConfig, ModelConfig
 from meal_core.policy import Policy, Sampling
@@ -41,7 +41,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _policy(model_dir: Path, conditioning: str, r: int, shared: bool) -> Policy:
-    config = ModelConfig(name_or_path=str(model_dir), device="cpu", conditioning=conditioning)  # type: ignore[arg-type]
+    config = ModelConfig(name_or_path=str(model_dir), device=TEST_DEVICE, conditioning=conditioning)  # type: ignore[arg-type]
     policy = Policy(config, LoraConfig(r=r, alpha=2 * r, shared=shared), NAMES)
     randomize_lora(policy, seed=3)
     return policy
