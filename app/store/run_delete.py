@@ -27,9 +27,9 @@ from app.store.artifacts import ArtifactStore
 from app.store.models import Base, ModelExport, PlaygroundGeneration, ReviewItem, Run
 from app.store.run_state import TransitionError
 from app.store.sql import json_list_holds
-from meal_core.enums import FINISHED_RUN_STATUSES, JobStatus
+from meal_core.enums import FINISHED_RUN_STATUSES, PENDING_JOB_STATUSES
 
-PENDING_JOBS = sorted({JobStatus.QUEUED, JobStatus.RUNNING})
+PENDING_JOBS = sorted(PENDING_JOB_STATUSES)  # a list: SQL IN takes a sequence
 
 
 def run_tables() -> list[Table]:
