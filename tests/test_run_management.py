@@ -271,6 +271,16 @@ def test_only_the_owner_or_an_admin_edits_archives_or_deletes(
     assert bo.delete(f"/api/runs/{own}").status_code == 204  # a trainer deletes their own
 
 
+def test_the_run_page_offers_management_to_the_owner_and_admins_only(settings: Settings, ana: TestClient) -> None:
+    run_id = create(ana, "page")["id"]
+    for name, role, offered in (("ana", "trainer", "true"), ("bo", "trainer", "false"), ("root", "admin", "true")):
+        cookie, _ = session_cookie(settings, role, name)
+        with TestClient(ana.app, cookies={SESSION_COOKIE: cookie}) as browser:
+            page = browser.get(f"/runs/{run_id}")
+        assert page.status_code == 200
+        assert f'data-can-manage="{offered}"' in page.text, name
+
+
 # -- delete ----------------------------------------------------------------------------------------------------------
 
 
@@ -469,14 +479,21 @@ def test_the_runs_page_filters_and_deletes_through_the_confirm_step(
     upgrade(settings.database_url)
     hostile = '<img src=x onerror="window.pwned=1">'
     with session_scope(settings.database_url) as session:
-        for name, tags in (("keep me", ["sweep"]), ("delete me", ["sweep", "old"]), ("other", [])):
+        for name, tags in (("keep me", ["sweep"]), ("delete me", ["sweep", "old"]), ("other", []), ("shelved", [])):
             run = run_state.create_run(session, name, run_config(), 4, "trainer", tags=tags, note=hostile)
             run_state.request_stop(session, run.id)
+        run_state.archive(session, run.id)
     try:
         with live_server(settings) as base:
             cookie, _ = session_cookie(settings, "trainer")
             page.context.add_cookies([{"name": SESSION_COOKIE, "value": cookie, "url": base, "httpOnly": True}])
             page.goto(f"{base}/")
+            page.wait_for_function("document.querySelectorAll('#runs-body tr[data-run-id]').length === 3")
+            assert "shelved" not in page.text_content("#runs-body")  # archived: hidden unless asked for
+            page.check("#filter-archived")
+            page.wait_for_function("document.querySelectorAll('#runs-body tr[data-run-id]').length === 4")
+            assert "archived=true" in page.url and "archived" in page.text_content("#runs-body .badge.archived")
+            page.uncheck("#filter-archived")
             page.wait_for_function("document.querySelectorAll('#runs-body tr[data-run-id]').length === 3")
 
             page.fill("#filter-tag", "sweep")
@@ -495,6 +512,21 @@ def test_the_runs_page_filters_and_deletes_through_the_confirm_step(
             page.click("#runs-body .run-link")
             page.wait_for_function("document.querySelector('#run-name').textContent === 'delete me'")
             assert page.text_content("#run-note") == hostile
+            assert page.locator("#run-labels img").count() == 0
+            # Tags and note are edited in place; the server normalises the tags.
+            page.click("#labels-edit")
+            page.fill("#labels-tags", "sweep, Final Pick")
+            page.fill("#labels-note", "chosen for the report")
+            page.click("#labels-save")
+            page.wait_for_function("document.querySelector('#run-note').textContent === 'chosen for the report'")
+            assert page.locator("#run-tags .tag").all_text_contents() == ["sweep", "final-pick"]
+            page.click("#labels-edit")
+            page.fill("#labels-tags", "no;way")
+            page.click("#labels-save")
+            page.wait_for_function("!document.querySelector('#labels-error').classList.contains('hidden')")
+            assert "letters, digits" in page.text_content("#labels-error")
+            page.click("#labels-cancel")
+
             page.click("#delete-button")
             confirm = page.locator("#delete-confirm")
             confirm.wait_for(state="visible")

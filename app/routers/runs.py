@@ -213,7 +213,9 @@ def update_run(body: RunUpdate, run: RunDep, session: SessionDep, user: TrainerD
     """Replace the run's tags (the whole list) and/or its note."""
     check_owner(run, user, "edit")
     values = body.model_dump(exclude_none=True)
-    session.execute(update(Run).where(Run.id == run.id).values(**values, version=Run.version + 1))
+    edited = session.execute(update(Run).where(Run.id == run.id).values(**values, version=Run.version + 1))
+    if not edited.rowcount:  # type: ignore[attr-defined]
+        raise HTTPException(404, f"run {run.id} not found")  # deleted meanwhile
     session.commit()
     session.refresh(run)
     return run_out(session, run)
