@@ -136,13 +136,18 @@ def create_run(body: RunCreate, session: SessionDep, settings: SettingsDep, user
 
 
 def _no_nul(value: object) -> object:
+    """A filter's text, refused with a NUL (PostgreSQL could not compare it)."""
     if isinstance(value, str) and "\x00" in value:
         raise ValueError("contains a NUL character (\\u0000)")
     return value
 
 
+def _status_filter(value: object) -> object:
+    return None if value == "" else _no_nul(value)  # `?status=`: any status, as for the other filters
+
+
 def _known_algorithm(value: str | None) -> str | None:
-    if value is not None and value not in ALGORITHMS:
+    if value and value not in ALGORITHMS:
         raise ValueError(f"not an algorithm: choose from {', '.join(ALGORITHMS)}")
     return value
 
@@ -151,7 +156,7 @@ def _tag_filter(value: str | None) -> str:
     return normalize_tag(value) if value and value.strip() else ""
 
 
-# Query parameters: each bounded, a NUL refused by name (PostgreSQL could not compare it), an empty one ignored.
+# Query parameters: each bounded, a NUL refused by name, an empty one ignored.
 SearchText = Annotated[str | None, BeforeValidator(_no_nul), Query(max_length=200)]
 
 
@@ -167,7 +172,9 @@ def list_runs(
         Query(max_length=4 * MAX_TAG_LENGTH, description="One of the run's tags."),
     ] = None,
     status_filter: Annotated[
-        RunStatus | None, BeforeValidator(_no_nul), Query(alias="status", description="Only runs with this status.")
+        RunStatus | None,
+        BeforeValidator(_status_filter),
+        Query(alias="status", description="Only runs with this status."),
     ] = None,
     algorithm: Annotated[
         str | None,
