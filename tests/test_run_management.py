@@ -7,6 +7,8 @@ folder, the embedded run folders, and an S3 server: moto_server) and Chromium fo
 from __future__ import annotations
 
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,13 +16,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from helpers import S3Server, bearer, free_port, session_cookie, tiny_run_config
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from app.auth import SESSION_COOKIE
 from app.main import create_app
 from app.schemas import MAX_NOTE_LENGTH, MAX_TAG_LENGTH, MAX_TAGS
 from app.store import run_state
-from app.store.artifacts import open_store
+from app.store.artifacts import LocalStore, open_store
 from app.store.db import session_scope
 from app.store.metric_store import Point, ingest
 from app.store.models import (
@@ -35,7 +37,8 @@ from app.store.models import (
     Run,
     Sample,
 )
-from app.store.run_delete import run_tables
+from app.store.run_delete import delete_run, run_tables
+from app.store.run_state import TransitionError
 from app.store.settings import Settings
 from meal_core.enums import JobStatus, RunStatus
 
@@ -386,6 +389,49 @@ def test_active_runs_and_runs_with_pending_jobs_are_not_deleted(settings: Settin
     with session_scope(settings.database_url) as session:
         session.execute(update(ModelExport).where(ModelExport.id == export_id).values(status=JobStatus.FAILED))
     assert ana.delete(f"/api/runs/{run_id}").status_code == 204
+
+
+def test_a_delete_racing_a_resume_never_deletes_the_resumed_run(
+    settings: Settings, ana: TestClient, tmp_path: Path
+) -> None:
+    """The resume's UPDATE comes first and is not committed yet; the delete starts meanwhile. Its gate, one
+    conditional UPDATE on the status, waits for the resume's transaction (PostgreSQL: the row's lock; SQLite: the
+    database's write lock) and then finds the run queued: refused. A delete that read the status first and deleted
+    after would have read "stopped" and deleted a queued run."""
+    run_id = finished(settings, create(ana, "raced")["id"])
+    outcome: dict[str, object] = {}
+
+    def deleting() -> None:
+        try:
+            with session_scope(settings.database_url) as session:
+                delete_run(session, LocalStore(tmp_path), run_id)
+            outcome["deleted"] = True
+        except TransitionError as refused:
+            outcome["refused"] = str(refused)
+
+    with session_scope(settings.database_url) as resuming:
+        run_state.requeue(resuming, run_id, "bo")
+        thread = threading.Thread(target=deleting)
+        thread.start()
+        if settings.database_url.startswith("postgresql"):
+            wait_for_a_lock_wait(settings.database_url)  # the delete is blocked on the resume's transaction
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert outcome == {"refused": f"run {run_id} is queued: stop it, or let it finish, before deleting it"}
+    assert ana.get(f"/api/runs/{run_id}").json()["status"] == RunStatus.QUEUED
+
+
+def wait_for_a_lock_wait(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    while True:
+        with session_scope(url) as session:
+            if session.scalar(query):
+                return
+        assert time.monotonic() < deadline, "the delete never waited for the resume's lock"
+        time.sleep(0.05)
 
 
 # -- delete: the artefact store ----------------------------------------------------------------------------------------
