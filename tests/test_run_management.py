@@ -588,3 +588,40 @@ def test_the_runs_page_filters_and_deletes_through_the_confirm_step(
     finally:
         get_engine(settings.database_url).dispose()
     assert page_errors == []
+
+
+def test_the_launch_form_sets_tags_and_a_note(tmp_path: Path, page: Any, page_errors: list[str]) -> None:
+    """The new-run form sends tags and a note with the run; a bad tag is shown at the tags field, nothing started."""
+    import re
+
+    from live_server import live_server
+
+    from app.store.db import get_engine
+    from app.store.migrate import upgrade
+
+    settings = Settings(data_dir=tmp_path, broker_url=f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}")
+    upgrade(settings.database_url)
+    try:
+        with live_server(settings) as base:
+            cookie, _ = session_cookie(settings, "trainer")
+            page.context.add_cookies([{"name": SESSION_COOKIE, "value": cookie, "url": base, "httpOnly": True}])
+            page.goto(f"{base}/runs/new")
+            page.wait_for_selector("#run-form[data-ready='1']")
+            page.fill("[name='name']", "labelled")
+            page.fill("[name='tags']", "Sweep, bad;tag")
+            page.fill("[name='note']", "launched from the form")
+            page.click("#submit-button")
+            error = page.locator(".field:has([name='tags']) .error-msg")
+            error.wait_for(state="visible")
+            assert "tag 2:" in error.text_content() and "letters, digits" in error.text_content()
+            assert "/runs/new" in page.url
+
+            page.fill("[name='tags']", "Sweep, LR High")
+            page.click("#submit-button")
+            page.wait_for_url(re.compile(r".*/runs/\d+$"))
+            page.wait_for_function("document.querySelectorAll('#run-tags .tag').length === 2")
+            assert page.locator("#run-tags .tag").all_text_contents() == ["sweep", "lr-high"]
+            assert page.text_content("#run-note") == "launched from the form"
+    finally:
+        get_engine(settings.database_url).dispose()
+    assert page_errors == []

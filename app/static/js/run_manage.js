@@ -1,6 +1,6 @@
 // The run page's management: its tags and note (shown to all, edited by its owner or an admin), archiving, and
 // deleting it, which asks for the run's name to be typed first: a click alone never deletes a run.
-import { api, el, errorText, setChildren } from "./common.js";
+import { api, el, errorText, parseTags, setChildren } from "./common.js";
 import { RUN_STATUSES } from "./contracts.js";
 
 const $ = (id) => document.getElementById(id);
@@ -26,14 +26,6 @@ export function renderManage(run) {
 function showError(box, text) {
   box.textContent = text;
   box.classList.toggle("hidden", !text);
-}
-
-/** Tags as typed ("sweep, LR high") → the list the server normalises ("sweep", "lr-high"). */
-function parseTags(text) {
-  return text
-    .split(",")
-    .map((tag) => tag.trim())
-    .filter((tag) => tag);
 }
 
 export function setupManage(run, changed) {
