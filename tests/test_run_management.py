@@ -542,8 +542,9 @@ def test_the_runs_page_filters_and_deletes_through_the_confirm_step(
             page.uncheck("#filter-archived")
             page.wait_for_function("document.querySelectorAll('#runs-body tr[data-run-id]').length === 3")
 
-            page.fill("#filter-tag", "sweep")
+            page.click("#runs-body button.tag >> text=sweep >> nth=0")  # a tag in the list filters by it
             page.wait_for_function("document.querySelectorAll('#runs-body tr[data-run-id]').length === 2")
+            assert page.input_value("#filter-tag") == "sweep"
             assert "tag=sweep" in page.url  # the filtered list is a link
             page.fill("#filter-name", "DELETE")
             page.wait_for_function("document.querySelectorAll('#runs-body tr[data-run-id]').length === 1")
@@ -556,7 +557,8 @@ def test_the_runs_page_filters_and_deletes_through_the_confirm_step(
 
             # Deleting from the run page: the button stays disabled until the run's name is typed.
             page.click("#runs-body .run-link")
-            page.wait_for_function("document.querySelector('#run-name').textContent === 'delete me'")
+            page.wait_for_function("document.querySelector('#run-note').textContent !== ''")  # the page's script ran
+            assert page.text_content("#run-name") == "delete me"
             assert page.text_content("#run-note") == hostile
             assert page.locator("#run-labels img").count() == 0
             # Tags and note are edited in place; the server normalises the tags.

@@ -63,7 +63,7 @@ function labelsCell(run) {
   return el(
     "div",
     {},
-    (run.tags || []).map((tag) => el("span", { className: "tag" }, tag)),
+    (run.tags || []).map((tag) => el("button", { type: "button", className: "tag", title: `only runs tagged ${tag}`, onclick: () => filterByTag(tag) }, tag)),
     firstLine ? el("div", { className: "run-note muted small", title: run.note }, firstLine) : null,
   );
 }
@@ -126,6 +126,11 @@ function readFiltersFromUrl() {
     if (name === "archived") field(name).checked = params.get(name) === "true";
     else field(name).value = params.get(name) || "";
   }
+}
+
+function filterByTag(tag) {
+  field("tag").value = tag;
+  filtersChanged();
 }
 
 /** The filters changed: into the page's URL (no new history entry per keystroke), then the list. */
