@@ -1,5 +1,6 @@
 """Writes app/static/js/contracts.js, the browser's copy of the contracts named in meal_core: the status sets, roles
-and review states (meal_core/enums.py) and the metric keys (meal_core/metric_keys.py).
+and review states (meal_core/enums.py), the metric keys (meal_core/metric_keys.py) and the algorithm names
+(meal_core.experiment.ALGORITHMS, from the config's `algorithm.name`).
 
     .venv/bin/python -m app.contracts          # rewrite the file after changing either module
 
@@ -14,6 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from meal_core import enums, metric_keys
+from meal_core.experiment import ALGORITHMS
 
 PATH = Path(__file__).parent / "static" / "js" / "contracts.js"
 
@@ -61,6 +63,7 @@ def render() -> str:
     lines.append(f"export const ROLES = {_frozen([role.value for role in enums.ROLE_ORDER])}")
     lines.append(f"export const PENDING_JOB_STATUSES = {_frozen(sorted(enums.PENDING_JOB_STATUSES))}")
     lines.append(f"export const METRIC = {_frozen(metric_keys.exported())}")
+    lines.append(f"export const ALGORITHMS = {_frozen(list(ALGORITHMS))}")
     return "\n".join(lines) + "\n" + FOOTER
 
 

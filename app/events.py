@@ -97,6 +97,9 @@ def new_events(
                 "started_at",
                 "finished_at",
                 "stop_requested",
+                "tags",
+                "note",
+                "archived",
             },
         )
         cursor = replace(cursor, version=run.version)

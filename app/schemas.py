@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from datetime import datetime
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 
 from app.store.models import Base, Evaluation, Sample
 from meal_core.enums import RunStatus
@@ -56,11 +57,71 @@ API_ERRORS = error_responses(401, 403, 422)
 BODY_ERRORS = error_responses(400, 413, 422)
 
 
+# -- a run's tags and note: one definition, used by the create and edit bodies and the runs list's tag filter ------
+
+MAX_TAGS = 16
+MAX_TAG_LENGTH = 32
+MAX_NOTE_LENGTH = 4000
+TAG_PATTERN = re.compile(r"^[\w.:+/-]+$")
+
+
+def normalize_tag(tag: str) -> str:
+    """A tag as stored: trimmed, lower case, inner spaces as hyphens ("  Baseline Seed " → "baseline-seed"); a
+    ValueError (a 422 naming it) for an empty one, an over-long one, or one with other characters than letters,
+    digits and . : + / - _."""
+    normal = "-".join(tag.strip().lower().split())
+    if not normal:
+        raise ValueError("a tag cannot be empty")
+    if len(normal) > MAX_TAG_LENGTH:
+        raise ValueError(f"a tag has at most {MAX_TAG_LENGTH} characters")
+    if not TAG_PATTERN.match(normal):
+        raise ValueError("a tag holds letters, digits and . : + / - _ only")
+    return normal
+
+
+def _distinct(tags: list[str]) -> list[str]:
+    return list(dict.fromkeys(tags))  # the first of each, in the order given
+
+
+def _storable_note(note: str) -> str:
+    if "\x00" in note:
+        raise ValueError("the note contains a NUL character (\\u0000)")
+    return note
+
+
+Tag = Annotated[str, Field(max_length=4 * MAX_TAG_LENGTH), AfterValidator(normalize_tag)]
+Tags = Annotated[
+    list[Tag],
+    Field(max_length=MAX_TAGS, description=f"Up to {MAX_TAGS} tags of up to {MAX_TAG_LENGTH} characters, normalised."),
+    AfterValidator(_distinct),
+]
+Note = Annotated[
+    str, Field(max_length=MAX_NOTE_LENGTH, description="Free text about the run."), AfterValidator(_storable_note)
+]
+
+
 class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(..., min_length=1, max_length=200)
     config: dict[str, Any] = Field(default_factory=dict, description="A RunConfig; omitted fields take defaults.")
+    tags: Tags = Field(default_factory=list)
+    note: Note = ""
+
+
+class RunUpdate(BaseModel):
+    """`PATCH /api/runs/{id}`: what is given replaces what is stored (tags as a whole list)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tags: Tags | None = None
+    note: Note | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> RunUpdate:
+        if self.tags is None and self.note is None:
+            raise ValueError("give tags, note or both")
+        return self
 
 
 class RunSummary(BaseModel):
@@ -89,6 +150,9 @@ class RunSummary(BaseModel):
     heartbeat_at: datetime | None
     experiment_id: int | None = Field(None, description="The experiment the run belongs to, if any.")
     variant: str | None = Field(None, description="Its variant in that experiment.")
+    tags: list[str] = Field(default_factory=list)
+    note: str = ""
+    archived: bool = Field(False, description="Archived runs are left out of the runs list unless asked for.")
     queue_position: int | None = None
     latest: dict[str, float] = Field(default_factory=dict, description="Latest value of every reward metric.")
 

@@ -52,6 +52,11 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/api/runs/{run_id}"): Role.TRAINER,
     ("POST", "/api/runs/{run_id}/stop"): Role.TRAINER,
     ("POST", "/api/runs/{run_id}/resume"): Role.TRAINER,
+    # Also only the run's owner or an admin (tests/test_run_management.py): another trainer gets a 403 there.
+    ("PATCH", "/api/runs/{run_id}"): Role.TRAINER,
+    ("DELETE", "/api/runs/{run_id}"): Role.TRAINER,
+    ("POST", "/api/runs/{run_id}/archive"): Role.TRAINER,
+    ("POST", "/api/runs/{run_id}/unarchive"): Role.TRAINER,
     ("GET", "/api/runs/{run_id}/metrics"): Role.TRAINER,
     ("GET", "/api/runs/{run_id}/metric-keys"): Role.TRAINER,
     ("GET", "/api/runs/{run_id}/events"): Role.TRAINER,

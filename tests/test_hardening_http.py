@@ -62,7 +62,7 @@ def test_every_answer_carries_the_security_headers(app: FastAPI, embedded_settin
         ("DELETE", "/api/users", "GET, POST"),
         ("PATCH", "/api/playground", "GET, POST"),
         ("DELETE", "/api/review/queues", "GET, POST"),
-        ("POST", "/api/runs/5", "GET"),
+        ("POST", "/api/runs/5", "DELETE, GET, PATCH"),
         ("GET", "/api/tokens/5", "DELETE"),
         ("HEAD", "/healthz", "GET"),
     ],

@@ -67,6 +67,8 @@ class ArtifactStore(Protocol):
 
     def fetch_file(self, run_id: int, relative: str) -> Path: ...
 
+    def delete_run(self, run_id: int) -> None: ...
+
 
 class LocalStore:
     """The embedded default: the cache folder is the store, so publishing and fetching have nothing to do."""
@@ -101,6 +103,15 @@ class LocalStore:
         if not path.is_file():
             raise FileNotFoundError(f"run {run_id} has no {relative}")
         return path
+
+    def delete_run(self, run_id: int) -> None:
+        """The run's folder and everything in it: config, checkpoints, exports."""
+        try:
+            shutil.rmtree(self.run_dir(run_id))
+        except FileNotFoundError:
+            pass  # nothing was ever saved, or an earlier delete got this far
+        except OSError as exc:
+            raise ArtifactError(f"the artefact store failed to delete run {run_id}'s folder: {exc}") from exc
 
 
 class RemoteStore:
@@ -239,6 +250,22 @@ class RemoteStore:
         finally:
             staging.unlink(missing_ok=True)
         return local
+
+    def delete_run(self, run_id: int) -> None:
+        """Every object of the run in the store (config, checkpoints, exports), then this machine's cached copy.
+        The checkpoints' markers go first, so that no checkpoint is ever visible half deleted; the listing before
+        them fails (ArtifactError) on a store that cannot be reached, before anything is deleted. Safe to repeat:
+        a delete cut off part way is finished by the next one. Other machines' caches keep their copies until they
+        are cleared; the id is never given to another run (AUTOINCREMENT), so no run ever reads them."""
+        for name in self.checkpoint_names(run_id):
+            self._retrying(f"withdraw {name}", self._remove_marker, f"{self._checkpoints(run_id)}/{name}{MARKER}")
+        self._retrying(f"delete run {run_id}", self._remove_tree, self._remote(run_id))
+        shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
+
+    def _remove_tree(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(path, recursive=True)
+        self.fs.invalidate_cache(path)
 
     def _write_marker(self, path: str, content: bytes) -> None:
         """Whole or not at all: written beside it, then moved (an S3 object is whole anyway; a file is not)."""

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -95,6 +96,15 @@ class Run(Base):
         ForeignKey("experiment.id", ondelete="SET NULL", name="fk_run_experiment_id_experiment"), index=True
     )
     variant: Mapped[str | None] = mapped_column(String(200))
+    # What its owner says of it (app.schemas.Tags and Note validate them): searchable tags, a free-text note, and
+    # whether it is archived (left out of the runs list unless asked for).
+    tags: Mapped[list[str]] = mapped_column(JsonColumn, default=list, server_default=text("'[]'"))
+    note: Mapped[str] = mapped_column(Text, default="", server_default=text("''"))
+    archived: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(), index=True)
+
+    # SQLite: AUTOINCREMENT, so that the id of a deleted run is never given to a new one (it would meet the old
+    # run's files in a machine's cache of the artefact store). PostgreSQL's sequences never reuse one.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     def run_config(self) -> RunConfig:
         """The stored config read through its contract (objectives, prompts, defaults): see read_config."""
@@ -144,9 +154,8 @@ class MetricPoint(Base):
     """One value of one metric at one step. The primary key makes a re-sent point a no-op.
 
     No foreign key to run, on purpose (nor on MetricRollup): its per-row check was most of the ingest cost. Ingest
-    upserts MetricLatest, which has one, in the same transaction, so points never land for a missing run. Whatever
-    deletes a run must delete its points and rollups too (nothing in the app deletes runs yet): SQLite may give the
-    id of the newest run to the next one, which would then meet the orphans and fail to store its metrics.
+    upserts MetricLatest, which has one, in the same transaction, so points never land for a missing run. Deleting a
+    run (app.store.run_delete) deletes every row of every table with a run_id, these included.
     """
 
     __tablename__ = "metric_point"

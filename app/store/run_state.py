@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.store.models import ModelExport, PlaygroundGeneration, Run, utcnow
 from app.store.sql import storable_text
-from meal_core.enums import HELD_RUN_STATUSES, RESUMABLE_RUN_STATUSES, JobStatus, RunStatus
+from meal_core.enums import FINISHED_RUN_STATUSES, HELD_RUN_STATUSES, RESUMABLE_RUN_STATUSES, JobStatus, RunStatus
 
 
 class TransitionError(RuntimeError):
@@ -40,6 +40,8 @@ def create_run(
     user: str | None,
     experiment_id: int | None = None,
     variant: str | None = None,
+    tags: list[str] | None = None,
+    note: str = "",
 ) -> Run:
     run = Run(
         name=name,
@@ -49,6 +51,8 @@ def create_run(
         status=RunStatus.QUEUED,
         experiment_id=experiment_id,
         variant=variant,
+        tags=tags or [],
+        note=note,
     )
     session.add(run)
     session.flush()
@@ -76,12 +80,14 @@ def request_stop(session: Session, run_id: int, user: str | None = None) -> str:
 
 
 def requeue(session: Session, run_id: int, user: str | None = None) -> None:
-    """Resume a failed or stopped run: back in the queue, continuing from its last checkpoint."""
+    """Resume a failed or stopped run: back in the queue, continuing from its last checkpoint (and back in the runs
+    list, if it was archived)."""
     if not _transition(
         session,
         run_id,
         RESUMABLE_RUN_STATUSES,
         status=RunStatus.QUEUED,
+        archived=False,
         resumed_by=user,
         stop_requested=False,
         error=None,
@@ -91,6 +97,19 @@ def requeue(session: Session, run_id: int, user: str | None = None) -> None:
     ):
         status = session.scalar(select(Run.status).where(Run.id == run_id))
         raise TransitionError(f"run {run_id} is {status}; only failed or stopped runs can be resumed")
+
+
+def archive(session: Session, run_id: int) -> None:
+    """Out of the runs list (until unarchived); only a finished run, so that nothing in progress is hidden. One
+    conditional UPDATE: a run resumed meanwhile is refused, never archived while queued."""
+    if not _transition(session, run_id, FINISHED_RUN_STATUSES, archived=True):
+        status = session.scalar(select(Run.status).where(Run.id == run_id))
+        raise TransitionError(f"run {run_id} is {status}: stop it, or let it finish, before archiving it")
+
+
+def unarchive(session: Session, run_id: int) -> None:
+    """Back in the runs list, whatever its status."""
+    _transition(session, run_id, set(RunStatus), archived=False)
 
 
 def enqueue_failed(session: Session, run_id: int, error: str) -> bool:

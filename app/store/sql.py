@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
-from sqlalchemy import Executable, Result, TableClause, select, text
+from sqlalchemy import Executable, Result, TableClause, exists, func, literal, select, text, type_coerce
 from sqlalchemy import column as column_clause
 from sqlalchemy import table as table_clause
 from sqlalchemy.dialects import postgresql, sqlite
@@ -106,3 +106,20 @@ def insert_ignoring_duplicates(session: Session, table: Any, rows: Sequence[dict
         session.execute(
             dialect_insert(session, table).values(list(chunk)).on_conflict_do_nothing(index_elements=unique)
         )
+
+
+def json_list_holds(
+    session: Session, document: Any, value: Any, key: str | None = None, path: str | None = None
+) -> Any:
+    """A condition: the JSON list in `document` (or at its top-level key `path`) holds `value`, or, given `key`, an
+    object whose `key` is `value`. PostgreSQL: JSONB containment (`@>`); SQLite: a scan of json_each."""
+    if session.get_bind().dialect.name == "postgresql":
+        target: Any = type_coerce(document, postgresql.JSONB)
+        if path is not None:
+            target = target[path]
+        return target.contains([{key: value} if key is not None else value])
+    items = (func.json_each(document, f"$.{path}") if path is not None else func.json_each(document)).table_valued(
+        "value"
+    )
+    item = func.json_extract(items.c.value, f"$.{key}") if key is not None else items.c.value
+    return exists(select(literal(1)).select_from(items).where(item == value))

@@ -29,6 +29,14 @@ function append(node, children) {
   }
 }
 
+/** Tags as typed ("sweep, LR high") → the list the server normalises (to "sweep", "lr-high"). */
+export function parseTags(text) {
+  return text
+    .split(",")
+    .map((tag) => tag.trim())
+    .filter((tag) => tag);
+}
+
 /** Replace all children of `node` (text nodes for non-nodes). */
 export function setChildren(node, ...children) {
   node.replaceChildren();

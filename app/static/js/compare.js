@@ -162,7 +162,7 @@ function renderDiff() {
 
 /** Every run, to tick the ones to compare (the page also opens empty, from the nav). */
 async function renderPicker() {
-  const all = await api("/api/runs");
+  const all = await api("/api/runs?archived=true"); // archived runs too: only the runs list hides them
   setChildren(
     $("compare-picker"),
     all.length

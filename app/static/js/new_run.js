@@ -3,7 +3,7 @@
 // Each schema node becomes a widget with get() (the value to send; undefined = leave out, the server's default
 // applies), set(value) (undefined = the schema's default), slot(pathParts) (where an error for that path is shown)
 // and setPath(path) (names inputs by dotted path, e.g. "algorithm.temperature" or "objectives.0.name").
-import { api, ApiError, el, errorText, setChildren } from "./common.js";
+import { api, ApiError, el, errorText, parseTags, setChildren } from "./common.js";
 
 const SECTION_ORDER = ["model", "lora", "objectives", "data", "algorithm", "eval", "checkpoint"];
 const OPEN_SECTIONS = new Set(["run", "model", "objectives", "data"]);
@@ -479,7 +479,12 @@ class ConfigForm {
       false,
     );
     this.nameSlot = nameRow.slot;
-    const runBody = el("div", {}, nameRow.row);
+    this.tagsInput = el("input", { type: "text", name: "tags", maxlength: 600, placeholder: "sweep, lr-high", autocomplete: "off" });
+    const tagsRow = fieldRow("tags", { title: "Tags", description: "Separated by commas: to find the run in the runs list. Editable on the run page." }, this.tagsInput, false);
+    this.noteInput = el("textarea", { name: "note", maxlength: 4000, rows: 2 });
+    const noteRow = fieldRow("note", { title: "Note", description: "Free text about the run. Editable on the run page." }, this.noteInput, false);
+    this.labelSlots = { tags: tagsRow.slot, note: noteRow.slot };
+    const runBody = el("div", {}, nameRow.row, tagsRow.row, noteRow.row);
     const sections = [];
     for (const name of names) {
       const widget = makeWidget(name, properties[name]);
@@ -559,6 +564,9 @@ function showErrors(detail) {
     } else if (loc[0] === "body" && loc[1] === "name") {
       slot = form.nameSlot;
       slot.show(item.msg);
+    } else if (loc[0] === "body" && (loc[1] === "tags" || loc[1] === "note")) {
+      slot = form.labelSlots[loc[1]];
+      slot.show(loc.length > 2 ? `tag ${Number(loc[2]) + 1}: ${item.msg}` : item.msg);
     } else {
       general.push(`${loc.slice(1).join(".") || "request"}: ${item.msg}`);
     }
@@ -587,7 +595,8 @@ async function submit(event) {
   submitButton.disabled = true;
   submitStatus.textContent = "Starting…";
   try {
-    const run = await api("/api/runs", { method: "POST", body: { name, config } });
+    const body = { name, config, tags: parseTags(form.tagsInput.value), note: form.noteInput.value };
+    const run = await api("/api/runs", { method: "POST", body });
     submitStatus.textContent = `Run #${run.id} created.`;
     window.location.href = `/runs/${run.id}`;
     return;
@@ -659,6 +668,7 @@ async function main() {
       const run = await api(`/api/runs/${encodeURIComponent(cloneId)}`);
       form.set(overlay(defaults, run.config));
       form.nameInput.value = `${run.name} (copy)`.slice(0, 200);
+      form.tagsInput.value = (run.tags || []).join(", ");
     } catch (error) {
       formError.textContent = `Could not copy run ${cloneId}: ${errorText(error)}. The form shows the defaults.`;
     }

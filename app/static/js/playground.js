@@ -20,7 +20,7 @@ function showError(error) {
 // -- the form -------------------------------------------------------------------------------------------------------
 
 async function loadRuns() {
-  const runs = await api("/api/runs");
+  const runs = await api("/api/runs?archived=true"); // archived runs too: only the runs list hides them
   const wanted = $("playground-root").dataset.runId;
   setChildren(
     $("pg-run"),

@@ -37,7 +37,7 @@ async function loadQueues() {
 }
 
 async function loadRuns() {
-  const runs = await api("/api/runs");
+  const runs = await api("/api/runs?archived=true"); // archived runs too: only the runs list hides them
   setChildren(
     $("q-run"),
     runs.map((r) => el("option", { value: String(r.id) }, `#${r.id} ${r.name}`)),

@@ -3,6 +3,7 @@
 import { LineChart, MetricStore, ScatterChart } from "./charts.js";
 import { alpha, api, color, el, ema, errorText, fmtAgo, fmtNum, fmtTime, progressView, setChildren } from "./common.js";
 import { setupExport } from "./run_export.js";
+import { renderManage, setupManage } from "./run_manage.js";
 import { steeringData, steeringSeries } from "./steering.js";
 import { METRIC, metricKey, metricPrefix, RUN_STATUS, RUN_STATUSES } from "./contracts.js";
 
@@ -52,6 +53,7 @@ function renderHeader() {
   if (RUN_STATUSES.FINISHED.includes(run.status)) showLive(`${run.status}: no more updates`, "var(--muted)");
   $("stop-button").disabled = !RUN_STATUSES.STOPPABLE.includes(run.status);
   $("resume-button").disabled = !RUN_STATUSES.RESUMABLE.includes(run.status);
+  renderManage(run);
 }
 
 /** What the status alone does not say: why a run is still busy after a stop, or why it succeeded despite one. */
@@ -539,6 +541,10 @@ async function main() {
   renderReproducibility();
   $("stop-button").addEventListener("click", () => action("stop"));
   $("resume-button").addEventListener("click", () => action("resume"));
+  setupManage(run, (changed) => {
+    Object.assign(run, changed);
+    renderHeader();
+  });
   setupExport(runId, objectives).catch((error) => {
     $("export-error").textContent = `Could not list the exports: ${errorText(error)}`;
     $("export-error").classList.remove("hidden");
