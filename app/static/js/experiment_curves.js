@@ -48,10 +48,14 @@ function build(container, defs, variants) {
   setChildren(container);
   for (const def of defs) {
     const box = el("div", { className: "chart-box" });
-    container.append(el("section", { className: "card chart-card", dataset: { series: def.name } }, el("div", { className: "chart-head" }, el("h2", {}, def.title)), box));
+    container.append(
+      el("section", { className: "card chart-card curve-chart", dataset: { series: def.name } }, el("div", { className: "chart-head" }, el("h2", {}, def.title)), box),
+    );
     const counts = variants.map(() => new Map());
     const bands = variants.map((_, i) => ({ series: [2 + 3 * i, 3 + 3 * i], fill: alpha(color(i), 0.12) }));
     const chart = new LineChart(box, { series: seriesOf(variants, counts), bands, yRange: def.yRange || null, height: 220 });
+    // The values legend shows over the plot while hovering: on the half away from the cursor.
+    chart.u.over.addEventListener("mousemove", (event) => box.classList.toggle("legend-left", event.offsetX > chart.u.over.clientWidth / 2));
     charts.set(def.name, { chart, counts });
   }
 }

@@ -158,6 +158,7 @@ class VaryControl {
     const choice = CHOICE_KINDS.has(this.widget.kind);
     const setBy = this.setBy();
     this.toggle.textContent = this.on ? "Don't vary" : setBy === "seeds" ? "Several seeds" : setBy ? `Several (${setBy})` : "Vary this field";
+    if (!choice) this.values.placeholder = setBy === "seeds" ? "e.g. 3 (seeds 0, 1, 2) or 0, 1, 2" : "e.g. 0.01, 0.02";
     this.help.textContent =
       setBy === "seeds"
         ? "Seeds: a count N (seeds 0 … N−1) or a comma-separated list; every variant runs with each, paired by seed."
@@ -173,7 +174,7 @@ class VaryControl {
     if (on) {
       const current = String(this.widget.get() ?? "");
       if (this.values.tagName === "SELECT") for (const option of this.values.options) option.selected = option.value === current;
-      else if (!this.values.value) this.values.value = current;
+      else if (!this.values.value && this.setBy() !== "seeds") this.values.value = current; // "0" is no count
       varied.add(this);
     } else varied.delete(this);
     this.setPath(this.path);
