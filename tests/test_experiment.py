@@ -291,6 +291,10 @@ def test_meal_experiment_run_trains_skips_and_resumes(
     assert stored["baseline"] == "static" and stored["table"]["static"]["held_out_hv"]["n"] == 2
     assert stored["comparison"]["meal"]["held_out_hv"]["n"] == 2
     assert "hypervolume" in stored["stability"]["meal"]
+    # The curves averaged over seeds (the experiment page's, from the same code): both seeds at every step.
+    assert [p["n"] for p in stored["curves"]["meal"]["hypervolume"]] == [2, 2]
+    assert [p["n"] for p in stored["curves"]["meal"]["pref_weight_learned/positivity"]] == [2]
+    assert "pref_weight_learned/positivity" not in stored["curves"]["static"]  # static learns no weights
     assert (out / "report.csv").read_text().startswith("variant,figure,n,mean")
 
     # Again: nothing to train.

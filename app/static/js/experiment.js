@@ -129,7 +129,9 @@ async function load(baseline) {
 
 function drawCurves() {
   if (!current) return;
-  renderCurves({ container: $("curve-charts"), legend: $("curve-legend") }, Object.keys(current.compute), current.report.curves, $("curve-band").value);
+  // The planned variants in launch order (colours stay put as runs finish); those with curves if none is planned.
+  const variants = Object.keys(current.compute).length ? Object.keys(current.compute) : Object.keys(current.report.curves);
+  renderCurves({ container: $("curve-charts"), legend: $("curve-legend") }, variants, current.report.curves, $("curve-band").value);
 }
 
 async function resume(runId) {
