@@ -1,6 +1,7 @@
 """Writes app/static/js/contracts.js, the browser's copy of the contracts named in meal_core: the status sets, roles
-and review states (meal_core/enums.py), the metric keys (meal_core/metric_keys.py) and the algorithm names
-(meal_core.experiment.ALGORITHMS, from the config's `algorithm.name`).
+and review states (meal_core/enums.py), the metric keys (meal_core/metric_keys.py), the algorithm names
+(meal_core.experiment.ALGORITHMS, from the config's `algorithm.name`) and the run config fields an experiment sets
+itself (meal_core/experiment.py).
 
     .venv/bin/python -m app.contracts          # rewrite the file after changing either module
 
@@ -15,13 +16,13 @@ from enum import StrEnum
 from pathlib import Path
 
 from meal_core import enums, metric_keys
-from meal_core.experiment import ALGORITHMS
+from meal_core.experiment import ALGORITHMS, RESERVED_FIELDS
 
 PATH = Path(__file__).parent / "static" / "js" / "contracts.js"
 
 HEADER = """\
-// The contracts between the server and these pages, written by `python -m app.contracts` from meal_core/enums.py
-// and meal_core/metric_keys.py. Do not edit: change those modules and rewrite this file.
+// The contracts between the server and these pages, written by `python -m app.contracts` from meal_core/enums.py,
+// meal_core/metric_keys.py and meal_core/experiment.py. Do not edit: change those modules and rewrite this file.
 """
 
 FOOTER = """
@@ -64,6 +65,8 @@ def render() -> str:
     lines.append(f"export const PENDING_JOB_STATUSES = {_frozen(sorted(enums.PENDING_JOB_STATUSES))}")
     lines.append(f"export const METRIC = {_frozen(metric_keys.exported())}")
     lines.append(f"export const ALGORITHMS = {_frozen(list(ALGORITHMS))}")
+    # Run config field → the experiment field that sets it (a list of seeds, of algorithms), never `vary`.
+    lines.append(f"export const EXPERIMENT_SET_BY = {_frozen(RESERVED_FIELDS)}")
     return "\n".join(lines) + "\n" + FOOTER
 
 

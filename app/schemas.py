@@ -251,5 +251,8 @@ class ExperimentOut(ExperimentSummary):
         ...,
         description="baseline, figures, table (variant → figure → n, mean, sd, low, high), comparison (variant → "
         "figure → paired difference against the baseline: n, seeds, mean_difference, sd, low, high, p) and "
-        "stability (variant → series → n, final_sd, band, jumpiness); null where a figure is undefined.",
+        "stability (variant → series → n, final_sd, band, jumpiness) of the finished runs, and curves (variant → "
+        "series → [{step, n, mean, sd, low, high}]: hypervolume per evaluation, reward/<objective> and "
+        "pref_weight_learned/<objective> per iteration, averaged over the seeds that have each step, runs still "
+        "training included); null where a figure is undefined.",
     )

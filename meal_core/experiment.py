@@ -452,14 +452,67 @@ def run_figures(
     return found
 
 
+# The per-iteration metric families an experiment follows across seeds (stability, curves), besides hypervolume.
+SERIES_FAMILIES = (keys.REWARD, keys.PREF_WEIGHT_LEARNED)
+
+
+def is_series_key(key: str) -> bool:
+    return key.startswith(tuple(family.prefix for family in SERIES_FAMILIES))
+
+
 def series_of(evaluations: list[dict[str, Any]], metric_rows: list[tuple[int, str, float]]) -> dict[str, list]:
-    """The series stability reads: 'hypervolume' per evaluation and each `reward/<objective>` per iteration."""
+    """The series stability and the curves read: 'hypervolume' per evaluation, each `reward/<objective>` and each
+    `pref_weight_learned/<objective>` (meal's learnable weights) per iteration."""
     found: dict[str, list[tuple[int, float]]] = {"hypervolume": [(e["step"], e["hypervolume"]) for e in evaluations]}
-    prefix = keys.REWARD.prefix
     for step, key, value in metric_rows:
-        if key.startswith(prefix):
+        if is_series_key(key):
             found.setdefault(key, []).append((step, value))
     return found
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One step of a curve averaged over seeds: the seeds that have the step (n), their mean, sd and the 95 %
+    t-interval of the mean (NaN below two seeds)."""
+
+    step: int
+    n: int
+    mean: float
+    sd: float
+    low: float
+    high: float
+
+
+def mean_curve(by_seed: dict[int, list[tuple[int, float]]], max_points: int | None = None) -> list[CurvePoint]:
+    """`by_seed`: seed → [(step, value)]. Steps are aligned across seeds: a step only some seeds have (a run still
+    training, an evaluation one seed skipped) averages those, and says so in n. With `max_points`, evenly spaced
+    steps of the union, the last always among them."""
+    by_step: dict[int, list[float]] = {}
+    for points in by_seed.values():
+        for step, value in points:
+            by_step.setdefault(step, []).append(value)
+    steps = sorted(by_step)
+    if max_points is not None and len(steps) > max_points:
+        stride = (len(steps) - 1) / (max_points - 1)
+        steps = [steps[round(i * stride)] for i in range(max_points)]
+    curve = []
+    for step in steps:
+        s = summary(by_step[step])
+        curve.append(CurvePoint(step, s.n, s.mean, s.sd, s.low, s.high))
+    return curve
+
+
+def curves(
+    series: dict[str, dict[int, dict[str, list[tuple[int, float]]]]], max_points: int | None = None
+) -> dict[str, dict[str, list[CurvePoint]]]:
+    """variant → series name → the curve averaged over its seeds (`series`: variant → seed → series_of())."""
+    out: dict[str, dict[str, list[CurvePoint]]] = {}
+    for variant, by_seed in series.items():
+        names = sorted({name for s in by_seed.values() for name in s})
+        out[variant] = {
+            name: mean_curve({seed: s.get(name, []) for seed, s in by_seed.items()}, max_points) for name in names
+        }
+    return out
 
 
 @dataclass
@@ -471,6 +524,7 @@ class ExperimentReport:
     table: dict[str, dict[str, Summary]] = field(default_factory=dict)
     comparison: dict[str, dict[str, Paired]] = field(default_factory=dict)
     stability: dict[str, dict[str, Stability]] = field(default_factory=dict)
+    curves: dict[str, dict[str, list[CurvePoint]]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         def clean(value: Any) -> Any:
@@ -489,8 +543,12 @@ def report(
     results: dict[str, dict[int, dict[str, float]]],
     baseline: str,
     series: dict[str, dict[int, dict[str, list[tuple[int, float]]]]] | None = None,
+    curve_series: dict[str, dict[int, dict[str, list[tuple[int, float]]]]] | None = None,
+    curve_points: int | None = None,
 ) -> ExperimentReport:
-    """`results`: variant → seed → run_figures(); `series`: variant → seed → series_of()."""
+    """`results`: variant → seed → run_figures(); `series`: variant → seed → series_of() of the finished runs (for
+    stability); `curve_series`: the same for the curves, which may include runs still training (default: `series`),
+    each curve at most `curve_points` steps."""
     figures: list[str] = []
     for by_seed in results.values():
         for row in by_seed.values():
@@ -511,6 +569,7 @@ def report(
         out.stability[variant] = {
             name: stability({seed: s.get(name, []) for seed, s in by_seed_series.items()}) for name in names
         }
+    out.curves = curves((series if curve_series is None else curve_series) or {}, curve_points)
     return out
 
 

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from meal_core import metric_keys as keys
 from meal_core.config import ConfigError
 from meal_core.enums import RunStatus
 from meal_core.experiment import (
@@ -121,7 +120,7 @@ def read_run(directory: Path) -> tuple[dict[str, float], dict[str, list[tuple[in
     ordered = [evaluations[s] for s in sorted(evaluations)]
     figures = run_figures(ordered, metrics, held_out)
     figures[MINUTES] = float(json.loads(finished.read_text()).get(MINUTES, math.nan))
-    return figures, series_of(ordered, [r for r in rows if r[1].startswith(keys.REWARD.prefix)])
+    return figures, series_of(ordered, rows)
 
 
 def collect(out: Path, experiment: ExperimentConfig, runs: list[VariantRun]) -> ExperimentReport:

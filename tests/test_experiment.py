@@ -17,11 +17,14 @@ from meal_core.config import ConfigError
 from meal_core.experiment import (
     compute,
     compute_report,
+    curves,
     mean_absolute_successive_difference,
+    mean_curve,
     paired,
     parse_experiment,
     report,
     run_figures,
+    series_of,
     stability,
     summary,
 )
@@ -182,6 +185,44 @@ def test_stability_against_hand_computed_values() -> None:
     assert found.jumpiness == pytest.approx(1.5)
 
 
+def test_curves_average_each_step_over_the_seeds_that_have_it() -> None:
+    # Seed 1 is still training: step 2 is seed 0's alone (n 1, no sd); steps 0 and 1 average both.
+    found = mean_curve({0: [(0, 1.0), (1, 2.0), (2, 4.0)], 1: [(0, 3.0), (1, 2.0)]})
+    assert [(p.step, p.n) for p in found] == [(0, 2), (1, 2), (2, 1)]
+    assert found[0].mean == 2.0 and found[0].sd == pytest.approx(math.sqrt(2))
+    half = 12.706204736 * math.sqrt(2) / math.sqrt(2)  # t(0.975, 1) · sd / √n
+    assert (found[0].low, found[0].high) == pytest.approx((2.0 - half, 2.0 + half))
+    assert found[1].sd == 0.0 and found[2].mean == 4.0 and math.isnan(found[2].sd) and math.isnan(found[2].low)
+    # Thinned to evenly spaced steps, the first and the last kept.
+    long = mean_curve({0: [(s, float(s)) for s in range(101)]}, max_points=5)
+    assert [p.step for p in long] == [0, 25, 50, 75, 100]
+
+
+def test_series_and_curves_follow_rewards_learned_weights_and_hypervolume() -> None:
+    rows = [(1, "reward/a", 0.5), (1, "pref_weight_learned/a", 0.7), (1, "loss/policy", 9.0), (2, "reward/a", 0.6)]
+    found = series_of([evaluation(0, 1.0, 0.0), evaluation(2, 2.0, 0.5)], rows)
+    assert found == {
+        "hypervolume": [(0, 1.0), (2, 2.0)],
+        "reward/a": [(1, 0.5), (2, 0.6)],
+        "pref_weight_learned/a": [(1, 0.7)],
+    }
+    other = series_of([evaluation(0, 3.0, 0.0)], [(1, "reward/a", 1.5)])
+    averaged = curves({"meal": {0: found, 1: other}})["meal"]
+    assert [(p.step, p.n, p.mean) for p in averaged["hypervolume"]] == [(0, 2, 2.0), (2, 1, 2.0)]
+    assert [(p.step, p.n, p.mean) for p in averaged["reward/a"]] == [(1, 2, 1.0), (2, 1, 0.6)]
+    assert [p.n for p in averaged["pref_weight_learned/a"]] == [1]
+    # The report carries them (for report.json and the page), NaN as null.
+    exported = report({}, "meal", {"meal": {0: found, 1: other}}).to_json()
+    assert exported["curves"]["meal"]["hypervolume"][1] == {
+        "step": 2,
+        "n": 1,
+        "mean": 2.0,
+        "sd": None,
+        "low": None,
+        "high": None,
+    }
+
+
 def evaluation(step: int, hv: float, control: float) -> dict[str, Any]:
     return {
         "step": step,
@@ -250,6 +291,10 @@ def test_meal_experiment_run_trains_skips_and_resumes(
     assert stored["baseline"] == "static" and stored["table"]["static"]["held_out_hv"]["n"] == 2
     assert stored["comparison"]["meal"]["held_out_hv"]["n"] == 2
     assert "hypervolume" in stored["stability"]["meal"]
+    # The curves averaged over seeds (the experiment page's, from the same code): both seeds at every step.
+    assert [p["n"] for p in stored["curves"]["meal"]["hypervolume"]] == [2, 2]
+    assert [p["n"] for p in stored["curves"]["meal"]["pref_weight_learned/positivity"]] == [2]
+    assert "pref_weight_learned/positivity" not in stored["curves"]["static"]  # static learns no weights
     assert (out / "report.csv").read_text().startswith("variant,figure,n,mean")
 
     # Again: nothing to train.

@@ -103,6 +103,23 @@ def test_launch_list_and_read_an_experiment(embedded_settings: Settings) -> None
         assert report["stability"]["static-base_loss=sft"]["hypervolume"]["jumpiness"] == pytest.approx(
             (0.5 + 0.2) / 2
         )  # mean |Δ| per seed
+        # The curves average each step over the seeds that have it, runs still training included.
+        curves = report["curves"]["meal-base_loss=sft"]
+        hypervolume = [(p["step"], p["n"], p["mean"]) for p in curves["hypervolume"]]
+        assert hypervolume == [(0, 2, 1.0), (1, 2, 1.75), (2, 2, 3.0)]
+        assert [p["mean"] for p in curves["reward/positivity"]] == pytest.approx([0.1, 0.2])
+        running = by_key[("meal-base_loss=sft+pairwise", 0)]
+        with session_scope(settings.database_url) as session:
+            assert run_state.claim(session, running, "worker@test")
+            metric_store.ingest(session, running, [metric_store.Point("pref_weight_learned/positivity", 1, 0.6, 1.0)])
+        live = client.get(f"/api/experiments/{body['id']}", params={"curve_points": 2}).json()["report"]
+        assert live["curves"]["meal-base_loss=sft+pairwise"]["pref_weight_learned/positivity"] == [
+            {"step": 1, "n": 1, "mean": 0.6, "sd": None, "low": None, "high": None}
+        ]
+        assert "meal-base_loss=sft+pairwise" not in live["table"]  # the table waits for finished runs
+        assert [p["step"] for p in live["curves"]["meal-base_loss=sft"]["hypervolume"]] == [0, 2]  # thinned
+        too_many = client.get(f"/api/experiments/{body['id']}", params={"curve_points": 10**6})
+        assert too_many.status_code == 422 and too_many.json()["detail"][0]["loc"] == ["query", "curve_points"]
         # Against another baseline.
         other = client.get(f"/api/experiments/{body['id']}", params={"baseline": "meal-base_loss=sft"}).json()
         assert other["report"]["comparison"]["static-base_loss=sft"]["hv_final"]["mean_difference"] == -1.5

@@ -8,7 +8,7 @@ import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, or_, select
 
 from app.config_policy import ConfigNotAllowed, check_config
 from app.deps import REQUIRE, IdPath, SessionDep, SettingsDep, TrainerDep
@@ -27,7 +27,14 @@ from app.store.models import Evaluation, Experiment, MetricPoint, Run
 from meal_core import metric_keys as keys
 from meal_core.config import ConfigError
 from meal_core.enums import Role, RunStatus
-from meal_core.experiment import compute_report, parse_experiment, report, run_figures, series_of
+from meal_core.experiment import (
+    SERIES_FAMILIES,
+    compute_report,
+    parse_experiment,
+    report,
+    run_figures,
+    series_of,
+)
 
 router = APIRouter(
     prefix="/api/experiments",
@@ -35,7 +42,7 @@ router = APIRouter(
     dependencies=[Depends(REQUIRE[Role.TRAINER])],
     responses=API_ERRORS,
 )
-# The metric keys an experiment's figures and series read (rewards by prefix).
+# The metric keys an experiment's figures read; its series (rewards, learned weights) are read by prefix.
 FIGURE_KEYS = (
     keys.GENERATED_RESPONSES,
     keys.GENERATED_TOKENS,
@@ -173,7 +180,10 @@ def run_records(
         select(MetricPoint.run_id, MetricPoint.step, MetricPoint.key, MetricPoint.value)
         .where(
             MetricPoint.run_id.in_(ids),
-            MetricPoint.key.in_(FIGURE_KEYS) | MetricPoint.key.startswith(keys.REWARD.prefix),
+            or_(
+                MetricPoint.key.in_(FIGURE_KEYS),
+                *(MetricPoint.key.startswith(family.prefix) for family in SERIES_FAMILIES),
+            ),
         )
         .order_by(MetricPoint.run_id, MetricPoint.step)
     )
@@ -182,7 +192,12 @@ def run_records(
     return found
 
 
-def experiment_out(session: SessionDep, found: Experiment, baseline: str | None) -> ExperimentOut:
+CURVE_POINTS = 300  # steps per averaged curve the page gets by default: enough for a chart a screen wide
+
+
+def experiment_out(
+    session: SessionDep, found: Experiment, baseline: str | None, curve_points: int = CURVE_POINTS
+) -> ExperimentOut:
     members = _members(session, found.id)
     try:
         planned = parse_experiment(found.config).expand()
@@ -193,19 +208,24 @@ def experiment_out(session: SessionDep, found: Experiment, baseline: str | None)
     if baseline is not None and planned and baseline not in per_variant:
         detail = [{"loc": ["query", "baseline"], "msg": f"no variant {baseline!r}", "type": "value_error"}]
         raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
-    records = run_records(session, [r for r in members if r.status == RunStatus.SUCCEEDED])
+    # Every run's records: the table and stability read the finished runs, the curves also those still training.
+    records = run_records(session, members)
     results: dict[str, dict[int, dict[str, float]]] = {}
     series: dict[str, dict[int, dict[str, list[tuple[int, float]]]]] = {}
+    live_series: dict[str, dict[int, dict[str, list[tuple[int, float]]]]] = {}
     for run in members:
         seed = _seed(run)
-        if run.id not in records or run.variant is None or seed is None:
+        if run.variant is None or seed is None:
             continue
         evaluations, rows = records[run.id]
+        live_series.setdefault(run.variant, {})[seed] = series_of(evaluations, rows)
+        if run.status != RunStatus.SUCCEEDED:
+            continue
         metrics: dict[str, list[float]] = {}
         for _, key, value in rows:
             metrics.setdefault(key, []).append(value)
         results.setdefault(run.variant, {})[seed] = run_figures(evaluations, metrics, None)
-        series.setdefault(run.variant, {})[seed] = series_of(evaluations, rows)
+        series.setdefault(run.variant, {})[seed] = live_series[run.variant][seed]
     return ExperimentOut(
         **summary_of(found, (len(members), sum(r.status == RunStatus.SUCCEEDED for r in members))).model_dump(),
         config=found.config,
@@ -218,7 +238,7 @@ def experiment_out(session: SessionDep, found: Experiment, baseline: str | None)
             {"quantity": d.quantity, "values": d.values, "ratio": d.ratio if math.isfinite(d.ratio) else None}
             for d in differences
         ],
-        report=report(results, chosen, series).to_json(),
+        report=report(results, chosen, series, live_series, curve_points).to_json(),
     )
 
 
@@ -229,5 +249,8 @@ def get_experiment_out(
     baseline: str | None = Query(
         None, max_length=200, description="Compare against this variant (default: the experiment's baseline)."
     ),
+    curve_points: int = Query(
+        CURVE_POINTS, ge=2, le=5000, description="At most this many steps per averaged curve (evenly spaced)."
+    ),
 ) -> ExperimentOut:
-    return experiment_out(session, found, baseline)
+    return experiment_out(session, found, baseline, curve_points)

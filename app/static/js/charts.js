@@ -96,7 +96,7 @@ function axisValues(_u, splits) {
 
 /**
  * A uPlot line chart over steps. `series`: [{label, color, dash, width, legend (false hides its legend row),
- * fill}], `bands`: [{series: [upperIdx, lowerIdx], fill}] with 1-based series indexes as uPlot counts them.
+ * fill, value (uPlot's legend formatter (u, v, seriesIdx, idx) → text; default the number)}], `bands`: [{series: [upperIdx, lowerIdx], fill}] with 1-based series indexes as uPlot counts them.
  * The x axis counts iterations (whole-step ticks) unless `xIncrements` is null (uPlot's own ticks, e.g. weights).
  * update(data) keeps the x/y scales the user zoomed to; double-click resets and follows new data again.
  */
@@ -146,7 +146,7 @@ export class LineChart {
           fill: d.fill,
           spanGaps: true,
           points: d.points ?? { size: 4 },
-          value: (_u, v) => fmtNum(v),
+          value: d.value || ((_u, v) => fmtNum(v)),
         })),
       ],
       bands,

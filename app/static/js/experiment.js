@@ -1,7 +1,8 @@
 // An experiment: compute per variant, the variant table with the paired comparison against a chosen baseline,
-// stability, the runs (linked), and the table as CSV or JSON.
+// the curves averaged over seeds, stability, the runs (linked), and the table as CSV or JSON.
 import { api, el, errorText, every, fmtNum, setChildren, statusBadge } from "./common.js";
 import { RUN_STATUSES } from "./contracts.js";
+import { renderCurves } from "./experiment_curves.js";
 
 const $ = (id) => document.getElementById(id);
 const experimentId = $("experiment-root").dataset.experimentId;
@@ -108,6 +109,7 @@ async function load(baseline) {
   setChildren($("baseline"), ...variants.map((v) => el("option", { value: v, selected: v === chosen }, v)));
   setChildren($("compute-note"), computeNote(body));
   setChildren($("variant-body"), ...variantRows(body.report));
+  drawCurves();
   setChildren($("stability-body"), ...stabilityRows(body.report));
   setChildren(
     $("member-body"),
@@ -125,6 +127,13 @@ async function load(baseline) {
   );
 }
 
+function drawCurves() {
+  if (!current) return;
+  // The planned variants in launch order (colours stay put as runs finish); those with curves if none is planned.
+  const variants = Object.keys(current.compute).length ? Object.keys(current.compute) : Object.keys(current.report.curves);
+  renderCurves({ container: $("curve-charts"), legend: $("curve-legend") }, variants, current.report.curves, $("curve-band").value);
+}
+
 async function resume(runId) {
   try {
     await api(`/api/runs/${runId}/resume`, { method: "POST" });
@@ -140,6 +149,7 @@ every(10000, async () => {
 });
 
 $("baseline").addEventListener("change", () => load($("baseline").value).catch(showError));
+$("curve-band").addEventListener("change", drawCurves);
 $("export-csv").addEventListener("click", () => {
   if (!current) return;
   const blob = new Blob([tableCsv(current.report)], { type: "text/csv" });

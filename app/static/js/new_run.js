@@ -3,7 +3,12 @@
 // Each schema node becomes a widget with get() (the value to send; undefined = leave out, the server's default
 // applies), set(value) (undefined = the schema's default), slot(pathParts) (where an error for that path is shown)
 // and setPath(path) (names inputs by dotted path, e.g. "algorithm.temperature" or "objectives.0.name").
+//
+// "Vary this field": beside each scalar a control that turns it into a list of values. Any field varied makes the
+// submit "Launch experiment", which POSTs an experiment (every combination × every seed, see POST /api/experiments)
+// instead of a run; the seed field takes a count or a list of seeds and algorithm.name a choice of algorithms.
 import { api, ApiError, el, errorText, parseTags, setChildren } from "./common.js";
+import { EXPERIMENT_SET_BY } from "./contracts.js";
 
 const SECTION_ORDER = ["model", "lora", "objectives", "data", "algorithm", "eval", "checkpoint"];
 const OPEN_SECTIONS = new Set(["run", "model", "objectives", "data"]);
@@ -111,6 +116,87 @@ function fieldRow(name, s, control, nullable) {
   return { row, slot: new Slot(row, error) };
 }
 
+// The kinds of field a list of values can replace, and those whose values are picked from a list.
+const VARY_KINDS = new Set(["integer", "number", "string", "enum", "boolean"]);
+const CHOICE_KINDS = new Set(["enum", "boolean"]);
+const varied = new Set(); // the VaryControls turned on (those of removed objectives drop out: not connected)
+let onVaryChange = () => {};
+
+/** The list of values one scalar field takes in an experiment: typed comma-separated, or picked for a choice. */
+class VaryControl {
+  constructor(widget) {
+    this.widget = widget;
+    this.on = false;
+    this.toggle = el("button", { type: "button", className: "btn small vary-toggle", onclick: () => this.setOn(!this.on) }, "Vary this field");
+    const kind = widget.kind;
+    if (CHOICE_KINDS.has(kind)) {
+      const options = kind === "boolean" ? ["true", "false"] : widget.s.enum;
+      this.values = el(
+        "select",
+        { multiple: true, size: Math.min(options.length, 6) },
+        options.map((v) => el("option", { value: v }, v)),
+      );
+    } else {
+      this.values = el("input", { type: "text", spellcheck: "false", autocomplete: "off" });
+    }
+    this.values.classList.add("vary-values");
+    this.help = el("div", { className: "help" });
+    this.box = el("div", { className: "vary hidden" }, this.values, this.help);
+    this.el = el("div", { className: "vary-wrap" }, this.toggle, this.box);
+  }
+
+  /** The experiment field this one is (seeds, algorithms), or undefined for a field of `vary`. */
+  setBy() {
+    return EXPERIMENT_SET_BY[this.path];
+  }
+
+  setPath(path) {
+    this.path = path;
+    this.values.name = `vary:${path}`;
+    this.values.dataset.varyPath = path;
+    this.toggle.dataset.varyPath = path;
+    const choice = CHOICE_KINDS.has(this.widget.kind);
+    const setBy = this.setBy();
+    this.toggle.textContent = this.on ? "Don't vary" : setBy === "seeds" ? "Several seeds" : setBy ? `Several (${setBy})` : "Vary this field";
+    if (!choice) this.values.placeholder = setBy === "seeds" ? "e.g. 3 (seeds 0, 1, 2) or 0, 1, 2" : "e.g. 0.01, 0.02";
+    this.help.textContent =
+      setBy === "seeds"
+        ? "Seeds: a count N (seeds 0 … N−1) or a comma-separated list; every variant runs with each, paired by seed."
+        : choice
+          ? "Pick the values (Ctrl or Shift for several): one variant each, combined with every other varied field."
+          : "Values, comma-separated (e.g. 0.01, 0.02): one variant each, combined with every other varied field.";
+  }
+
+  setOn(on) {
+    this.on = on;
+    this.box.classList.toggle("hidden", !on);
+    this.widget.input.disabled = on; // every variant sets it: its single value is not used
+    if (on) {
+      const current = String(this.widget.get() ?? "");
+      if (this.values.tagName === "SELECT") for (const option of this.values.options) option.selected = option.value === current;
+      else if (!this.values.value && this.setBy() !== "seeds") this.values.value = current; // "0" is no count
+      varied.add(this);
+    } else varied.delete(this);
+    this.setPath(this.path);
+    onVaryChange();
+  }
+
+  /** The values to send: a list (a count for "seeds: 3"); the server names any it refuses. */
+  value() {
+    if (this.values.tagName === "SELECT") {
+      const picked = [...this.values.selectedOptions].map((o) => o.value);
+      return this.widget.kind === "boolean" ? picked.map((v) => v === "true") : picked;
+    }
+    const items = this.values.value
+      .split(",")
+      .map((x) => x.trim())
+      .filter((x) => x !== "");
+    const numeric = this.widget.kind === "integer" || this.widget.kind === "number";
+    const typed = numeric ? items.map((x) => (Number.isFinite(Number(x)) ? Number(x) : x)) : items;
+    return this.setBy() === "seeds" && typed.length === 1 && Number.isInteger(typed[0]) ? typed[0] : typed;
+  }
+}
+
 class ScalarWidget {
   constructor(name, schema) {
     const { schema: s, nullable } = unwrap(schema);
@@ -121,6 +207,10 @@ class ScalarWidget {
     const { row, slot } = fieldRow(name, s, this.input, nullable);
     this.el = row;
     this.errorSlot = slot;
+    if (VARY_KINDS.has(this.kind)) {
+      this.vary = new VaryControl(this);
+      this.input.after(this.vary.el);
+    }
   }
 
   kindOf(s) {
@@ -163,6 +253,7 @@ class ScalarWidget {
   setPath(path) {
     this.input.name = path;
     this.input.dataset.path = path;
+    if (this.vary) this.vary.setPath(path);
   }
 
   set(value) {
@@ -319,6 +410,7 @@ class UnionItem {
     this.inner = new ObjectWidget({ $ref: this.mapping[type] }, { skip: ["type"] });
     setChildren(this.body, this.inner.el);
     if (this.path !== undefined) this.setPath(this.path);
+    onVaryChange(); // a varied field of the old type is gone
   }
 
   changeType(type) {
@@ -544,15 +636,24 @@ const configText = document.getElementById("config-text");
 let form = null;
 let defaults = {};
 
-/** Show FastAPI's 422 detail next to the fields it names. Returns how many were placed. */
-function showErrors(detail) {
+/** The form path a 422's loc names: a run's config fields, or an experiment's base, vary, seeds and algorithms. */
+function formPath(loc) {
+  if (loc[1] === "config") return loc.slice(2);
+  if (loc[1] !== "experiment") return null;
+  if (loc[2] === "base" || loc[2] === "vary") return loc.slice(3);
+  const setBy = Object.entries(EXPERIMENT_SET_BY).find(([, field]) => field === loc[2]);
+  return setBy ? setBy[0].split(".") : null;
+}
+
+/** Show FastAPI's 422 detail next to the fields it names. `what`: "run" or "experiment". */
+function showErrors(detail, what) {
   const general = [];
   let first = null;
   for (const item of Array.isArray(detail) ? detail : [{ loc: [], msg: String(detail) }]) {
     const loc = (item.loc || []).map(String);
+    const path = loc[0] === "body" ? formPath(loc) : null;
     let slot = null;
-    if (loc[0] === "body" && loc[1] === "config") {
-      const path = loc.slice(2);
+    if (path) {
       slot = path.length && !(path.length === 1 && path[0] === "config") ? form.root.slot(path) : null;
       if (slot === form.root.errorSlot) slot = null;
       if (slot) {
@@ -560,7 +661,7 @@ function showErrors(detail) {
         const dotted = path.join(".");
         const exact = slot.container.querySelector(`[data-path="${CSS.escape(dotted)}"]`);
         slot.show(exact ? item.msg : `${dotted}: ${item.msg}`);
-      } else general.push(`${path.join(".") || "config"}: ${item.msg}`);
+      } else general.push(`${loc.slice(2).join(".") || "config"}: ${item.msg}`);
     } else if (loc[0] === "body" && loc[1] === "name") {
       slot = form.nameSlot;
       slot.show(item.msg);
@@ -573,17 +674,42 @@ function showErrors(detail) {
     if (slot && !first) first = slot.container;
   }
   const count = Array.isArray(detail) ? detail.length : 1;
-  formError.textContent = `The run was not started: ${count} problem${count === 1 ? "" : "s"}${general.length ? ": " + general.join("; ") : " (marked below)"}.`;
+  const problems = `${count} problem${count === 1 ? "" : "s"}${general.length ? ": " + general.join("; ") : " (marked below)"}`;
+  formError.textContent = `The ${what === "experiment" ? "experiment was not launched" : "run was not started"}: ${problems}.`;
   (first || formError).scrollIntoView({ behavior: "smooth", block: "center" });
 }
 
+/** The experiment the varied fields ask for (seeds and algorithms default to the form's one), or null. */
+function experimentOf(config) {
+  const active = [...varied].filter((v) => v.widget.el.isConnected);
+  if (!active.length) return null;
+  const experiment = { base: config, vary: {} };
+  for (const control of active) {
+    const setBy = control.setBy();
+    if (setBy) experiment[setBy] = control.value();
+    else experiment.vary[control.path] = control.value();
+  }
+  experiment.seeds ??= [config.seed ?? defaults.seed];
+  experiment.algorithms ??= [(config.algorithm || {}).name ?? defaults.algorithm.name];
+  return experiment;
+}
+
+function updateSubmit() {
+  const experiment = [...varied].some((v) => v.widget.el.isConnected);
+  submitButton.textContent = experiment ? "Launch experiment" : "Start run";
+  formEl.dataset.experiment = experiment ? "1" : "";
+}
+
 /** A run left unnamed is named after its objectives and the time: "brevity vs coverage, 12-04 14:31". */
-function defaultName(config) {
+const RUN_NAME_MAX = 200; // app/schemas.py: RunCreate.name, ExperimentCreate.name
+const EXPERIMENT_NAME_MAX = 120;
+
+function defaultName(config, max) {
   const names = (config.objectives || []).map((o) => o.name).filter(Boolean);
   const now = new Date();
   const pad = (n) => String(n).padStart(2, "0");
   const when = `${pad(now.getMonth() + 1)}-${pad(now.getDate())} ${pad(now.getHours())}:${pad(now.getMinutes())}`;
-  return `${names.join(" vs ") || "run"}, ${when}`.slice(0, 200);
+  return `${names.join(" vs ") || "run"}, ${when}`.slice(0, max);
 }
 
 async function submit(event) {
@@ -591,19 +717,27 @@ async function submit(event) {
   form.clearErrors();
   formError.textContent = "";
   const config = form.get();
-  const name = form.nameInput.value.trim() || defaultName(config);
+  const experiment = experimentOf(config);
+  const name = form.nameInput.value.trim() || defaultName(config, experiment ? EXPERIMENT_NAME_MAX : RUN_NAME_MAX);
   submitButton.disabled = true;
-  submitStatus.textContent = "Starting…";
+  submitStatus.textContent = experiment ? "Launching…" : "Starting…";
   try {
-    const body = { name, config, tags: parseTags(form.tagsInput.value), note: form.noteInput.value };
-    const run = await api("/api/runs", { method: "POST", body });
-    submitStatus.textContent = `Run #${run.id} created.`;
-    window.location.href = `/runs/${run.id}`;
+    if (experiment) {
+      const created = await api("/api/experiments", { method: "POST", body: { name, experiment } });
+      submitStatus.textContent = `Experiment #${created.id} launched: ${created.runs} runs.`;
+      window.location.href = `/experiments/${created.id}`;
+    } else {
+      const body = { name, config, tags: parseTags(form.tagsInput.value), note: form.noteInput.value };
+      const run = await api("/api/runs", { method: "POST", body });
+      submitStatus.textContent = `Run #${run.id} created.`;
+      window.location.href = `/runs/${run.id}`;
+    }
     return;
   } catch (error) {
     submitStatus.textContent = "";
-    if (error instanceof ApiError && error.status === 422) showErrors(error.detail);
-    else formError.textContent = `The run was not started: ${errorText(error)}`;
+    const what = experiment ? "experiment" : "run";
+    if (error instanceof ApiError && error.status === 422) showErrors(error.detail, what);
+    else formError.textContent = `The ${experiment ? "experiment was not launched" : "run was not started"}: ${errorText(error)}`;
   }
   submitButton.disabled = false;
 }
@@ -673,10 +807,12 @@ async function main() {
       formError.textContent = `Could not copy run ${cloneId}: ${errorText(error)}. The form shows the defaults.`;
     }
   }
+  onVaryChange = updateSubmit;
   formEl.addEventListener("submit", submit);
   resetButton.addEventListener("click", () => {
     form.clearErrors();
     formError.textContent = "";
+    for (const control of [...varied]) control.setOn(false);
     form.set(defaults);
   });
   submitButton.disabled = false;
