@@ -1,5 +1,6 @@
 """Writes app/static/js/contracts.js, the browser's copy of the contracts named in meal_core: the status sets, roles
-and review states (meal_core/enums.py) and the metric keys (meal_core/metric_keys.py).
+and review states (meal_core/enums.py), the metric keys (meal_core/metric_keys.py) and the experiment report's
+figure names (meal_core/experiment.py).
 
     .venv/bin/python -m app.contracts          # rewrite the file after changing either module
 
@@ -13,13 +14,13 @@ import json
 from enum import StrEnum
 from pathlib import Path
 
-from meal_core import enums, metric_keys
+from meal_core import enums, experiment, metric_keys
 
 PATH = Path(__file__).parent / "static" / "js" / "contracts.js"
 
 HEADER = """\
 // The contracts between the server and these pages, written by `python -m app.contracts` from meal_core/enums.py
-// and meal_core/metric_keys.py. Do not edit: change those modules and rewrite this file.
+// meal_core/metric_keys.py and meal_core/experiment.py. Do not edit: change those modules and rewrite this file.
 """
 
 FOOTER = """
@@ -46,6 +47,16 @@ ENUMS: dict[str, type[StrEnum]] = {
     "REVIEW_STATUS": enums.ReviewStatus,
 }
 
+# The experiment report's figures a page names (each run's row: meal_core.experiment.run_figures).
+FIGURES = [
+    experiment.HV_FINAL,
+    experiment.HV_GAIN,
+    experiment.CONTROL_FINAL,
+    experiment.HELD_OUT_HV,
+    experiment.HELD_OUT_CONTROL,
+    experiment.HELD_OUT_DEGENERATE,
+]
+
 
 def _frozen(value: object) -> str:
     return f"Object.freeze({json.dumps(value)});"
@@ -61,6 +72,7 @@ def render() -> str:
     lines.append(f"export const ROLES = {_frozen([role.value for role in enums.ROLE_ORDER])}")
     lines.append(f"export const PENDING_JOB_STATUSES = {_frozen(sorted(enums.PENDING_JOB_STATUSES))}")
     lines.append(f"export const METRIC = {_frozen(metric_keys.exported())}")
+    lines.append(f"export const FIGURE = {_frozen({name.upper(): name for name in FIGURES})}")
     return "\n".join(lines) + "\n" + FOOTER
 
 
