@@ -192,7 +192,8 @@ def test_a_held_out_prompt_file_is_refused_with_the_field_named(embedded_setting
     with TestClient(create_app(settings), headers=bearer(settings)) as client:
         for prompts, says in (
             ("/etc/passwd", "outside the folders this server allows"),
-            (str(settings.data_dir / SECRET_FILE), "in the data folder but not in"),  # the server's own
+            (str(settings.data_dir / SECRET_FILE), "one of the server's own files"),
+            (str(settings.data_dir / "notes.txt"), "in the data folder but not in"),
             (str(settings.data_dir / "uploads" / "a\x00b.txt"), "NUL"),
             ("x" * 501, "at most 500 characters"),
             ("", "at least 1 character"),
