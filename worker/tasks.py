@@ -102,10 +102,10 @@ def train_run(run_id: int) -> str:
         )
         if trainer.resume():
             log.info("run %s: resuming from iteration %s", run_id, trainer.iteration)
-        # Trained to the end before: the final checkpoint comes after the final evaluation, and its records were
-        # flushed before it was saved. What is left is the held-out evaluation (a worker that died in it).
-        finished = trainer.iteration >= config.iterations
-        status = RunStatus.SUCCEEDED if finished else trainer.train(config.iterations)
+        # From a checkpoint at the last iteration (a worker that died in the held-out evaluation) this trains no
+        # iteration: it repeats the final evaluation (stored once: a record lost with that worker is recovered)
+        # and ends, leaving the held-out evaluation.
+        status = trainer.train(config.iterations)
         if status == RunStatus.SUCCEEDED and held_out is not None:
             evaluate_held_out(settings.database_url, run_id, trainer, HeldOutConfig.model_validate(held_out))
         error = None
