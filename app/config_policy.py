@@ -97,16 +97,19 @@ def check_path(field: str, value: str, settings: Settings) -> None:
         raise ConfigNotAllowed(field, refusal)
 
 
+def check_prompts(field: str, spec: str, settings: Settings) -> None:
+    """A prompt set (data.train_prompts, an experiment's held_out.prompts): a built-in set, a hub id, or a path
+    under the allowed roots."""
+    if not spec.startswith("builtin:") and not is_hub_id(spec):
+        check_path(field, spec, settings)
+
+
 def check_config(config: RunConfig, settings: Settings, role: Role) -> None:
     """Raises ConfigNotAllowed for the first thing the config may not reach."""
     if config.model.name_or_path != DEFAULT_MODEL and looks_like_path(config.model.name_or_path):
         check_path("model.name_or_path", config.model.name_or_path, settings)
-    for field, spec in (
-        ("data.train_prompts", config.data.train_prompts),
-        ("data.eval_prompts", config.data.eval_prompts),
-    ):
-        if not spec.startswith("builtin:") and not is_hub_id(spec):
-            check_path(field, spec, settings)
+    check_prompts("data.train_prompts", config.data.train_prompts, settings)
+    check_prompts("data.eval_prompts", config.data.eval_prompts, settings)
     remote_code = [("model.trust_remote_code", config.model.trust_remote_code)]
     for index, objective in enumerate(config.objectives):
         where = f"objectives.{index}"

@@ -1,7 +1,7 @@
 """Writes app/static/js/contracts.js, the browser's copy of the contracts named in meal_core: the status sets, roles
 and review states (meal_core/enums.py), the metric keys (meal_core/metric_keys.py), the algorithm names
-(meal_core.experiment.ALGORITHMS, from the config's `algorithm.name`) and the run config fields an experiment sets
-itself (meal_core/experiment.py).
+(meal_core.experiment.ALGORITHMS, from the config's `algorithm.name`), the run config fields an experiment
+sets itself and the experiment report's figure names (meal_core/experiment.py).
 
     .venv/bin/python -m app.contracts          # rewrite the file after changing either module
 
@@ -15,8 +15,7 @@ import json
 from enum import StrEnum
 from pathlib import Path
 
-from meal_core import enums, metric_keys
-from meal_core.experiment import ALGORITHMS, RESERVED_FIELDS
+from meal_core import enums, experiment, metric_keys
 
 PATH = Path(__file__).parent / "static" / "js" / "contracts.js"
 
@@ -49,6 +48,16 @@ ENUMS: dict[str, type[StrEnum]] = {
     "REVIEW_STATUS": enums.ReviewStatus,
 }
 
+# The experiment report's figures a page names (each run's row: meal_core.experiment.run_figures).
+FIGURES = [
+    experiment.HV_FINAL,
+    experiment.HV_GAIN,
+    experiment.CONTROL_FINAL,
+    experiment.HELD_OUT_HV,
+    experiment.HELD_OUT_CONTROL,
+    experiment.HELD_OUT_DEGENERATE,
+]
+
 
 def _frozen(value: object) -> str:
     return f"Object.freeze({json.dumps(value)});"
@@ -64,9 +73,10 @@ def render() -> str:
     lines.append(f"export const ROLES = {_frozen([role.value for role in enums.ROLE_ORDER])}")
     lines.append(f"export const PENDING_JOB_STATUSES = {_frozen(sorted(enums.PENDING_JOB_STATUSES))}")
     lines.append(f"export const METRIC = {_frozen(metric_keys.exported())}")
-    lines.append(f"export const ALGORITHMS = {_frozen(list(ALGORITHMS))}")
+    lines.append(f"export const ALGORITHMS = {_frozen(list(experiment.ALGORITHMS))}")
     # Run config field → the experiment field that sets it (a list of seeds, of algorithms), never `vary`.
-    lines.append(f"export const EXPERIMENT_SET_BY = {_frozen(RESERVED_FIELDS)}")
+    lines.append(f"export const EXPERIMENT_SET_BY = {_frozen(experiment.RESERVED_FIELDS)}")
+    lines.append(f"export const FIGURE = {_frozen({name.upper(): name for name in FIGURES})}")
     return "\n".join(lines) + "\n" + FOOTER
 
 

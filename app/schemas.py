@@ -9,9 +9,9 @@ from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 
-from app.store.models import Base, Evaluation, Sample
+from app.store.models import Base, Evaluation, HeldOutEvaluation, Sample
 from meal_core.enums import RunStatus
-from meal_core.evaluation import EvaluationResult
+from meal_core.evaluation import EvaluationResult, HeldOutResult
 from meal_core.recorder import SampleRecord
 
 
@@ -206,6 +206,13 @@ SampleOut = record_schema("SampleOut", SampleRecord, Sample, leading={"id": (int
 EvaluationOut = record_schema(
     "EvaluationOut", EvaluationResult, Evaluation, leading={"id": (int, ...)}, trailing={"created_at": (datetime, ...)}
 )
+HeldOutEvaluationOut = record_schema(
+    "HeldOutEvaluationOut",
+    HeldOutResult,
+    HeldOutEvaluation,
+    leading={"id": (int, ...)},
+    trailing={"created_at": (datetime, ...)},
+)
 # Lists of the models above, for `response_model=`: mypy cannot see a model made at import time as a type.
 SampleList = list[SampleOut]  # type: ignore[valid-type]
 EvaluationList = list[EvaluationOut]  # type: ignore[valid-type]
@@ -218,7 +225,8 @@ class ExperimentCreate(BaseModel):
     experiment: dict[str, Any] = Field(
         default_factory=dict,
         description="A meal_core.experiment.ExperimentConfig: base (a RunConfig), seeds (a list or a count), "
-        "algorithms, vary ({dotted field: [values]}) and baseline.",
+        "algorithms, vary ({dotted field: [values]}), baseline and held_out ({prompts, samples_per_weight, "
+        "max_prompts}: every run's final evaluation on held-out prompts).",
     )
 
 

@@ -11,7 +11,7 @@ Controllability is reported three ways per objective k, because each alone misle
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import moocore
@@ -102,6 +102,22 @@ class EvaluationResult:
         ):
             values.update({family(name): value for name, value in figures.items()})
         return values
+
+
+@dataclass
+class HeldOutResult(EvaluationResult):
+    """A run's final evaluation on a held-out prompt file, after its last iteration and outside training (an
+    experiment's `held_out`, `meal experiment run --prompts`): the evaluation and what it was asked on. Never one
+    of the per-step evaluations: it is stored apart from them (heldout.json in a run folder, the
+    `held_out_evaluation` table in the panel), so no chart, front or report mistakes it for a training step."""
+
+    prompts: str = ""  # the prompt file (or data spec) it was evaluated on
+    samples_per_weight: int = 0
+
+    @classmethod
+    def of(cls, result: EvaluationResult, prompts: str, samples_per_weight: int) -> HeldOutResult:
+        own = {f.name: getattr(result, f.name) for f in fields(EvaluationResult)}
+        return cls(**own, prompts=prompts, samples_per_weight=samples_per_weight)
 
 
 def shuffled_null(asked: np.ndarray, obtained: np.ndarray, seed: int, permutations: int = 200) -> float:

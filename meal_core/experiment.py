@@ -19,7 +19,7 @@ from scipy.stats import t as student_t
 from scipy.stats import ttest_rel
 
 from meal_core import metric_keys as keys
-from meal_core.config import AlgorithmConfig, ConfigError, RunConfig, field_errors, parse_config
+from meal_core.config import MAX_PATH, AlgorithmConfig, ConfigError, RunConfig, field_errors, parse_config
 
 ALGORITHMS: tuple[str, ...] = get_args(AlgorithmConfig.model_fields["name"].annotation)
 MAX_SEEDS = 100
@@ -27,6 +27,33 @@ MAX_VARIANTS = 256
 MAX_RUNS = 1000
 # Set by the experiment itself, never through `vary`.
 RESERVED_FIELDS = {"seed": "seeds", "algorithm.name": "algorithms"}
+
+
+MAX_HELD_OUT_PROMPTS = 10_000
+
+
+class HeldOutConfig(BaseModel):
+    """The final evaluation every run of an experiment gets after its last iteration, on prompts it never trained
+    or evaluated on during training: the `meal eval --prompts` path (Trainer.evaluation), once per run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: str = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_PATH,
+        description="The held-out prompts, named as data.eval_prompts is: a .txt or .jsonl file, a dataset file or "
+        "folder, builtin:eval or a hub id. On the server, files only under its uploads folder or MEAL_ALLOWED_ROOTS.",
+    )
+    samples_per_weight: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="Responses per prompt and weight (default: each run's eval.samples_per_weight).",
+    )
+    max_prompts: int = Field(
+        200, ge=1, le=MAX_HELD_OUT_PROMPTS, description="At most this many prompts of the file (its first ones)."
+    )
 
 
 class ExperimentConfig(BaseModel):
@@ -54,6 +81,11 @@ class ExperimentConfig(BaseModel):
     )
     baseline: str | None = Field(
         None, description="The variant the others are compared against (default: the first variant)."
+    )
+    held_out: HeldOutConfig | None = Field(
+        None,
+        description="Evaluate every run once more after its last iteration, on these prompts: the report's "
+        "held_out_* figures (none without it).",
     )
 
     @field_validator("seeds")

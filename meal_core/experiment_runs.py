@@ -19,6 +19,7 @@ from typing import Any
 
 from meal_core.config import ConfigError
 from meal_core.enums import RunStatus
+from meal_core.evaluation import HeldOutResult
 from meal_core.experiment import (
     CONTROL_FINAL,
     HELD_OUT_CONTROL,
@@ -67,9 +68,10 @@ def train_one(
     samples: int | None,
     log: Callable[[str], None] = print,
     progress: bool = True,
+    max_prompts: int | None = None,
 ) -> str:
-    """Train (or resume) one run to its end, then evaluate it on `prompts`; what it did: 'skipped', 'evaluated' or
-    'trained'."""
+    """Train (or resume) one run to its end, then evaluate it on `prompts` (the first `max_prompts` of them; all
+    without); what it did: 'skipped', 'evaluated' or 'trained'."""
     from meal_core.data import load_prompts
     from meal_core.trainer import Trainer
 
@@ -97,9 +99,9 @@ def train_one(
     if trainer is None:
         trainer = Trainer(run.config, directory)
         trainer.resume()
-    held_out = load_prompts(prompts)
-    result = trainer.evaluation(held_out, samples or run.config.eval.samples_per_weight, trainer.iteration)
-    (directory / HELDOUT).write_text(json.dumps({"prompts": prompts, **result.to_json()}))
+    per_weight = samples or run.config.eval.samples_per_weight
+    result = trainer.evaluation(load_prompts(prompts, max_prompts), per_weight, trainer.iteration)
+    (directory / HELDOUT).write_text(json.dumps(HeldOutResult.of(result, prompts, per_weight).to_json()))
     return "trained" if did == "trained" else "evaluated"
 
 
@@ -173,8 +175,13 @@ def run_experiment(
     train: bool = True,
     progress: bool = True,
 ) -> ExperimentReport:
-    """Every run into `out` (seed-major), then the report, also written to out/report.md, .json and .csv."""
+    """Every run into `out` (seed-major), then the report, also written to out/report.md, .json and .csv. Without
+    `prompts`, the experiment's own `held_out` (if any) names the held-out prompts and samples per weight."""
     runs = experiment.expand()
+    max_prompts = None  # --prompts: the whole file, as `meal eval --prompts` reads it
+    if prompts is None and experiment.held_out is not None:
+        prompts, samples = experiment.held_out.prompts, experiment.held_out.samples_per_weight
+        max_prompts = experiment.held_out.max_prompts
     out.mkdir(parents=True, exist_ok=True)
     stored = out / EXPERIMENT_FILE
     if not stored.is_file():
@@ -184,7 +191,7 @@ def run_experiment(
     if train:
         for index, run in enumerate(runs, 1):
             log(f"== {run.name} ({index}/{len(runs)})")
-            did = train_one(run, run_directory(out, run), prompts, samples, log, progress)
+            did = train_one(run, run_directory(out, run), prompts, samples, log, progress, max_prompts)
             if did == "skipped":
                 log(f"{run.name}: finished before, skipped")
     found = collect(out, experiment, runs)

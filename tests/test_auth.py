@@ -63,6 +63,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/api/runs/{run_id}/samples"): Role.TRAINER,
     ("GET", "/api/runs/{run_id}/sample-steps"): Role.TRAINER,
     ("GET", "/api/runs/{run_id}/evaluations"): Role.TRAINER,
+    ("GET", "/api/runs/{run_id}/held-out-evaluation"): Role.TRAINER,
     ("GET", "/"): ANY_USER,  # the runs for a trainer; a reviewer is sent on to their queues
     ("GET", "/runs/new"): Role.TRAINER,
     ("GET", "/runs/{run_id}"): Role.TRAINER,

@@ -319,6 +319,23 @@ def test_meal_experiment_run_trains_skips_and_resumes(
     assert "holds a run with another config (differs in: iterations)" in capsys.readouterr().err
 
 
+def test_an_experiment_file_names_its_held_out_prompts(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`held_out` in the experiment (what the panel's API takes) serves `meal experiment run` too, without
+    --prompts: at most max_prompts of the file, samples_per_weight responses each."""
+    prompts = tmp_path / "heldout.txt"
+    prompts.write_text("Describe a quiet morning.\nWhy is the sea salty?\n")
+    base = tiny_run_config(tiny_model_dir, iterations=1).model_dump(mode="json")
+    held_out = {"prompts": str(prompts), "samples_per_weight": 1, "max_prompts": 1}
+    config = tmp_path / "experiment.yaml"
+    config.write_text(yaml.safe_dump({"base": base, "seeds": 1, "algorithms": ["static"], "held_out": held_out}))
+    out = tmp_path / "exp"
+    assert main(["experiment", "run", str(config), "--out", str(out)]) == 0
+    stored = json.loads((out / "static" / "seed-0" / "heldout.json").read_text())
+    assert (stored["prompts"], stored["samples_per_weight"], stored["step"]) == (str(prompts), 1, 1)
+    assert stored["responses"] == 1 * 3 * 1, "one prompt (max_prompts) × 3 grid points × 1 sample"
+    assert json.loads((out / "report.json").read_text())["table"]["static"]["held_out_hv"]["n"] == 1
+
+
 def test_meal_experiment_run_refuses_a_bad_grid_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "base.yaml"
     config.write_text("iterations: 1\n")

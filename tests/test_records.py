@@ -7,13 +7,17 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 
-from app.schemas import EvaluationOut, SampleOut, record_schema
-from app.store.models import Evaluation, Sample
-from meal_core.evaluation import EvaluationResult, FrontPoint
+from app.schemas import EvaluationOut, HeldOutEvaluationOut, SampleOut, record_schema
+from app.store.models import Evaluation, HeldOutEvaluation, Sample
+from meal_core.evaluation import EvaluationResult, FrontPoint, HeldOutResult
 from meal_core.recorder import SampleRecord
 from worker.recorder import evaluation_row, sample_rows
 
-ROW_OWN = {"evaluation": {"id", "run_id", "created_at"}, "sample": {"id", "run_id", "position"}}
+ROW_OWN = {
+    "evaluation": {"id", "run_id", "created_at"},
+    "held_out_evaluation": {"id", "run_id", "created_at"},
+    "sample": {"id", "run_id", "position"},
+}
 
 
 def record_fields(record: type) -> set[str]:
@@ -34,7 +38,7 @@ def result(**fields: object) -> EvaluationResult:
 
 
 def test_every_record_field_has_its_column_and_no_column_is_left_over() -> None:
-    for record, table in ((EvaluationResult, Evaluation), (SampleRecord, Sample)):
+    for record, table in ((EvaluationResult, Evaluation), (HeldOutResult, HeldOutEvaluation), (SampleRecord, Sample)):
         columns = {c.name for c in table.__table__.columns}
         assert columns == record_fields(record) | ROW_OWN[table.__tablename__]
 
@@ -49,6 +53,15 @@ def test_the_stored_row_and_the_api_schema_carry_exactly_the_records_fields() ->
     sample = SampleRecord(1, "p1", "Hi", [0.5, 0.5], "Hello", {"a": 1.0}, {"a": 0.1}, True)
     assert set(sample_rows(7, [sample])[0]) == record_fields(SampleRecord) | {"run_id", "position"}
     assert set(SampleOut.model_fields) == record_fields(SampleRecord) | {"id", "position"}
+
+
+def test_a_held_out_evaluation_is_an_evaluation_and_what_it_was_asked_on() -> None:
+    """Its record extends the evaluation's, so a field added to EvaluationResult reaches both tables' checks."""
+    held = HeldOutResult.of(result(), "uploads/heldout.txt", 3)
+    assert record_fields(HeldOutResult) == record_fields(EvaluationResult) | {"prompts", "samples_per_weight"}
+    row = evaluation_row(7, held)
+    assert (row["prompts"], row["samples_per_weight"], row["hypervolume"]) == ("uploads/heldout.txt", 3, 1.25)
+    assert set(HeldOutEvaluationOut.model_fields) == record_fields(HeldOutResult) | {"id", "created_at"}
 
 
 def test_a_field_added_to_the_record_reaches_the_row_and_the_schema_with_no_other_edit() -> None:

@@ -1,4 +1,5 @@
-"""Celery tasks. `meal.train_run` trains one stored run, from its last checkpoint if it has one;
+"""Celery tasks. `meal.train_run` trains one stored run, from its last checkpoint if it has one, then (for a run of
+an experiment that asks for it) evaluates it on the experiment's held-out prompts;
 `meal.playground_generate` samples one playground comparison and `meal.export_model` exports a trained run (both on
 the playground queue, so they never wait behind training)."""
 
@@ -22,17 +23,29 @@ from sqlalchemy import select, update
 from app.store import run_state
 from app.store.artifacts import EXPORTS, ArtifactStore, open_store
 from app.store.db import session_scope
-from app.store.models import Evaluation, ModelExport, PlaygroundGeneration, Run, read_config, utcnow
+from app.store.models import (
+    Evaluation,
+    Experiment,
+    HeldOutEvaluation,
+    ModelExport,
+    PlaygroundGeneration,
+    Run,
+    read_config,
+    utcnow,
+)
 from app.store.settings import get_settings
-from app.store.sql import storable_text
+from app.store.sql import insert_ignoring_duplicates, storable_text
 from meal_core.config import RunConfig
+from meal_core.data import load_prompts
 from meal_core.enums import JobStatus, RunStatus
+from meal_core.evaluation import HeldOutResult
+from meal_core.experiment import HeldOutConfig
 from meal_core.export import ExportError, export_run, zip_folder
 from meal_core.inference import BASE, LoadedRun
 from meal_core.policy import Sampling
 from meal_core.trainer import Trainer
 from worker.celery_app import celery_app
-from worker.recorder import DatabaseRecorder, evaluation_record
+from worker.recorder import DatabaseRecorder, evaluation_record, evaluation_row
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +75,7 @@ def train_run(run_id: int) -> str:
         run = session.get(Run, run_id)
         assert run is not None
         stored_config = run.config
+        held_out = held_out_asked(session, run)
     recorder = DatabaseRecorder(
         settings.database_url,
         run_id,
@@ -88,12 +102,18 @@ def train_run(run_id: int) -> str:
         )
         if trainer.resume():
             log.info("run %s: resuming from iteration %s", run_id, trainer.iteration)
+        # From a checkpoint at the last iteration (a worker that died in the held-out evaluation) this trains no
+        # iteration: it repeats the final evaluation (stored once: a record lost with that worker is recovered)
+        # and ends, leaving the held-out evaluation.
         status = trainer.train(config.iterations)
+        if status == RunStatus.SUCCEEDED and held_out is not None:
+            evaluate_held_out(settings.database_url, run_id, trainer, HeldOutConfig.model_validate(held_out))
         error = None
         if status == RunStatus.STOPPED and shutdown_requested.is_set():
             error = f"the worker shut down after iteration {trainer.iteration}; resume to continue"
     except Exception as exc:  # the run page shows the error and its traceback; the worker carries on
         log.exception("run %s failed", run_id)
+        status = RunStatus.FAILED  # also after training succeeded: its held-out evaluation failed
         error, trace = f"{type(exc).__name__}: {exc}", traceback.format_exc()
     finally:
         try:
@@ -106,6 +126,41 @@ def train_run(run_id: int) -> str:
         with session_scope(settings.database_url) as session:
             run_state.finish(session, run_id, name, status, error, trace)
     return status
+
+
+def held_out_asked(session: Any, run: Run) -> dict[str, Any] | None:
+    """The held-out evaluation the run's experiment asks of every run (ExperimentConfig.held_out), if any."""
+    experiment = session.get(Experiment, run.experiment_id) if run.experiment_id is not None else None
+    asked = experiment.config.get("held_out") if experiment is not None else None
+    return asked if isinstance(asked, dict) else None
+
+
+class HeldOutFailed(RuntimeError):
+    """Training finished, its held-out evaluation did not: a resume evaluates again without training again."""
+
+
+def evaluate_held_out(database_url: str, run_id: int, trainer: Trainer, asked: HeldOutConfig) -> bool:
+    """The trained run's final evaluation on the held-out prompts (Trainer.evaluation, as `meal experiment run`
+    and `meal eval --prompts` call it), stored once: skipped where the run has it already, and a second store
+    of it is a no-op (one row per run). True if it evaluated."""
+    with session_scope(database_url) as session:
+        if session.scalar(select(HeldOutEvaluation.id).where(HeldOutEvaluation.run_id == run_id)) is not None:
+            log.info("run %s: has its held-out evaluation already", run_id)
+            return False
+    samples = asked.samples_per_weight or trainer.config.eval.samples_per_weight
+    try:
+        prompts = load_prompts(asked.prompts, asked.max_prompts)
+        result = trainer.evaluation(prompts, samples, trainer.iteration)
+    except Exception as exc:
+        raise HeldOutFailed(
+            f"training finished, but the held-out evaluation on {asked.prompts} failed ({type(exc).__name__}: "
+            f"{exc}); resume to evaluate again (training is not repeated)"
+        ) from exc
+    row = evaluation_row(run_id, HeldOutResult.of(result, asked.prompts, samples))
+    with session_scope(database_url) as session:
+        insert_ignoring_duplicates(session, HeldOutEvaluation, [row], ["run_id"])
+    log.info("run %s: held-out evaluation on %s stored (hypervolume %.4f)", run_id, asked.prompts, result.hypervolume)
+    return True
 
 
 # -- the playground ---------------------------------------------------------------------------------------------------

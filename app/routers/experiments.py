@@ -5,12 +5,13 @@ evaluations and metrics (meal_core.experiment)."""
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from sqlalchemy import case, func, or_, select
 
-from app.config_policy import ConfigNotAllowed, check_config
+from app.config_policy import ConfigNotAllowed, check_config, check_prompts
 from app.deps import REQUIRE, IdPath, SessionDep, SettingsDep, TrainerDep
 from app.routers.runs import _enqueue
 from app.schemas import (
@@ -23,10 +24,11 @@ from app.schemas import (
     error_responses,
 )
 from app.store import run_state
-from app.store.models import Evaluation, Experiment, MetricPoint, Run
+from app.store.models import Evaluation, Experiment, HeldOutEvaluation, MetricPoint, Run
 from meal_core import metric_keys as keys
 from meal_core.config import ConfigError
 from meal_core.enums import Role, RunStatus
+from meal_core.evaluation import HeldOutResult
 from meal_core.experiment import (
     SERIES_FAMILIES,
     compute_report,
@@ -124,6 +126,14 @@ def create_experiment(
             loc = ["body", "experiment", "base", *refused.field.split(".")]
             detail = [{"loc": loc, "msg": f"{run.name}: {refused.message}", "type": "not_allowed"}]
             raise HTTPException(status_code=403 if refused.forbidden else 422, detail=detail) from None
+    if definition.held_out is not None:
+        try:
+            check_prompts("held_out.prompts", definition.held_out.prompts, settings)
+        except ConfigNotAllowed as refused:
+            detail = [
+                {"loc": ["body", "experiment", "held_out", "prompts"], "msg": refused.message, "type": "not_allowed"}
+            ]
+            raise HTTPException(status_code=422, detail=detail) from None
     baseline = definition.baseline or runs[0].variant
     found = Experiment(
         name=body.name,
@@ -192,6 +202,12 @@ def run_records(
     return found
 
 
+def held_out_records(session: SessionDep, runs: list[Run]) -> dict[int, dict[str, Any]]:
+    """Each run's held-out evaluation (as HeldOutResult.to_json()), for the runs that have one."""
+    rows = session.scalars(select(HeldOutEvaluation).where(HeldOutEvaluation.run_id.in_([r.id for r in runs])))
+    return {row.run_id: {f.name: getattr(row, f.name) for f in fields(HeldOutResult)} for row in rows}
+
+
 CURVE_POINTS = 300  # steps per averaged curve the page gets by default: enough for a chart a screen wide
 
 
@@ -210,6 +226,8 @@ def experiment_out(
         raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
     # Every run's records: the table and stability read the finished runs, the curves also those still training.
     records = run_records(session, members)
+    finished = [r for r in members if r.status == RunStatus.SUCCEEDED]
+    held_out = held_out_records(session, finished)
     results: dict[str, dict[int, dict[str, float]]] = {}
     series: dict[str, dict[int, dict[str, list[tuple[int, float]]]]] = {}
     live_series: dict[str, dict[int, dict[str, list[tuple[int, float]]]]] = {}
@@ -224,7 +242,7 @@ def experiment_out(
         metrics: dict[str, list[float]] = {}
         for _, key, value in rows:
             metrics.setdefault(key, []).append(value)
-        results.setdefault(run.variant, {})[seed] = run_figures(evaluations, metrics, None)
+        results.setdefault(run.variant, {})[seed] = run_figures(evaluations, metrics, held_out.get(run.id))
         series.setdefault(run.variant, {})[seed] = live_series[run.variant][seed]
     return ExperimentOut(
         **summary_of(found, (len(members), sum(r.status == RunStatus.SUCCEEDED for r in members))).model_dump(),

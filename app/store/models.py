@@ -25,7 +25,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from meal_core.config import ConfigError, RunConfig, parse_config
+from meal_core.config import MAX_PATH, ConfigError, RunConfig, parse_config
 from meal_core.enums import JobStatus, QueueStatus, ReviewStatus, RunStatus
 
 JsonColumn = JSON().with_variant(JSONB(), "postgresql")
@@ -217,8 +217,9 @@ class Sample(Base):
     __table_args__ = (UniqueConstraint("run_id", "step", "position", name="uq_sample_run_step_position"),)
 
 
-class Evaluation(Base):
-    __tablename__ = "evaluation"
+class EvaluationColumns:
+    """The columns of a stored EvaluationResult (meal_core.evaluation): one per field of the record, beside the
+    row's own id, run and time (tests/test_records.py holds each table to its record)."""
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("run.id", ondelete="CASCADE"), index=True)
@@ -236,7 +237,26 @@ class Evaluation(Base):
     auto_weights: Mapped[dict[str, float]] = mapped_column(JsonColumn, server_default=text("'{}'"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
+
+class Evaluation(EvaluationColumns, Base):
+    """The evaluations a run records during training, one per evaluated step (the charts, the compare page, the
+    playground's front and the experiment report's hv_final read these)."""
+
+    __tablename__ = "evaluation"
     __table_args__ = (UniqueConstraint("run_id", "step", name="uq_evaluation_run_step"),)
+
+
+class HeldOutEvaluation(EvaluationColumns, Base):
+    """A run's final evaluation on an experiment's held-out prompts (meal_core.evaluation.HeldOutResult), at most
+    one per run: the unique run_id makes a repeated store a no-op. Kept apart from `evaluation` so that nothing
+    that reads training-step evaluations meets it."""
+
+    __tablename__ = "held_out_evaluation"
+
+    prompts: Mapped[str] = mapped_column(String(MAX_PATH))
+    samples_per_weight: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (UniqueConstraint("run_id", name="uq_held_out_evaluation_run"),)
 
 
 # -- users, sessions, tokens ------------------------------------------------------------------------------------------

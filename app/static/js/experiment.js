@@ -1,7 +1,7 @@
 // An experiment: compute per variant, the variant table with the paired comparison against a chosen baseline,
 // the curves averaged over seeds, stability, the runs (linked), and the table as CSV or JSON.
 import { api, el, errorText, every, fmtNum, setChildren, statusBadge } from "./common.js";
-import { RUN_STATUSES } from "./contracts.js";
+import { FIGURE, RUN_STATUSES } from "./contracts.js";
 import { renderCurves } from "./experiment_curves.js";
 
 const $ = (id) => document.getElementById(id);
@@ -62,6 +62,31 @@ function variantRows(report) {
   return rows;
 }
 
+// The held-out figures of the report, a column each (with the paired difference beside it), and what they were asked on.
+const HELD_OUT = [FIGURE.HELD_OUT_HV, FIGURE.HELD_OUT_CONTROL];
+
+function heldOutNote(heldOut) {
+  const samples = heldOut.samples_per_weight ? `${heldOut.samples_per_weight} per prompt and weight` : "each run's eval.samples_per_weight";
+  return (
+    `Each run once more after its last iteration, on ${heldOut.prompts} (at most ${heldOut.max_prompts} prompts, ${samples} responses): ` +
+    "hypervolume of its front and controllability (Spearman of asked weight and obtained reward, mean over objectives). " +
+    "Every held_out_* figure is in the variant table below."
+  );
+}
+
+function heldOutRows(report) {
+  return Object.entries(report.table).map(([variant, figures]) => {
+    const cells = HELD_OUT.flatMap((figure) => {
+      const s = figures[figure];
+      const d = (report.comparison[variant] || {})[figure];
+      const paired = d ? `${fmtNum(d.mean_difference)} ${interval(d.low, d.high)}` : variant === report.baseline ? "baseline" : "–";
+      return [el("td", { className: "num" }, s ? `${fmtNum(s.mean)} ± ${fmtNum(s.sd)}` : "–"), el("td", { className: "num" }, paired)];
+    });
+    const n = figures[FIGURE.HELD_OUT_HV] ? String(figures[FIGURE.HELD_OUT_HV].n) : "0";
+    return el("tr", { dataset: { variant } }, el("td", {}, variant), el("td", { className: "num" }, n), ...cells);
+  });
+}
+
 function stabilityRows(report) {
   const rows = [];
   for (const [variant, series] of Object.entries(report.stability)) {
@@ -110,6 +135,12 @@ async function load(baseline) {
   setChildren($("compute-note"), computeNote(body));
   setChildren($("variant-body"), ...variantRows(body.report));
   drawCurves();
+  const heldOut = body.config.held_out;
+  $("held-out-section").classList.toggle("hidden", !heldOut);
+  if (heldOut) {
+    $("held-out-note").textContent = heldOutNote(heldOut);
+    setChildren($("held-out-body"), ...heldOutRows(body.report));
+  }
   setChildren($("stability-body"), ...stabilityRows(body.report));
   setChildren(
     $("member-body"),

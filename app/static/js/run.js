@@ -2,6 +2,7 @@
 // Charts are updated in place with setData: no page reload, and a zoomed chart keeps its zoom.
 import { LineChart, MetricStore, ScatterChart } from "./charts.js";
 import { alpha, api, color, el, ema, errorText, fmtAgo, fmtNum, fmtTime, progressView, setChildren } from "./common.js";
+import { showHeldOut } from "./held_out.js";
 import { setupExport } from "./run_export.js";
 import { renderManage, setupManage } from "./run_manage.js";
 import { steeringData, steeringSeries } from "./steering.js";
@@ -502,6 +503,7 @@ function connect(cursor) {
   source.addEventListener("status", (e) => {
     Object.assign(run, JSON.parse(e.data));
     renderHeader();
+    if (run.status === RUN_STATUS.SUCCEEDED) showHeldOut(runId); // stored before the run succeeds
     // The record is written once the run has calibrated; status events leave it out, so fetch it then, once.
     if (!run.reproducibility && run.iteration > 0) {
       run.reproducibility = "loading";
@@ -560,6 +562,7 @@ async function main() {
   store.load(metrics.series);
   addEvaluations(evals);
   render();
+  showHeldOut(runId); // a run without one shows nothing more
   sampleSteps = steps;
   renderSampleSlider();
   if (sampleSteps.length) showSamples(sampleSteps.length - 1);
