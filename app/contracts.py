@@ -1,5 +1,5 @@
-"""Writes app/static/js/contracts.js, the browser's copy of the contracts named in meal_core: the status sets, roles
-and review states (meal_core/enums.py) and the metric keys (meal_core/metric_keys.py).
+"""Writes app/static/js/contracts.js, the browser's copy of the contracts named in meal_core: the status sets, run
+phases, roles and review states (meal_core/enums.py) and the metric keys (meal_core/metric_keys.py).
 
     .venv/bin/python -m app.contracts          # rewrite the file after changing either module
 
@@ -39,6 +39,7 @@ STATUS_SETS = {
 }
 ENUMS: dict[str, type[StrEnum]] = {
     "RUN_STATUS": enums.RunStatus,
+    "RUN_PHASE": enums.RunPhase,
     "JOB_STATUS": enums.JobStatus,
     "ROLE": enums.Role,
     "QUEUE_KIND": enums.QueueKind,
