@@ -1,5 +1,5 @@
-"""Writes app/static/js/contracts.js, the browser's copy of the contracts named in meal_core: the status sets, roles
-and review states (meal_core/enums.py), the metric keys (meal_core/metric_keys.py), the algorithm names
+"""Writes app/static/js/contracts.js, the browser's copy of the contracts named in meal_core: the status sets, run
+phases, roles and review states (meal_core/enums.py), the metric keys (meal_core/metric_keys.py), the algorithm names
 (meal_core.experiment.ALGORITHMS, from the config's `algorithm.name`), the run config fields an experiment
 sets itself and the experiment report's figure names (meal_core/experiment.py).
 
@@ -41,6 +41,7 @@ STATUS_SETS = {
 }
 ENUMS: dict[str, type[StrEnum]] = {
     "RUN_STATUS": enums.RunStatus,
+    "RUN_PHASE": enums.RunPhase,
     "JOB_STATUS": enums.JobStatus,
     "ROLE": enums.Role,
     "QUEUE_KIND": enums.QueueKind,

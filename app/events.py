@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import ColumnElement, func, select, true
 from sqlalchemy.orm import Session
 
-from app.schemas import EvaluationOut, RunOut, SampleOut
+from app.schemas import EvaluationOut, RunOut, RunPhaseOut, SampleOut
 from app.store.models import Evaluation, MetricPoint, Run, Sample
 
 MAX_POINTS_PER_EVENT = 5000
@@ -100,6 +100,7 @@ def new_events(
                 "tags",
                 "note",
                 "archived",
+                *RunPhaseOut.model_fields,
             },
         )
         cursor = replace(cursor, version=run.version)

@@ -10,7 +10,7 @@ from typing import Annotated, Any, get_args, get_origin, get_type_hints
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 
 from app.store.models import Base, Evaluation, HeldOutEvaluation, Sample
-from meal_core.enums import RunStatus
+from meal_core.enums import RunPhase, RunStatus
 from meal_core.evaluation import EvaluationResult, HeldOutResult
 from meal_core.recorder import SampleRecord
 
@@ -124,10 +124,22 @@ class RunUpdate(BaseModel):
         return self
 
 
-class RunSummary(BaseModel):
-    """A run as the runs list shows it: no config (it can be large, and the list is polled every few seconds)."""
+class RunPhaseOut(BaseModel):
+    """What a held run's worker does now, with the phase's own progress: the run's `phase*` columns, as the runs
+    list, the run page and the event stream's status event send them."""
 
     model_config = ConfigDict(from_attributes=True)
+
+    phase: RunPhase | None = Field(None, description="What the worker does now; null while no worker holds the run.")
+    phase_done: int = Field(0, description="Units of the phase done: responses, generations or iterations.")
+    phase_total: int = Field(0, description="The phase's units in all; 0 where the phase is not counted.")
+    phase_eta_seconds: float | None = Field(
+        None, description="When the phase should be done, from the rate measured inside it; null until a unit is."
+    )
+
+
+class RunSummary(RunPhaseOut):
+    """A run as the runs list shows it: no config (it can be large, and the list is polled every few seconds)."""
 
     id: int
     name: str

@@ -1,4 +1,4 @@
-"""Every set of named states, in one module: run and job statuses, roles, review queues and reviews.
+"""Every set of named states, in one module: run and job statuses, run phases, roles, review queues and reviews.
 
 The engine, the tables, the API schemas (so OpenAPI lists each set as an `enum`), the CLI, the workers and the
 browser (app/static/js/contracts.js is written from this module) all take them from here. They are StrEnums, so a
@@ -29,6 +29,18 @@ RESUMABLE_RUN_STATUSES = frozenset({RunStatus.FAILED, RunStatus.STOPPED})
 HELD_RUN_STATUSES = frozenset({RunStatus.RUNNING, RunStatus.STOPPING})
 #: Stop applies: a queued run stops at once, a running one after its current iteration.
 STOPPABLE_RUN_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
+
+
+class RunPhase(StrEnum):
+    """What a held run is doing now, each with its own progress (done of total units, none where the phase has no
+    count) and ETA: the recorder's `phase`. Set only while a worker holds the run; cleared when it ends."""
+
+    LOADING = "loading"  # the model, its adapters and the objectives' models; a resumed run's checkpoint
+    CALIBRATING = "calibrating"  # sampling the base policy for μ, σ and the probe set: responses
+    EVALUATING = "evaluating"  # the weight grid × held-out prompts: generations
+    WARM_START = "warm_start"  # hindsight-labelled base-model samples before the loop: responses
+    TRAINING = "training"  # the loop: iterations
+    CHECKPOINTING = "checkpointing"  # saving (and publishing) a checkpoint
 
 
 class JobStatus(StrEnum):

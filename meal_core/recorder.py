@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from meal_core.enums import RunPhase
 from meal_core.evaluation import EvaluationResult
 
 REPRODUCIBILITY_FILE = "reproducibility.json"
@@ -31,7 +32,16 @@ class Recorder(Protocol):
     def samples(self, step: int, samples: list[SampleRecord]) -> None: ...
     def evaluation(self, result: EvaluationResult) -> None: ...
     def status(self, status: str, message: str | None = None) -> None: ...
-    def progress(self, done: int, total: int, eta_seconds: float | None) -> None: ...
+    def progress(self, done: int, total: int, eta_seconds: float | None) -> None:
+        """The whole run: iterations done of the total, and when the last should be done."""
+        ...
+
+    def phase(self, phase: RunPhase, done: int, total: int, eta_seconds: float | None) -> None:
+        """What the run does now (meal_core.enums.RunPhase): units done of the phase's total (0: not counted) and
+        an ETA from the rate measured inside it (None until a unit is done). Called often (after every generate
+        batch): it must be cheap. `PhaseProgress` keeps the count and the clock."""
+        ...
+
     def reproducibility(self, record: dict[str, Any]) -> None:
         """The run's reproducibility record (meal_core.provenance), once it has calibrated."""
         ...
@@ -59,6 +69,9 @@ class NullRecorder:
         pass
 
     def progress(self, done: int, total: int, eta_seconds: float | None) -> None:
+        pass
+
+    def phase(self, phase: RunPhase, done: int, total: int, eta_seconds: float | None) -> None:
         pass
 
     def reproducibility(self, record: dict[str, Any]) -> None:
@@ -109,8 +122,13 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _clock(seconds: float | None) -> str:
+    return "--:--" if seconds is None else f"{int(seconds // 60):02d}:{int(seconds % 60):02d}"
+
+
 class ConsoleProgress(NullRecorder):
-    """A one-line progress bar with ETA on stderr, plus status changes."""
+    """A one-line progress bar with ETA on stderr, a line per phase before the loop (loading, calibrating, the
+    step-0 evaluation, which can take longer than the training), plus status changes."""
 
     def __init__(self, stream: IO[str] | None = None, width: int = 30) -> None:
         self._stream, self.width = stream, width
@@ -121,11 +139,18 @@ class ConsoleProgress(NullRecorder):
 
     def progress(self, done: int, total: int, eta_seconds: float | None) -> None:
         filled = int(self.width * done / max(total, 1))
-        eta = "--:--" if eta_seconds is None else f"{int(eta_seconds // 60):02d}:{int(eta_seconds % 60):02d}"
         bar = "#" * filled + "-" * (self.width - filled)
-        self.stream.write(f"\r[{bar}] {done}/{total} iterations  ETA {eta}")
+        self.stream.write(f"\r[{bar}] {done}/{total} iterations  ETA {_clock(eta_seconds)}")
         if done >= total:
             self.stream.write("\n")
+        self.stream.flush()
+
+    def phase(self, phase: RunPhase, done: int, total: int, eta_seconds: float | None) -> None:
+        """Phases other than training (its bar is `progress`), rewritten in place as they advance."""
+        if phase == RunPhase.TRAINING:
+            return
+        count = f" {done}/{total}  ETA {_clock(eta_seconds)}" if total else ""
+        self.stream.write(f"\r{phase.replace('_', ' ')}{count}\x1b[K" + ("\n" if total and done >= total else ""))
         self.stream.flush()
 
     def status(self, status: str, message: str | None = None) -> None:
@@ -159,6 +184,10 @@ class MultiRecorder:
         for r in self.recorders:
             r.progress(done, total, eta_seconds)
 
+    def phase(self, phase: RunPhase, done: int, total: int, eta_seconds: float | None) -> None:
+        for r in self.recorders:
+            r.phase(phase, done, total, eta_seconds)
+
     def reproducibility(self, record: dict[str, Any]) -> None:
         for r in self.recorders:
             r.reproducibility(record)
@@ -169,3 +198,28 @@ class MultiRecorder:
     def before_checkpoint(self) -> None:
         for r in self.recorders:
             r.before_checkpoint()
+
+
+class PhaseProgress:
+    """One phase's count and clock, told to a recorder as it advances: units done of `total` and an ETA from the
+    rate measured since the phase started in this process (none until a unit is done here, so a resumed run's
+    earlier iterations do not make the rest look instant)."""
+
+    def __init__(self, recorder: Recorder, phase: RunPhase, total: int = 0, done: int = 0) -> None:
+        self.recorder, self.phase, self.total, self.done = recorder, phase, total, done
+        self._first, self._started = done, time.monotonic()
+        self.report()
+
+    def advance(self, units: int = 1) -> None:
+        self.done += units
+        self.report()
+
+    def eta_seconds(self) -> float | None:
+        measured = self.done - self._first
+        if measured <= 0 or not self.total:
+            return None
+        return (time.monotonic() - self._started) / measured * max(self.total - self.done, 0)
+
+    def report(self) -> None:
+        """Tell the recorder where the phase stands (again: after another phase interrupted it)."""
+        self.recorder.phase(self.phase, self.done, self.total, self.eta_seconds())

@@ -29,7 +29,7 @@ from meal_core import checkpoint
 from meal_core import metric_keys as keys
 from meal_core.config import RunConfig, dump_config
 from meal_core.data import Prompt, filter_by_length, load_prompt_sets
-from meal_core.enums import RunStatus
+from meal_core.enums import RunPhase, RunStatus
 from meal_core.evaluation import (
     EvaluationResult,
     auto_weight_fit,
@@ -42,7 +42,7 @@ from meal_core.normalization import Normalizer
 from meal_core.objectives import Objective, build_objectives, score_responses
 from meal_core.policy import Policy, Sampling
 from meal_core.provenance import reproducibility_record
-from meal_core.recorder import NullRecorder, Recorder, SampleRecord
+from meal_core.recorder import NullRecorder, PhaseProgress, Recorder, SampleRecord
 from meal_core.rollout import Sampler, sample_prompts, sampler_for
 from meal_core.selection import DegeneracyGuard, select
 from meal_core.weights import LearnableWeights, PreferenceNet, entropy, hindsight_target, kl_to_net
@@ -54,6 +54,10 @@ CORNER, PROPOSAL, DRAW = "corner", "proposal", "draw"
 # Every sampling call is seeded by (run seed, stream, …) alone, so that what it draws does not depend on what ran
 # before it: calibration and evaluation pair across algorithms, and a resumed run draws what a straight one would.
 CALIBRATION_STREAM, PROBE_STREAM, WARM_START_STREAM, ROLLOUT_STREAM, EVALUATION_STREAM = 1, 2, 3, 4, 100_003
+# Responses per generate call before the loop (calibration, probe, warm start): the phase's progress moves after each.
+BASE_BATCH = 64
+# Prompt × weight jobs per generate call of an evaluation.
+EVALUATION_BATCH = 64
 
 
 @dataclass
@@ -69,6 +73,15 @@ class Candidates:
     texts: list[str]  # B·M responses, prompt-major
     token_ids: list[list[int]]
     new_tokens: int
+
+    @classmethod
+    def joined(cls, parts: list[Candidates]) -> Candidates:
+        """The responses of several generate calls, in order."""
+        return cls(
+            [t for part in parts for t in part.texts],
+            [ids for part in parts for ids in part.token_ids],
+            sum(part.new_tokens for part in parts),
+        )
 
 
 @dataclass
@@ -172,6 +185,8 @@ class Trainer:
         on_checkpoint: Callable[[Path], None] | None = None,
     ) -> None:
         """`on_checkpoint(path)` is called after each checkpoint is saved, complete (the worker publishes it)."""
+        self.recorder: Recorder = recorder or NullRecorder()
+        PhaseProgress(self.recorder, RunPhase.LOADING)  # minutes for a large model or reward model
         self.config = config
         self.on_checkpoint = on_checkpoint
         self._saved: Path | None = None  # the checkpoint this process saved last
@@ -179,7 +194,6 @@ class Trainer:
         self.names = config.objective_names
         self.k = len(self.names)
         self.run_dir = Path(run_dir)
-        self.recorder: Recorder = recorder or NullRecorder()
         if config.model.cpu_threads:
             torch.set_num_threads(config.model.cpu_threads)
         torch.manual_seed(config.seed)
@@ -231,25 +245,23 @@ class Trainer:
         (self.run_dir / "config.json").write_text(dump_config(self.config))
         self.recorder.status(RunStatus.RUNNING)
         if self.normalizer is None:
-            self.calibrate()
-            self.build_probe_set()
-            if self.config.eval.at_start:
-                self.evaluate(0)
-            self.warm_start()
+            self.prepare()
         assert self.normalizer is not None
         self.recorder.reproducibility(reproducibility_record(self.config, self.normalizer.state_dict()))
-        started, first = time.monotonic(), self.iteration
         self.recorder.progress(self.iteration, total, None)
+        training = PhaseProgress(self.recorder, RunPhase.TRAINING, total, self.iteration)
         while self.iteration < total:
+            training.report()  # again after an evaluation or a checkpoint
             outcome = self.run_iteration()
             step = outcome.step
             self.record(outcome)
+            # Before this iteration's evaluation, so that the run's iteration names the policy it evaluates.
+            training.advance()
+            self.recorder.progress(step, total, training.eta_seconds())
             if self.config.eval.every and step % self.config.eval.every == 0:
                 self.evaluate(step)
             if self.config.checkpoint.every and step % self.config.checkpoint.every == 0:
                 self.save_checkpoint()
-            per_iteration = (time.monotonic() - started) / (step - first)
-            self.recorder.progress(step, total, per_iteration * (total - step))
             if step < total and self.recorder.should_stop():
                 self.save_checkpoint()
                 self.recorder.status(RunStatus.STOPPED, f"stopped after iteration {step}")
@@ -259,6 +271,17 @@ class Trainer:
         self.save_checkpoint()
         self.recorder.status(RunStatus.SUCCEEDED)
         return RunStatus.SUCCEEDED
+
+    def prepare(self) -> None:
+        """Before the first iteration: calibrate on the base policy (with the probe set, from the same policy),
+        evaluate the untrained policy, warm start. On a busy machine this can take longer than the training, so
+        each part reports its phase."""
+        calibrating = PhaseProgress(self.recorder, RunPhase.CALIBRATING, self.calibration_size())
+        self.calibrate(calibrating)
+        self.build_probe_set(calibrating)
+        if self.config.eval.at_start:
+            self.evaluate(0)
+        self.warm_start()
 
     def run_iteration(self) -> IterationOutcome:
         """Steps 1–7 of one iteration, timed by phase (rollout, scoring, the rest: the policy and preference
@@ -585,21 +608,35 @@ class Trainer:
     # -- before the loop: calibration, probe set, warm start -------------------------------------------------------
 
     def sample_base(
-        self, prompts: list[Prompt], samples: int, stream: int
+        self, prompts: list[Prompt], samples: int, stream: int, progress: PhaseProgress | None = None
     ) -> tuple[Candidates, np.ndarray, np.ndarray]:
-        """Responses under uniform weights, with (raw, oriented) scores, from the run's `stream`."""
-        uniform = np.full((len(prompts), self.k), 1 / self.k)
-        seed = stream_seed(self.config.seed, stream)
-        candidates = self.sample([p.text for p in prompts], uniform, samples, Sampling.of(self.algo), seed)
+        """Responses under uniform weights, with (raw, oriented) scores, from the run's `stream`, about BASE_BATCH
+        responses per generate call (`progress` advances by each call's responses). The first call is seeded by
+        the stream alone, later ones also by their index: a run whose base sample fits one call draws as before."""
+        sampling = Sampling.of(self.algo)
+        parts = []
+        for index, chunk in enumerate(_chunks(prompts, max(1, BASE_BATCH // samples))):
+            seed = stream_seed(self.config.seed, stream, *([index] if index else []))
+            uniform = np.full((len(chunk), self.k), 1 / self.k)
+            parts.append(self.sample([p.text for p in chunk], uniform, samples, sampling, seed))
+            if progress is not None:
+                progress.advance(len(chunk) * samples)
+        candidates = Candidates.joined(parts)
         raw, oriented = self.oriented_scores([p.text for p in prompts for _ in range(samples)], candidates.texts)
         return candidates, raw, oriented
 
-    def calibrate(self) -> None:
+    def calibration_size(self) -> int:
+        """Base-policy responses that calibration and the probe set draw."""
+        return min(self.algo.calibration_prompts, len(self.train_prompts)) * self.algo.samples_per_prompt + (
+            2 * self.config.eval.probe_pairs
+        )
+
+    def calibrate(self, progress: PhaseProgress | None = None) -> None:
         """μ, σ of each objective on the base policy's own responses; also how the objectives correlate there."""
         count = min(self.algo.calibration_prompts, len(self.train_prompts))
         prompts = [self.train_prompts[i] for i in self.rng.permutation(len(self.train_prompts))[:count]]
         # Its own random stream: the same seed calibrates on the same samples whatever the algorithm.
-        candidates, _, oriented = self.sample_base(prompts, self.algo.samples_per_prompt, CALIBRATION_STREAM)
+        candidates, _, oriented = self.sample_base(prompts, self.algo.samples_per_prompt, CALIBRATION_STREAM, progress)
         valid = self.guard.valid(candidates.texts)
         basis = oriented[valid] if valid.sum() >= 2 else oriented
         self.normalizer = Normalizer.calibrate(self.names, basis, self.algo.clip)
@@ -611,14 +648,14 @@ class Trainer:
                 values[keys.calibration_correlation(name, self.names[j])] = linear_correlation(basis[:, k], basis[:, j])
         self.recorder.metrics(0, values)
 
-    def build_probe_set(self) -> None:
+    def build_probe_set(self, progress: PhaseProgress | None = None) -> None:
         """Two base-policy responses for each of P held-out prompts not used by the sampled evaluation."""
         pairs = self.config.eval.probe_pairs
         pool = self.eval_prompts[self.config.eval.prompts :] or self.eval_prompts
         if pairs == 0:
             return
         prompts = [pool[i % len(pool)] for i in range(pairs)]
-        candidates, _, oriented = self.sample_base(prompts, 2, PROBE_STREAM)
+        candidates, _, oriented = self.sample_base(prompts, 2, PROBE_STREAM, progress)
         assert self.normalizer is not None
         self.probe_set = ProbeSet(
             [p.text for p in prompts for _ in range(2)], candidates.token_ids, self.normalizer(oriented)
@@ -632,7 +669,8 @@ class Trainer:
         assert self.normalizer is not None
         prompts = [self.train_prompts[i] for i in self.rng.permutation(len(self.train_prompts))[:count]]
         m = self.algo.samples_per_prompt
-        candidates, _, oriented = self.sample_base(prompts, m, WARM_START_STREAM)
+        warming = PhaseProgress(self.recorder, RunPhase.WARM_START, count * m)
+        candidates, _, oriented = self.sample_base(prompts, m, WARM_START_STREAM, warming)
         relative = self.normalizer(oriented)
         tau = self.algo.hindsight_temperature
         items = [
@@ -655,14 +693,20 @@ class Trainer:
     def evaluate(self, step: int) -> EvaluationResult:
         """Evaluate on the run's held-out prompts and record the result."""
         cfg = self.config.eval
-        result = self.evaluation(self.eval_prompts[: cfg.prompts], cfg.samples_per_weight, step)
+        prompts = self.eval_prompts[: cfg.prompts]
+        generations = len(prompts) * len(weight_grid(self.k, cfg.grid_points, cfg.lattice_divisions))
+        evaluating = PhaseProgress(self.recorder, RunPhase.EVALUATING, generations * cfg.samples_per_weight)
+        result = self.evaluation(prompts, cfg.samples_per_weight, step, evaluating)
         self.recorder.evaluation(result)
         self.recorder.metrics(step, result.metrics())
         return result
 
-    def evaluation(self, prompts: list[Prompt], samples_per_weight: int, step: int) -> EvaluationResult:
+    def evaluation(
+        self, prompts: list[Prompt], samples_per_weight: int, step: int, progress: PhaseProgress | None = None
+    ) -> EvaluationResult:
         """Grid of weights × prompts → front, hypervolume, controllability (per response, over the grid, and a
-        shuffled-weights null), degenerate share, the probe, and how well the net's auto weights fit.
+        shuffled-weights null), degenerate share, the probe, and how well the net's auto weights fit. `progress`
+        advances by the generations of each generate call.
 
         Samples from seeds of its own, so that evaluating does not change the training that follows and
         the same seed and step sample alike whatever the algorithm. Records nothing.
@@ -673,11 +717,13 @@ class Trainer:
         jobs = [(p, w) for w in grid for p in prompts]
         sampling = Sampling.of(self.algo, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
         texts: list[str] = []
-        for index, chunk in enumerate(_chunks(jobs, 64)):
+        for index, chunk in enumerate(_chunks(jobs, EVALUATION_BATCH)):
             seed = stream_seed(self.config.seed, EVALUATION_STREAM, step, index)
             texts += self.sample(
                 [p.text for p, _ in chunk], np.stack([w for _, w in chunk]), samples_per_weight, sampling, seed
             ).texts
+            if progress is not None:
+                progress.advance(len(chunk) * samples_per_weight)
         n = samples_per_weight
         asked = np.repeat(np.stack([w for _, w in jobs]), n, axis=0)
         raw, oriented = self.oriented_scores([p.text for p, _ in jobs for _ in range(n)], texts)
@@ -740,6 +786,7 @@ class Trainer:
         after the recorder has written what it holds, then hand it to `on_checkpoint`."""
         if self._saved is not None and self._saved.name == checkpoint.name_of(self.iteration):
             return self._saved
+        PhaseProgress(self.recorder, RunPhase.CHECKPOINTING)
         self.recorder.before_checkpoint()
         self._saved = checkpoint.save_checkpoint(
             self.run_dir, self.iteration, self.policy.save_adapter, self.state_dict(), self.config.checkpoint.keep_last

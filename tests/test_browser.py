@@ -42,7 +42,7 @@ from app.store.migrate import upgrade
 from app.store.models import Evaluation, PlaygroundGeneration, Sample
 from app.store.queue import PLAYGROUND_QUEUE
 from app.store.settings import Settings
-from meal_core.enums import PENDING_JOB_STATUSES, JobStatus, RunStatus
+from meal_core.enums import PENDING_JOB_STATUSES, JobStatus, RunPhase, RunStatus
 
 SCREENSHOT = Path("/tmp/run_page.png")
 TIMEOUT_MS = BROWSER_WAIT_MS
@@ -223,6 +223,10 @@ def test_launch_watch_and_stop_a_run(
     assert page.evaluate("window.__sameDocument") is True  # no reload happened
     page.wait_for_function("document.querySelector('#run-status').textContent === 'running'", timeout=TIMEOUT_MS)
     page.wait_for_function("document.querySelectorAll('#samples-body tr td.text').length > 0", timeout=TIMEOUT_MS)
+    # The worker's phase reached the page: the iteration under way, under the overall progress.
+    page.locator("#run-progress .phase", has_text=re.compile(r"^Training iteration \d+ of 200$")).wait_for(
+        timeout=TIMEOUT_MS
+    )
     page.screenshot(path=str(SCREENSHOT), full_page=True)
 
     # Stop from the page: stopping, then stopped (pushed by the event stream).
@@ -234,6 +238,7 @@ def test_launch_watch_and_stop_a_run(
     page.wait_for_function("document.querySelector('#run-status').textContent === 'stopped'", timeout=TIMEOUT_MS)
     page.wait_for_function("!document.querySelector('#resume-button').disabled", timeout=TIMEOUT_MS)
     assert page.is_disabled("#stop-button")
+    assert page.locator("#run-progress .phase").count() == 0, "a stopped run has its status, no phase"
     run = httpx.get(f"{meal_up}/api/runs/{run_id}", headers=api).json()
     assert run["status"] == "stopped" and run["created_by"] == "admin" and run["stopped_by"] == "admin"
     # The reproducibility record reached the page once the run had calibrated (fetched after a status event).
@@ -678,4 +683,59 @@ def test_team_playground_review_and_agreement(
     progress = page.locator("#progress-body tr").all_text_contents()
     assert len(progress) == 2 and all("1" in row for row in progress)
     assert page.evaluate("window.__pwned") is None
+    assert not page_errors, page_errors
+
+
+def test_run_page_and_runs_list_name_the_phase_and_its_progress(
+    served: tuple[str, Settings], page: Any, page_errors: list[str]
+) -> None:
+    """Long before its first iteration a run says what it does: the phase, the phase's own count and ETA, beside the
+    overall iteration progress, on the run page (pushed by the event stream) and in the runs list. A finished run
+    shows its status, no phase."""
+    base, settings = served
+    log_in(page, base, settings, "trainer")
+    url = settings.database_url
+    with session_scope(url) as session:
+        run_id = run_state.create_run(session, "phased", {"seed": 1}, 16, "local").id
+        assert run_state.claim(session, run_id, "w")
+
+    def worker_reports(phase: RunPhase, done: int, total: int, eta: float | None) -> None:
+        """What the worker's recorder writes at a flush, with the heartbeat that keeps the run its own."""
+        with session_scope(url) as session:
+            run_state.heartbeat(session, run_id, "w")
+            run_state.report_phase(session, run_id, phase, done, total, eta)
+
+    worker_reports(RunPhase.EVALUATING, 96, 264, 720.0)
+    progress = "#run-progress"
+
+    page.goto(f"{base}/runs/{run_id}")
+    evaluating = "Evaluating the starting policy: 96 / 264 generations, about 12m 00s left"
+    page.locator(progress, has_text=evaluating).wait_for(timeout=TIMEOUT_MS)
+    assert "0 / 16 iterations" in page.locator(progress).inner_text()
+
+    with session_scope(url) as session:  # the stream pushes each change: no reload
+        run_state.report_progress(session, run_id, 3, 16, 130.0)
+    worker_reports(RunPhase.TRAINING, 3, 16, 130.0)
+    page.locator(progress, has_text="Training iteration 4 of 16").wait_for(timeout=TIMEOUT_MS)
+    assert "3 / 16 iterations · ETA 2m 10s" in page.locator(progress).inner_text()
+    worker_reports(RunPhase.EVALUATING, 0, 264, None)
+    page.locator(progress, has_text="Evaluating the policy after iteration 3: 0 / 264 generations").wait_for()
+    assert "left" not in page.locator(f"{progress} .phase").inner_text(), "no ETA before a generation is done"
+    worker_reports(RunPhase.LOADING, 0, 0, None)
+    page.locator(progress, has_text="Loading the model and the objectives").wait_for()
+    assert page.locator(f"{progress} .phase").inner_text() == "Loading the model and the objectives"
+
+    page.goto(f"{base}/")  # the runs list
+    row = page.locator(f"#runs-body tr[data-run-id='{run_id}']")
+    row.locator(".phase", has_text="Loading the model and the objectives").wait_for(timeout=TIMEOUT_MS)
+
+    # Every phase has its words in the one table the pages read.
+    labels = page.evaluate("import('/static/js/common.js').then((m) => Object.keys(m.PHASE_TEXT))")
+    assert sorted(labels) == sorted(RunPhase)
+
+    with session_scope(url) as session:
+        assert run_state.finish(session, run_id, "w", RunStatus.SUCCEEDED)
+    page.goto(f"{base}/runs/{run_id}")
+    page.locator(progress, has_text="3 / 16 iterations").wait_for(timeout=TIMEOUT_MS)  # rendered by the page
+    assert page.locator(f"{progress} .phase").count() == 0
     assert not page_errors, page_errors

@@ -28,7 +28,10 @@ def test_train_eval_generate(tiny_model_dir: Path, tmp_path: Path, capsys: pytes
     assert stored["iterations"] == 2 and stored["model"]["name_or_path"] == str(tiny_model_dir)
     rows = read_jsonl(run / "metrics.jsonl")
     assert {"step", "key", "value", "time"} == set(rows[0])
-    assert "2/2 iterations" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "2/2 iterations" in err
+    # Before the first iteration the console names each phase with its count (tiny config: 4 × 3 + 3 × 2 responses).
+    assert "loading" in err and "calibrating 18/18" in err and "evaluating 12/12" in err
 
     recorded = {name: (run / name).read_bytes() for name in ("metrics.jsonl", "samples.jsonl", "evaluations.jsonl")}
     assert main(["eval", str(run)]) == 0

@@ -48,6 +48,7 @@ def test_openapi_lists_every_status_role_and_review_state(embedded_settings: Set
 
     assert enum_of("RunSummary", "status") == [s.value for s in enums.RunStatus]
     assert enum_of("RunOut", "status") == [s.value for s in enums.RunStatus]
+    assert enum_of("RunSummary", "phase") == [p.value for p in enums.RunPhase]
     assert enum_of("PlaygroundOut", "status") == [s.value for s in enums.JobStatus]
     assert enum_of("UserOut", "role") == [r.value for r in enums.Role]
     assert enum_of("QueueOut", "status") == [s.value for s in enums.QueueStatus]

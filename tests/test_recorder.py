@@ -14,6 +14,7 @@ from sqlalchemy import select
 from app.store import run_state
 from app.store.db import session_scope
 from app.store.models import Evaluation, MetricLatest, Run, Sample
+from meal_core.enums import RunPhase, RunStatus
 from meal_core.evaluation import EvaluationResult, FrontPoint
 from meal_core.recorder import SampleRecord
 from worker.recorder import DatabaseRecorder, RecorderError
@@ -114,3 +115,41 @@ def test_an_unreachable_database_is_tolerated_for_give_up_s_then_fails_the_run()
         recorder.should_stop()
     with pytest.raises(Exception, match="127.0.0.1"):
         recorder.close()
+
+
+def stored_phase(url: str, run_id: int) -> tuple[str | None, int, int, float | None]:
+    with session_scope(url) as session:
+        run = session.get(Run, run_id)
+        assert run is not None
+        return run.phase, run.phase_done, run.phase_total, run.phase_eta_seconds
+
+
+def test_phases_are_stored_at_each_flush_and_cleared_when_the_run_ends(database_url: str) -> None:
+    """The trainer reports its phase after every generate call; the recorder keeps the latest and writes it with
+    the periodic flush (one UPDATE, whatever the number of reports). finish() clears it, and a late write from a
+    worker that lost the run cannot bring it back."""
+    run_id = claimed_run(database_url)
+    recorder = DatabaseRecorder(database_url, run_id, WORKER, flush_s=3600, heartbeat_s=3600)  # flushed by hand
+    try:
+        recorder.phase(RunPhase.LOADING, 0, 0, None)
+        recorder.flush()
+        assert stored_phase(database_url, run_id) == ("loading", 0, 0, None)
+        with session_scope(database_url) as session:
+            version = session.get(Run, run_id).version  # type: ignore[union-attr]
+        for done in range(0, 265, 8):
+            recorder.phase(RunPhase.EVALUATING, done, 264, None if done == 0 else 3.0 * (264 - done))
+        recorder.flush()
+        assert stored_phase(database_url, run_id) == ("evaluating", 264, 264, 0.0)
+        with session_scope(database_url) as session:
+            assert session.get(Run, run_id).version == version + 1  # type: ignore[union-attr]
+        recorder.phase(RunPhase.TRAINING, 1, 3, 20.0)
+    finally:
+        recorder.close()  # writes what is left
+    assert stored_phase(database_url, run_id) == ("training", 1, 3, 20.0)
+
+    with session_scope(database_url) as session:
+        assert run_state.finish(session, run_id, WORKER, RunStatus.SUCCEEDED)
+    assert stored_phase(database_url, run_id) == (None, 0, 0, None)
+    with session_scope(database_url) as session:
+        run_state.report_phase(session, run_id, RunPhase.CHECKPOINTING, 0, 0, None)
+    assert stored_phase(database_url, run_id) == (None, 0, 0, None), "only a held run has a phase"

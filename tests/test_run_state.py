@@ -10,7 +10,7 @@ from sqlalchemy import update
 from app.store import run_state
 from app.store.db import session_scope
 from app.store.models import ModelExport, PlaygroundGeneration, Run
-from meal_core.enums import JobStatus, RunStatus
+from meal_core.enums import JobStatus, RunPhase, RunStatus
 
 TIMEOUT = timedelta(seconds=120)
 
@@ -134,12 +134,16 @@ def test_enqueue_failed_is_a_visible_transition_of_a_queued_run(database_url: st
 
 def test_stale_running_run_fails_and_can_be_resumed(database_url: str) -> None:
     stale, fresh = claimed_run(database_url, "lost-worker"), claimed_run(database_url, "live-worker")
+    with session_scope(database_url) as session:
+        run_state.report_phase(session, stale, RunPhase.EVALUATING, 96, 264, 720.0)
+    assert load(database_url, stale).phase == RunPhase.EVALUATING
     set_heartbeat(database_url, stale, datetime.now(UTC) - TIMEOUT - timedelta(seconds=5))
     with session_scope(database_url) as session:
         failed = run_state.fail_stale_runs(session, TIMEOUT)
     assert stale in failed and fresh not in failed
     run = load(database_url, stale)
     assert run.status == RunStatus.FAILED
+    assert (run.phase, run.phase_done, run.phase_total, run.phase_eta_seconds) == (None, 0, 0, None), "no worker"
     assert run.error is not None and "worker vanished" in run.error
     assert run.finished_at is not None and run.stop_requested is False
     assert load(database_url, fresh).status == RunStatus.RUNNING

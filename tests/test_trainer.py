@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from helpers import deterministic_metrics, tiny_run_config
 
+from meal_core import trainer as trainer_module
+from meal_core.enums import RunPhase
 from meal_core.recorder import JsonlRecorder, NullRecorder, read_jsonl
 from meal_core.trainer import CORNER, DRAW, PROPOSAL, Trainer
 from meal_core.weights import softmax
@@ -186,3 +188,48 @@ def test_the_recorder_is_flushed_before_each_checkpoint_and_each_iteration_saved
     assert saved == ["iter-000002", "iter-000004"]
     assert [recorded for recorded, _ in watcher.calls] == [2, 4]
     assert [existing for _, existing in watcher.calls] == [[], ["iter-000002"]]
+
+
+class PhaseLog(NullRecorder):
+    """Every phase report, in order: (phase, done, total, eta_seconds)."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[str, int, int, float | None]] = []
+
+    def phase(self, phase: RunPhase, done: int, total: int, eta_seconds: float | None) -> None:
+        self.reports.append((phase, done, total, eta_seconds))
+
+
+def test_the_trainer_reports_each_phase_in_order_with_growing_progress(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading, calibrating, the step-0 evaluation, training, checkpoints and the final evaluation, each counted in
+    its own units and advanced after every generate call (small batches here, so that there are several)."""
+    monkeypatch.setattr(trainer_module, "BASE_BATCH", 3)  # one calibration prompt (3 responses) per call
+    monkeypatch.setattr(trainer_module, "EVALUATION_BATCH", 2)
+    config = tiny_run_config(tiny_model_dir, iterations=2, eval__every=0, checkpoint__every=0)
+    log = PhaseLog()
+    Trainer(config, tmp_path, log).train()
+
+    phases = [phase for i, (phase, *_) in enumerate(log.reports) if i == 0 or log.reports[i - 1][0] != phase]
+    P = RunPhase
+    assert phases == [
+        P.LOADING, P.CALIBRATING, P.EVALUATING, P.TRAINING, P.EVALUATING, P.CHECKPOINTING,
+    ]  # fmt: skip
+
+    calibration = 4 * 3 + 2 * 3  # calibration prompts × samples per prompt, and the probe pairs' two responses each
+    evaluation = 2 * 3 * 2  # prompts × grid points × samples per weight
+    expected = {P.CALIBRATING: calibration, P.EVALUATING: evaluation, P.TRAINING: 2, P.LOADING: 0, P.CHECKPOINTING: 0}
+    for phase, total in expected.items():
+        reports = [(done, t, eta) for p, done, t, eta in log.reports if p == phase]
+        assert {t for _, t, _ in reports} == {total}, phase
+        dones = [done for done, _, _ in reports]
+        assert dones == sorted(dones) or phase == P.EVALUATING, phase  # the evaluations each count from 0
+        assert all(eta is None for done, _, eta in reports if done == 0), "no ETA before a unit is done"
+    calibrating = [done for p, done, _, _ in log.reports if p == P.CALIBRATING]
+    assert calibrating == [0, 3, 6, 9, 12, 14, 16, 18], "after every call: 4 of calibration, 3 of the probe set"
+    first_evaluation = [done for _, done, _, _ in log.reports[: log.reports.index((P.TRAINING, 0, 2, None))]]
+    assert first_evaluation[-4:] == [0, 4, 8, 12], "3 evaluation calls of 2 jobs × 2 samples"
+    training = [(done, eta) for p, done, _, eta in log.reports if p == P.TRAINING]
+    assert [done for done, _ in training] == [0, 0, 1, 1, 2]  # each iteration reported as it starts and ends
+    assert all(eta is not None and eta >= 0 for done, eta in training if done > 0)

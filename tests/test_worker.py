@@ -24,6 +24,7 @@ from live_server import Event, EventStream, live_server
 from app.store.queue import enqueue_training
 from app.store.settings import Settings
 from meal_core.checkpoint import latest_checkpoint
+from meal_core.enums import RunPhase
 
 TOTAL = 8  # iterations of the stop/resume run
 KEY = "reward/positivity"  # recorded at every iteration
@@ -139,6 +140,20 @@ def status_is(*statuses: str) -> Callable[[Event], bool]:
     return lambda event: event.name == "status" and event.data["status"] in statuses
 
 
+def phases(events: list[Event]) -> list[str | None]:
+    """The phase of each status event, in order, repeats dropped; every counted one within its total."""
+    seen: list[str | None] = []
+    for e in events:
+        if e.name != "status":
+            continue
+        phase, done, total = e.data["phase"], e.data["phase_done"], e.data["phase_total"]
+        assert phase is None or phase in set(RunPhase), e.data
+        assert total == 0 or 0 <= done <= total, e.data
+        if not seen or seen[-1] != phase:
+            seen.append(phase)
+    return seen
+
+
 def test_engine_failure_at_start_is_stored_with_its_traceback(live: Setup, tiny_model_dir: Path) -> None:
     missing = live.settings.data_dir / "uploads" / "no-such-model"  # where configs may name files
     config = tiny_run_config(tiny_model_dir, model__name_or_path=str(missing)).model_dump(mode="json")
@@ -190,6 +205,13 @@ def test_train_stop_resume_and_finish(live: Setup, tiny_model_dir: Path) -> None
         assert any(e.name == "samples" for e in before_stop)
         streamed = {step: value for e in stream.received if e.name == "metrics" for step, value in e.data.get(KEY, [])}
         assert [streamed[step] for step in range(1, stop_at + 1)] == live.series(run_id, KEY)["values"]
+        # The stream named what the worker did, in the trainer's order; a stopped run has no phase.
+        before = phases(stream.received)
+        assert before[-1] is None and stopped["phase"] is None
+        assert set(before) & {RunPhase.TRAINING, RunPhase.CHECKPOINTING}, before
+        assert set(before) <= {None, *RunPhase} - {RunPhase.EVALUATING, RunPhase.WARM_START}, before  # CHEAP
+        training = before.index(RunPhase.TRAINING) if RunPhase.TRAINING in before else len(before)
+        assert not {RunPhase.LOADING, RunPhase.CALIBRATING} & set(before[training:]), before
 
     live.wait_skipped(duplicate)
     assert live.run(run_id)["attempts"] == 1, "the duplicate message did not train the run again"
@@ -209,6 +231,10 @@ def test_train_stop_resume_and_finish(live: Setup, tiny_model_dir: Path) -> None
         stream.until(status_is("succeeded"), timeout=60)
         stream.drain(quiet=1.0)
         after_resume = stream.received
+    # Resumed from its checkpoint, calibration and all: no calibrating this time.
+    resumed_phases = phases(after_resume)
+    assert RunPhase.CALIBRATING not in resumed_phases and resumed_phases[-1] is None, resumed_phases
+    assert done["phase"] is None and (done["phase_done"], done["phase_total"]) == (0, 0)
 
     # Training continued from the checkpoint: new steps start right after the stop point, none is repeated.
     assert min(metric_steps(after_resume)) == stop_at + 1

@@ -21,6 +21,7 @@ from app.store.db import session_scope
 from app.store.metric_store import Point, ingest
 from app.store.models import Evaluation, Sample
 from app.store.sql import insert_ignoring_duplicates, storable_text
+from meal_core.enums import RunPhase
 from meal_core.evaluation import EvaluationResult
 from meal_core.recorder import SampleRecord
 
@@ -80,6 +81,9 @@ class DatabaseRecorder:
         self._samples: list[dict[str, object]] = []
         self._evaluations: list[EvaluationResult] = []
         self._progress: tuple[int, int, float | None] | None = None
+        # Only the latest phase report is kept: the trainer reports after every generate batch, the database
+        # sees where the phase stood at each flush.
+        self._phase: tuple[RunPhase, int, int, float | None] | None = None
         self._reproducibility: dict[str, object] | None = None
         self._closing = threading.Event()
         self._last_heartbeat = 0.0
@@ -108,6 +112,10 @@ class DatabaseRecorder:
     def progress(self, done: int, total: int, eta_seconds: float | None) -> None:
         with self._lock:
             self._progress = (done, total, eta_seconds)
+
+    def phase(self, phase: RunPhase, done: int, total: int, eta_seconds: float | None) -> None:
+        with self._lock:
+            self._phase = (phase, done, total, eta_seconds)
 
     def reproducibility(self, record: dict[str, object]) -> None:
         with self._lock:
@@ -165,11 +173,14 @@ class DatabaseRecorder:
             with self._lock:
                 points, samples, evaluations, progress = self._points, self._samples, self._evaluations, self._progress
                 record, self._reproducibility = self._reproducibility, None
+                phase, self._phase = self._phase, None
                 self._points, self._samples, self._evaluations, self._progress = [], [], [], None
-            if points or samples or evaluations or progress or record:
+            if points or samples or evaluations or progress or record or phase:
                 try:
                     with session_scope(self.database_url) as session:
                         self._write(session, points, samples, evaluations, progress)
+                        if phase is not None:
+                            run_state.report_phase(session, self.run_id, *phase)
                         if record is not None:
                             run_state.record_reproducibility(session, self.run_id, record)
                     touched = True
@@ -177,6 +188,7 @@ class DatabaseRecorder:
                     with self._lock:  # put them back in front, in order, for the next attempt
                         self._points[:0], self._samples[:0], self._evaluations[:0] = points, samples, evaluations
                         self._progress = self._progress or progress
+                        self._phase = self._phase or phase
                         self._reproducibility = self._reproducibility or record
                     raise
         except Exception as error:

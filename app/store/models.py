@@ -82,6 +82,13 @@ class Run(Base):
     iteration: Mapped[int] = mapped_column(Integer, default=0)
     total_iterations: Mapped[int] = mapped_column(Integer)
     eta_seconds: Mapped[float | None] = mapped_column(Float)
+    # What the worker does now (meal_core.enums.RunPhase), with that phase's own count and ETA; NULL while no
+    # worker holds the run (run_state.finish and the stale-run sweeper clear it).
+    phase: Mapped[str | None] = mapped_column(String(16))
+    phase_done: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # 0: the phase is not counted (loading, checkpointing)
+    phase_total: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    phase_eta_seconds: Mapped[float | None] = mapped_column(Float)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # Bumped on every status or progress change, so event streams can tell cheaply whether to send one.
     version: Mapped[int] = mapped_column(Integer, default=0)

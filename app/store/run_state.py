@@ -15,7 +15,17 @@ from sqlalchemy.orm import Session
 
 from app.store.models import ModelExport, PlaygroundGeneration, Run, utcnow
 from app.store.sql import storable_text
-from meal_core.enums import FINISHED_RUN_STATUSES, HELD_RUN_STATUSES, RESUMABLE_RUN_STATUSES, JobStatus, RunStatus
+from meal_core.enums import (
+    FINISHED_RUN_STATUSES,
+    HELD_RUN_STATUSES,
+    RESUMABLE_RUN_STATUSES,
+    JobStatus,
+    RunPhase,
+    RunStatus,
+)
+
+#: A run that no worker holds has no phase: every transition out of running or stopping writes this.
+NO_PHASE: dict[str, Any] = {"phase": None, "phase_done": 0, "phase_total": 0, "phase_eta_seconds": None}
 
 
 class TransitionError(RuntimeError):
@@ -94,6 +104,7 @@ def requeue(session: Session, run_id: int, user: str | None = None) -> None:
         traceback=None,
         finished_at=None,
         worker=None,
+        **NO_PHASE,
     ):
         status = session.scalar(select(Run.status).where(Run.id == run_id))
         raise TransitionError(f"run {run_id} is {status}; only failed or stopped runs can be resumed")
@@ -150,6 +161,18 @@ def report_progress(session: Session, run_id: int, iteration: int, total: int, e
     )
 
 
+def report_phase(
+    session: Session, run_id: int, phase: RunPhase, done: int, total: int, eta_seconds: float | None
+) -> None:
+    """What the run's worker does now. Only while a worker holds the run: a late write after the run ended (or was
+    failed as stale) must not bring a phase back."""
+    session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status.in_(HELD))
+        .values(phase=phase, phase_done=done, phase_total=total, phase_eta_seconds=eta_seconds, version=Run.version + 1)
+    )
+
+
 def record_reproducibility(session: Session, run_id: int, record: dict[str, Any]) -> None:
     session.execute(update(Run).where(Run.id == run_id).values(reproducibility=record, version=Run.version + 1))
 
@@ -175,6 +198,7 @@ def finish(
                 eta_seconds=None,
                 stop_requested=False,
                 version=Run.version + 1,
+                **NO_PHASE,
             )
         ).rowcount  # type: ignore[attr-defined]
     )
@@ -211,6 +235,7 @@ def _fail_live(session: Session, run_ids: Iterable[int], reason: str) -> list[in
             finished_at=utcnow(),
             stop_requested=False,
             error=f"{reason}; resume to continue from the last checkpoint",
+            **NO_PHASE,
         )
     return failed
 

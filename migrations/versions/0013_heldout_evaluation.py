@@ -5,7 +5,7 @@ file and samples per weight it was asked on; at most one row per run. Nothing th
 (charts, compare page, playground front, experiment report's hv_final) meets it.
 
 Revision ID: 0013
-Revises: 0010 (0011 and 0012 are written in parallel; whoever merges puts this after them)
+Revises: 0012
 Create Date: 2026-12-04 21:40:00
 """
 
@@ -16,7 +16,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0013"
-down_revision: str | None = "0010"
+down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

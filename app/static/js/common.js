@@ -1,6 +1,6 @@
 // Shared helpers of the Meal Studio pages. Untrusted text (run names, prompts, responses, errors, config values)
 // only ever enters the page through text nodes: `el()` never parses HTML.
-import { RUN_STATUS, RUN_STATUSES } from "./contracts.js";
+import { RUN_PHASE, RUN_STATUS, RUN_STATUSES } from "./contracts.js";
 
 /** Build an element. attrs: className, dataset, style (object), on<Event> handlers, or plain attributes.
  *  Children: nodes, or anything else, which becomes a text node. */
@@ -140,16 +140,47 @@ export function statusBadge(status, attrs = {}) {
   return el("span", { ...attrs, className: `badge status-${status}` }, status);
 }
 
-/** The progress cell: bar + "iteration / total" + ETA. */
+/** How each phase of a held run (RUN_PHASE, meal_core/enums.py) reads: what it does, given the run, and what its
+ *  units are ("": no count on this line). tests/test_browser.py checks that every phase has an entry. */
+export const PHASE_TEXT = Object.freeze({
+  [RUN_PHASE.LOADING]: { label: () => "Loading the model and the objectives", unit: "" },
+  [RUN_PHASE.CALIBRATING]: { label: () => "Calibrating the objectives on the base policy", unit: "responses" },
+  [RUN_PHASE.EVALUATING]: {
+    label: (run) => (run.iteration ? `Evaluating the policy after iteration ${run.iteration}` : "Evaluating the starting policy"),
+    unit: "generations",
+  },
+  [RUN_PHASE.WARM_START]: { label: () => "Warm start on the base policy's responses", unit: "responses" },
+  // The count and ETA of the iterations are the progress bar's: this line says which one is under way.
+  [RUN_PHASE.TRAINING]: { label: (run) => `Training iteration ${Math.min(run.phase_done + 1, run.phase_total)} of ${run.phase_total}`, unit: "" },
+  [RUN_PHASE.CHECKPOINTING]: { label: () => "Saving a checkpoint", unit: "" },
+});
+
+/** What a held run does now: "Evaluating the starting policy: 96 / 264 generations, about 12m 00s left"; "" when
+ *  no worker holds it (its status says the rest). */
+export function phaseText(run) {
+  const text = run.phase && RUN_STATUSES.HELD.includes(run.status) ? PHASE_TEXT[run.phase] : null;
+  if (!text) return "";
+  const count = text.unit && run.phase_total ? `: ${run.phase_done} / ${run.phase_total} ${text.unit}` : "";
+  const eta = count && run.phase_eta_seconds != null ? `, about ${fmtDuration(run.phase_eta_seconds)} left` : "";
+  return `${text.label(run)}${count}${eta}`;
+}
+
+/** The progress cell: bar + "iteration / total" + ETA, and under it the phase a held run is in. */
 export function progressView(run) {
   const total = Math.max(run.total_iterations || 0, 1);
   const pct = Math.min(100, (100 * (run.iteration || 0)) / total);
   const bar = el("div", { className: "bar" }, el("span", { style: { width: `${pct.toFixed(1)}%` } }));
   if (run.status === RUN_STATUS.SUCCEEDED) bar.classList.add("done");
   if (run.status === RUN_STATUS.FAILED) bar.classList.add("failed");
-  const label = `${run.iteration || 0} / ${run.total_iterations}`;
+  const label = `${run.iteration || 0} / ${run.total_iterations} iterations`;
   const eta = RUN_STATUSES.HELD.includes(run.status) && run.eta_seconds != null ? ` · ETA ${fmtDuration(run.eta_seconds)}` : "";
-  return el("div", { className: "progress" }, bar, el("span", { className: "small mono" }, label + eta));
+  const phase = phaseText(run);
+  return el(
+    "div",
+    { className: "progress-cell" },
+    el("div", { className: "progress" }, bar, el("span", { className: "small mono" }, label + eta)),
+    phase ? el("div", { className: "phase small muted" }, phase) : null,
+  );
 }
 
 export const PALETTE = ["#2f6feb", "#e5534b", "#1f8a4c", "#b26a00", "#8250df", "#0b8a8a", "#d6336c", "#5c6b7a", "#f08c00", "#2b8a3e"];

@@ -2,6 +2,7 @@
 // meal_core/metric_keys.py and meal_core/experiment.py. Do not edit: change those modules and rewrite this file.
 
 export const RUN_STATUS = Object.freeze({"QUEUED": "queued", "RUNNING": "running", "STOPPING": "stopping", "SUCCEEDED": "succeeded", "FAILED": "failed", "STOPPED": "stopped"});
+export const RUN_PHASE = Object.freeze({"LOADING": "loading", "CALIBRATING": "calibrating", "EVALUATING": "evaluating", "WARM_START": "warm_start", "TRAINING": "training", "CHECKPOINTING": "checkpointing"});
 export const JOB_STATUS = Object.freeze({"QUEUED": "queued", "RUNNING": "running", "SUCCEEDED": "succeeded", "FAILED": "failed"});
 export const ROLE = Object.freeze({"REVIEWER": "reviewer", "TRAINER": "trainer", "ADMIN": "admin"});
 export const QUEUE_KIND = Object.freeze({"SINGLE": "single", "COMPARISON": "comparison"});
