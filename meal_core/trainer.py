@@ -255,13 +255,13 @@ class Trainer:
             outcome = self.run_iteration()
             step = outcome.step
             self.record(outcome)
-            # Before this iteration's evaluation, so that the run's iteration names the policy it evaluates.
-            training.advance()
-            self.recorder.progress(step, total, training.eta_seconds())
             if self.config.eval.every and step % self.config.eval.every == 0:
                 self.evaluate(step)
             if self.config.checkpoint.every and step % self.config.checkpoint.every == 0:
                 self.save_checkpoint()
+            # After its evaluation and checkpoint: the iteration a run shows is recorded and, where due, saved.
+            training.advance()
+            self.recorder.progress(step, total, training.eta_seconds())
             if step < total and self.recorder.should_stop():
                 self.save_checkpoint()
                 self.recorder.status(RunStatus.STOPPED, f"stopped after iteration {step}")

@@ -709,7 +709,7 @@ def test_run_page_and_runs_list_name_the_phase_and_its_progress(
     progress = "#run-progress"
 
     page.goto(f"{base}/runs/{run_id}")
-    evaluating = "Evaluating the starting policy: 96 / 264 generations, about 12m 00s left"
+    evaluating = "Evaluating the policy: 96 / 264 generations, about 12m 00s left"
     page.locator(progress, has_text=evaluating).wait_for(timeout=TIMEOUT_MS)
     assert "0 / 16 iterations" in page.locator(progress).inner_text()
 
@@ -719,7 +719,7 @@ def test_run_page_and_runs_list_name_the_phase_and_its_progress(
     page.locator(progress, has_text="Training iteration 4 of 16").wait_for(timeout=TIMEOUT_MS)
     assert "3 / 16 iterations · ETA 2m 10s" in page.locator(progress).inner_text()
     worker_reports(RunPhase.EVALUATING, 0, 264, None)
-    page.locator(progress, has_text="Evaluating the policy after iteration 3: 0 / 264 generations").wait_for()
+    page.locator(progress, has_text="Evaluating the trained policy: 0 / 264 generations").wait_for()
     assert "left" not in page.locator(f"{progress} .phase").inner_text(), "no ETA before a generation is done"
     worker_reports(RunPhase.LOADING, 0, 0, None)
     page.locator(progress, has_text="Loading the model and the objectives").wait_for()

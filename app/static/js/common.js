@@ -146,7 +146,8 @@ export const PHASE_TEXT = Object.freeze({
   [RUN_PHASE.LOADING]: { label: () => "Loading the model and the objectives", unit: "" },
   [RUN_PHASE.CALIBRATING]: { label: () => "Calibrating the objectives on the base policy", unit: "responses" },
   [RUN_PHASE.EVALUATING]: {
-    label: (run) => (run.iteration ? `Evaluating the policy after iteration ${run.iteration}` : "Evaluating the starting policy"),
+    // run.iteration is the last iteration reported done, which is reported after its evaluation: not the one evaluated.
+    label: (run) => (run.iteration ? "Evaluating the trained policy" : "Evaluating the policy"),
     unit: "generations",
   },
   [RUN_PHASE.WARM_START]: { label: () => "Warm start on the base policy's responses", unit: "responses" },
@@ -155,7 +156,7 @@ export const PHASE_TEXT = Object.freeze({
   [RUN_PHASE.CHECKPOINTING]: { label: () => "Saving a checkpoint", unit: "" },
 });
 
-/** What a held run does now: "Evaluating the starting policy: 96 / 264 generations, about 12m 00s left"; "" when
+/** What a held run does now: "Evaluating the policy: 96 / 264 generations, about 12m 00s left"; "" when
  *  no worker holds it (its status says the rest). */
 export function phaseText(run) {
   const text = run.phase && RUN_STATUSES.HELD.includes(run.status) ? PHASE_TEXT[run.phase] : null;
