@@ -28,6 +28,7 @@ from app.store.metric_store import Point, ingest
 from app.store.models import (
     Evaluation,
     Experiment,
+    HeldOutEvaluation,
     MetricRollup,
     ModelExport,
     PlaygroundGeneration,
@@ -317,6 +318,16 @@ def fill_every_table(settings: Settings, run_id: int) -> None:
                 probe={},
             )
         )
+        evaluated = {
+            "run_id": run_id,
+            "objectives": ["a", "b"],
+            "points": [],
+            "hypervolume": 1.0,
+            "reference_point": [0.0, 0.0],
+            "controllability": {},
+            "probe": {},
+        }
+        session.add(HeldOutEvaluation(**evaluated, step=1, prompts="uploads/heldout.txt", samples_per_weight=1))
         common = {"run_id": run_id, "created_by": "ana", "status": JobStatus.SUCCEEDED}
         session.add(
             PlaygroundGeneration(
