@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meal_core.config import ConfigError
 from meal_core.enums import RunStatus
@@ -39,6 +39,9 @@ from meal_core.experiment import (
 )
 from meal_core.provenance import dict_differences
 from meal_core.recorder import ConsoleProgress, JsonlRecorder, MultiRecorder, read_jsonl
+
+if TYPE_CHECKING:
+    from meal_core.trainer import Trainer
 
 EXPERIMENT_FILE = "experiment.json"
 FINISHED = "finished.json"
@@ -72,7 +75,6 @@ def train_one(
 ) -> str:
     """Train (or resume) one run to its end, then evaluate it on `prompts` (the first `max_prompts` of them; all
     without); what it did: 'skipped', 'evaluated' or 'trained'."""
-    from meal_core.data import load_prompts
     from meal_core.trainer import Trainer
 
     check_stored(directory, run)
@@ -99,10 +101,21 @@ def train_one(
     if trainer is None:
         trainer = Trainer(run.config, directory)
         trainer.resume()
-    per_weight = samples or run.config.eval.samples_per_weight
-    result = trainer.evaluation(load_prompts(prompts, max_prompts), per_weight, trainer.iteration)
-    (directory / HELDOUT).write_text(json.dumps(HeldOutResult.of(result, prompts, per_weight).to_json()))
+    result = held_out_evaluation(trainer, prompts, samples, max_prompts)
+    (directory / HELDOUT).write_text(json.dumps(result.to_json()))
     return "trained" if did == "trained" else "evaluated"
+
+
+def held_out_evaluation(
+    trainer: Trainer, prompts: str, samples_per_weight: int | None, max_prompts: int | None
+) -> HeldOutResult:
+    """A trained run's final evaluation on held-out prompts (the first `max_prompts` of them; `samples_per_weight`
+    defaults to the run's eval setting), as `meal experiment run` and the panel's worker both take it."""
+    from meal_core.data import load_prompts
+
+    per_weight = samples_per_weight or trainer.config.eval.samples_per_weight
+    result = trainer.evaluation(load_prompts(prompts, max_prompts), per_weight, trainer.iteration)
+    return HeldOutResult.of(result, prompts, per_weight)
 
 
 def read_run(directory: Path) -> tuple[dict[str, float], dict[str, list[tuple[int, float]]]] | None:

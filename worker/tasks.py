@@ -36,10 +36,9 @@ from app.store.models import (
 from app.store.settings import get_settings
 from app.store.sql import insert_ignoring_duplicates, storable_text
 from meal_core.config import RunConfig
-from meal_core.data import load_prompts
 from meal_core.enums import JobStatus, RunStatus
-from meal_core.evaluation import HeldOutResult
 from meal_core.experiment import HeldOutConfig
+from meal_core.experiment_runs import held_out_evaluation
 from meal_core.export import ExportError, export_run, zip_folder
 from meal_core.inference import BASE, LoadedRun
 from meal_core.policy import Sampling
@@ -147,16 +146,14 @@ def evaluate_held_out(database_url: str, run_id: int, trainer: Trainer, asked: H
         if session.scalar(select(HeldOutEvaluation.id).where(HeldOutEvaluation.run_id == run_id)) is not None:
             log.info("run %s: has its held-out evaluation already", run_id)
             return False
-    samples = asked.samples_per_weight or trainer.config.eval.samples_per_weight
     try:
-        prompts = load_prompts(asked.prompts, asked.max_prompts)
-        result = trainer.evaluation(prompts, samples, trainer.iteration)
+        result = held_out_evaluation(trainer, asked.prompts, asked.samples_per_weight, asked.max_prompts)
     except Exception as exc:
         raise HeldOutFailed(
             f"training finished, but the held-out evaluation on {asked.prompts} failed ({type(exc).__name__}: "
             f"{exc}); resume to evaluate again (training is not repeated)"
         ) from exc
-    row = evaluation_row(run_id, HeldOutResult.of(result, asked.prompts, samples))
+    row = evaluation_row(run_id, result)
     with session_scope(database_url) as session:
         insert_ignoring_duplicates(session, HeldOutEvaluation, [row], ["run_id"])
     log.info("run %s: held-out evaluation on %s stored (hypervolume %.4f)", run_id, asked.prompts, result.hypervolume)
