@@ -240,6 +240,8 @@ class ExperimentCreate(BaseModel):
         "algorithms, vary ({dotted field: [values]}), baseline and held_out ({prompts, samples_per_weight, "
         "max_prompts}: every run's final evaluation on held-out prompts).",
     )
+    tags: Tags = Field(default_factory=list, description="Given to every run of the experiment.")
+    note: Note = Field("", description="Given to every run of the experiment.")
 
 
 class ExperimentRun(BaseModel):

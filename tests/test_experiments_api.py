@@ -144,6 +144,29 @@ def test_an_invalid_grid_is_refused_whole_with_the_field_named(embedded_settings
         assert list(session.scalars(select(Run))) == []
 
 
+def test_an_experiments_tags_and_note_go_to_every_run_and_bad_ones_are_refused(embedded_settings: Settings) -> None:
+    settings = embedded_settings
+
+    def with_labels(client: TestClient, **labels: Any) -> Any:
+        experiment = {"base": base_config(), "seeds": 2, "algorithms": ["meal", "static"]}
+        return client.post("/api/experiments", json={"name": "cmp", "experiment": experiment, **labels})
+
+    with TestClient(create_app(settings), headers=bearer(settings)) as client:
+        created = with_labels(client, tags=["Power ", "seed-sweep"], note="meal against static")
+        assert created.status_code == 201, created.text
+        for member in created.json()["members"]:
+            run = client.get(f"/api/runs/{member['id']}").json()
+            assert run["tags"] == ["power", "seed-sweep"] and run["note"] == "meal against static"
+        # The runs list finds them by tag, as any run.
+        assert len(client.get("/api/runs", params={"tag": "power"}).json()) == 4
+        refused = with_labels(client, tags=["x" * 1000])
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"][:2] == ["body", "tags"]
+        refused = with_labels(client, note="a\x00b")
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"][:2] == ["body", "note"]
+    with session_scope(settings.database_url) as session:
+        assert len(list(session.scalars(select(Run)))) == 4  # the refused ones created nothing
+
+
 def test_a_reviewer_cannot_launch_or_read_experiments(embedded_settings: Settings) -> None:
     settings = embedded_settings
     with TestClient(create_app(settings), headers=bearer(settings, "reviewer")) as client:

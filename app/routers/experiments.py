@@ -152,6 +152,8 @@ def create_experiment(
             user.name,
             experiment_id=found.id,
             variant=run.variant,
+            tags=body.tags,
+            note=body.note,
         )
         for run in runs
     ]

@@ -174,9 +174,10 @@ async function resume(runId) {
   }
 }
 
-// Live while runs train: the table refills as they finish.
+// Live while runs train (their held-out evaluation included): the table refills as they finish. A failed or
+// stopped run is not waited for; resuming it reloads the page's data, and polling goes on.
 every(10000, async () => {
-  if (current && current.finished < current.runs) await load($("baseline").value);
+  if (current && current.members.some((m) => RUN_STATUSES.ACTIVE.includes(m.status))) await load($("baseline").value);
 });
 
 $("baseline").addEventListener("change", () => load($("baseline").value).catch(showError));

@@ -723,7 +723,8 @@ async function submit(event) {
   submitStatus.textContent = experiment ? "Launching…" : "Starting…";
   try {
     if (experiment) {
-      const created = await api("/api/experiments", { method: "POST", body: { name, experiment } });
+      const body = { name, experiment, tags: parseTags(form.tagsInput.value), note: form.noteInput.value };
+      const created = await api("/api/experiments", { method: "POST", body });
       submitStatus.textContent = `Experiment #${created.id} launched: ${created.runs} runs.`;
       window.location.href = `/experiments/${created.id}`;
     } else {
