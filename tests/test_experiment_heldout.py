@@ -9,24 +9,20 @@ broker).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import test_worker
-from db_fixtures import redis_broker_url
 from fault_helpers import CHEAP
-from helpers import WorkerProcess, bearer, tiny_run_config
-from live_server import live_server
+from helpers import tiny_run_config
 from sqlalchemy import func, select
 from test_worker import Setup
 
 from app.store.db import session_scope
 from app.store.models import HeldOutEvaluation, Run
 from app.store.queue import enqueue_training
-from app.store.settings import Settings
 from meal_core.checkpoint import latest_checkpoint
 from meal_core.experiment import HeldOutConfig
 from meal_core.trainer import Trainer
@@ -41,32 +37,7 @@ live = test_worker.live  # the module's setup, the worker's output printed for a
 @pytest.fixture(scope="module")
 def setup(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     """test_worker.py's setup: the API server and a real `meal worker` on this module's database and broker."""
-    directory = tmp_path_factory.mktemp("held-out-worker")
-    if database_url.startswith("postgresql"):
-        broker = redis_broker_url(REDIS_DB_HELD_OUT)  # flushed: no stale message from an earlier session
-    else:
-        broker = f"sqla+sqlite:///{directory / 'broker.sqlite'}"
-    settings = Settings(database_url=database_url, broker_url=broker, data_dir=directory / "data", events_poll_s=0.1)
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MEAL_")}
-    env.update(
-        MEAL_DATABASE_URL=database_url,
-        MEAL_BROKER_URL=broker,
-        MEAL_DATA_DIR=str(settings.data_dir),
-        MEAL_RECORDER_FLUSH_S="0.2",
-        MEAL_HEARTBEAT_INTERVAL_S="1",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONUNBUFFERED="1",
-    )
-    worker = WorkerProcess(env, directory)
-    worker.start()
-    try:
-        with live_server(settings) as base_url:
-            worker.wait_for(" ready.", timeout=120)
-            yield Setup(base_url, settings, worker, bearer(settings))
-    finally:
-        worker.stop()
+    yield from test_worker.worker_setup(database_url, tmp_path_factory.mktemp("held-out-worker"), REDIS_DB_HELD_OUT)
 
 
 PROMPTS = ["Tell me about the sea.", "What makes a good friend?", "Describe a quiet morning."]

@@ -75,11 +75,12 @@ class Setup:
         assert line.endswith("'skipped'"), line
 
 
-@pytest.fixture(scope="module")
-def setup(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    directory = tmp_path_factory.mktemp("worker")
+def worker_setup(database_url: str, directory: Path, redis_db: int) -> Iterator[Setup]:
+    """The API server and a real `meal worker` on this database and a broker of its own (Redis database `redis_db`
+    with PostgreSQL, a SQLite broker in `directory` otherwise), for a module's tests; the worker's output is
+    printed if it exited early. test_experiment_heldout.py takes it with its own Redis database."""
     if database_url.startswith("postgresql"):
-        broker = redis_broker_url(REDIS_DB_WORKER)  # flushed: no stale message from an earlier session
+        broker = redis_broker_url(redis_db)  # flushed: no stale message from an earlier session
     else:
         broker = f"sqla+sqlite:///{directory / 'broker.sqlite'}"
     settings = Settings(database_url=database_url, broker_url=broker, data_dir=directory / "data", events_poll_s=0.1)
@@ -106,6 +107,11 @@ def setup(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         worker.stop()
         if crashed:
             print(f"---- worker exited early ({worker.process and worker.process.returncode}) ----\n{worker.output()}")
+
+
+@pytest.fixture(scope="module")
+def setup(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    yield from worker_setup(database_url, tmp_path_factory.mktemp("worker"), REDIS_DB_WORKER)
 
 
 @pytest.fixture
