@@ -5,6 +5,7 @@ comparison, the curves averaged over seeds (one colour per variant, a shared leg
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,13 +89,26 @@ def test_an_experiment_launched_from_the_form_trains_to_a_filled_page(
     assert page.is_disabled("[name='algorithm.max_new_tokens']")  # each variant sets it
     # A value the field refuses: the 422 is shown next to that field, nothing is launched.
     page.fill("[name='vary:algorithm.max_new_tokens']", "12, -3")
-    page.click("#submit-button")
+    # A nullable field takes "none"; a JSON list carries values with commas. Both are sent as typed.
+    page.click("button.vary-toggle[data-vary-path='data.max_train_prompts']")
+    page.fill("[name='vary:data.max_train_prompts']", "none, 8")
+    page.click("button.vary-toggle[data-vary-path='data.prompt_column']")
+    page.fill("[name='vary:data.prompt_column']", '["question, long", "prompt"]')
+    with page.expect_request(lambda r: r.url.endswith("/api/experiments") and r.method == "POST") as sent:
+        page.click("#submit-button")
+    assert json.loads(sent.value.post_data or "")["experiment"]["vary"] == {
+        "algorithm.max_new_tokens": [12, -3],
+        "data.max_train_prompts": [None, 8],
+        "data.prompt_column": ["question, long", "prompt"],
+    }
     error = page.locator(".field:has([name='vary:algorithm.max_new_tokens']) .error-msg")
     error.wait_for(state="visible")
     assert "max_new_tokens=-3" in (error.text_content() or ""), error.text_content()
     assert "experiment was not launched" in (page.text_content("#form-error") or "")
     assert "/runs/new" in page.url
 
+    page.click("button.vary-toggle[data-vary-path='data.max_train_prompts']")  # "Don't vary"
+    page.click("button.vary-toggle[data-vary-path='data.prompt_column']")
     page.fill("[name='vary:algorithm.max_new_tokens']", "12")
     page.click("#submit-button")
     page.wait_for_url(re.compile(r".*/experiments/\d+$"))

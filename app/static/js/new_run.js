@@ -123,6 +123,17 @@ const varied = new Set(); // the VaryControls turned on (those of removed object
 let onVaryChange = () => {};
 
 /** The list of values one scalar field takes in an experiment: typed comma-separated, or picked for a choice. */
+/** A JSON list typed into a vary box (it starts with "["), or null for the comma-separated form. */
+function jsonList(raw) {
+  if (!raw.startsWith("[")) return null;
+  try {
+    const list = JSON.parse(raw);
+    return Array.isArray(list) ? list : null;
+  } catch {
+    return null; // sent split at commas: the server names what it refuses
+  }
+}
+
 class VaryControl {
   constructor(widget) {
     this.widget = widget;
@@ -164,7 +175,8 @@ class VaryControl {
         ? "Seeds: a count N (seeds 0 … N−1) or a comma-separated list; every variant runs with each, paired by seed."
         : choice
           ? "Pick the values (Ctrl or Shift for several): one variant each, combined with every other varied field."
-          : "Values, comma-separated (e.g. 0.01, 0.02): one variant each, combined with every other varied field.";
+          : `Values, comma-separated (e.g. 0.01, 0.02${this.widget.nullable ? ", none" : ""}), or a JSON list for values ` +
+            'with commas (["a, b", "c"]): one variant each, combined with every other varied field.';
   }
 
   setOn(on) {
@@ -187,12 +199,18 @@ class VaryControl {
       const picked = [...this.values.selectedOptions].map((o) => o.value);
       return this.widget.kind === "boolean" ? picked.map((v) => v === "true") : picked;
     }
-    const items = this.values.value
+    const raw = this.values.value.trim();
+    const list = jsonList(raw); // ["a, b", null]: values with commas, or exactly typed
+    if (list) return list;
+    const items = raw
       .split(",")
       .map((x) => x.trim())
       .filter((x) => x !== "");
     const numeric = this.widget.kind === "integer" || this.widget.kind === "number";
-    const typed = numeric ? items.map((x) => (Number.isFinite(Number(x)) ? Number(x) : x)) : items;
+    const typed = items.map((x) => {
+      if (this.widget.nullable && x.toLowerCase() === "none") return null;
+      return numeric && Number.isFinite(Number(x)) ? Number(x) : x;
+    });
     return this.setBy() === "seeds" && typed.length === 1 && Number.isInteger(typed[0]) ? typed[0] : typed;
   }
 }
