@@ -195,6 +195,12 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr)
 
+    if args.action == "records":
+        from meal_core.experiment_runs import copy_records
+
+        copied = copy_records(Path(args.dir), Path(args.destination))
+        print(f"{len(copied)} finished runs' records (no checkpoints) copied into {args.destination}")
+        return 0
     if args.action == "report":
         out = Path(args.dir)
         experiment = load_experiment_folder(out)
@@ -209,7 +215,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         runs = experiment.expand()
         out = Path(args.out) if args.out else Path("runs") / f"experiment-{Path(args.config).stem}"
         log(f"experiment: {len(runs)} runs of {len({r.variant for r in runs})} variants into {out}")
-        found = run_experiment(experiment, out, args.prompts, args.samples_per_weight, log)
+        only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
+        found = run_experiment(experiment, out, args.prompts, args.samples_per_weight, log, only=only)
     print(format_report(found, SHOWN))
     print(f"(every figure: {out / 'report.md'}, {out / 'report.json'}, {out / 'report.csv'})")
     return 0
@@ -272,6 +279,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     launch.add_argument("--out", help="the experiment's folder (default: runs/experiment-<config>)")
     launch.add_argument("--prompts", help="held-out prompt file every run is finally evaluated on (as meal eval)")
     launch.add_argument("--samples-per-weight", type=int, help="held-out responses per prompt and weight")
+    launch.add_argument(
+        "--only",
+        help="comma-separated variant names: train only their runs (processes or machines sharing --out each take "
+        "a part); the report covers every finished run",
+    )
+    records = actions.add_parser(
+        "records",
+        help="copy an experiment folder's finished runs without checkpoints (kilobytes a run): enough to report "
+        "on, and to skip them when the experiment is run again into the copy",
+    )
+    records.add_argument("dir")
+    records.add_argument("destination")
     summary = actions.add_parser("report", help="the table and comparison of an experiment folder, as it stands")
     summary.add_argument("dir")
     summary.add_argument("--baseline", help="compare against this variant")

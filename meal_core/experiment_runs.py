@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -100,7 +101,8 @@ def train_one(
         return did
     if trainer is None:
         trainer = Trainer(run.config, directory)
-        trainer.resume()
+        if not trainer.resume():
+            raise ConfigError(f"{run.name}: finished, but {directory} holds no checkpoint to evaluate")
     result = held_out_evaluation(trainer, prompts, samples, max_prompts)
     (directory / HELDOUT).write_text(json.dumps(result.to_json()))
     return "trained" if did == "trained" else "evaluated"
@@ -187,10 +189,18 @@ def run_experiment(
     log: Callable[[str], None] = print,
     train: bool = True,
     progress: bool = True,
+    only: list[str] | None = None,
 ) -> ExperimentReport:
-    """Every run into `out` (seed-major), then the report, also written to out/report.md, .json and .csv. Without
-    `prompts`, the experiment's own `held_out` (if any) names the held-out prompts and samples per weight."""
+    """Every run into `out` (seed-major), or only those of the variants `only` names (processes or machines that
+    share a folder each train their part), then the report of all that is there, also written to out/report.md,
+    .json and .csv. Without `prompts`, the experiment's own `held_out` (if any) names the held-out prompts and
+    samples per weight."""
     runs = experiment.expand()
+    if only:
+        variants = {run.variant for run in runs}
+        unknown = [name for name in only if name not in variants]
+        if unknown:
+            raise ConfigError(f"no variant {', '.join(unknown)}; the variants are {', '.join(sorted(variants))}")
     max_prompts = None  # --prompts: the whole file, as `meal eval --prompts` reads it
     if prompts is None and experiment.held_out is not None:
         prompts, samples = experiment.held_out.prompts, experiment.held_out.samples_per_weight
@@ -202,8 +212,9 @@ def run_experiment(
     for line in compute_lines(runs):
         log(line)
     if train:
-        for index, run in enumerate(runs, 1):
-            log(f"== {run.name} ({index}/{len(runs)})")
+        mine = [run for run in runs if not only or run.variant in only]
+        for index, run in enumerate(mine, 1):
+            log(f"== {run.name} ({index}/{len(mine)})")
             did = train_one(run, run_directory(out, run), prompts, samples, log, progress, max_prompts)
             if did == "skipped":
                 log(f"{run.name}: finished before, skipped")
@@ -212,6 +223,30 @@ def run_experiment(
     (out / "report.csv").write_text(report_csv(found))
     (out / "report.md").write_text(format_report(found) + "\n")
     return found
+
+
+def copy_records(out: Path, destination: Path) -> list[str]:
+    """The finished runs' records without their checkpoints (kilobytes a run: to keep in git, or to send), with the
+    experiment and its report. Enough for `meal experiment report`, and for a later `meal experiment run` into
+    `destination` to skip those runs and train only the rest. The runs copied, by name."""
+    experiment = load_experiment_folder(out)
+    destination.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for path in [out / EXPERIMENT_FILE, *(out / f"report.{kind}" for kind in ("md", "json", "csv"))]:
+        if path.is_file():
+            shutil.copy2(path, destination / path.name)
+    runs = [(run, run_directory(out, run)) for run in experiment.expand()]
+    held_out = experiment.held_out is not None or any((source / HELDOUT).is_file() for _, source in runs)
+    for run, source in runs:
+        if not (source / FINISHED).is_file() or (held_out and not (source / HELDOUT).is_file()):
+            continue  # still to train or to evaluate: it needs its checkpoints
+        target = run_directory(destination, run)
+        target.mkdir(parents=True, exist_ok=True)
+        for path in source.iterdir():
+            if path.is_file():  # checkpoints/ is a folder
+                shutil.copy2(path, target / path.name)
+        copied.append(run.name)
+    return copied
 
 
 def load_experiment_folder(out: Path) -> ExperimentConfig:

@@ -303,13 +303,30 @@ def test_meal_experiment_run_trains_skips_and_resumes(
     assert capsys.readouterr().err.count("finished before, skipped") == 4
     assert (out / "meal" / "seed-1" / "metrics.jsonl").read_text() == before
 
-    # Cut short: the run without its marker (and held-out evaluation) is picked up from its checkpoint.
+    # The records without checkpoints (what docs/results.md keeps in git): the same report, and nothing to train.
+    kept = tmp_path / "kept"
+    assert main(["experiment", "records", str(out), str(kept)]) == 0
+    assert "4 finished runs' records (no checkpoints) copied" in capsys.readouterr().out
+    assert not list(kept.rglob("checkpoints")) and (kept / "meal" / "seed-0" / "heldout.json").is_file()
+    assert main(["experiment", "report", str(kept), "--baseline", "static"]) == 0
+    assert "| meal | held_out_hv | 2 |" in capsys.readouterr().out
+    assert main([str(kept) if arg == str(out) else arg for arg in argv]) == 0  # into the copy
+    assert capsys.readouterr().err.count("finished before, skipped") == 4
+
+    # Cut short: the run without its marker (and held-out evaluation) is picked up from its checkpoint, here by a
+    # process that takes only the static runs (--only); the records copy leaves out a run still to finish.
     (out / "static" / "seed-1" / "finished.json").unlink()
     (out / "static" / "seed-1" / "heldout.json").unlink()
-    assert main(argv) == 0
+    partial = tmp_path / "partial"
+    assert main(["experiment", "records", str(out), str(partial)]) == 0
+    assert not (partial / "static" / "seed-1").exists() and (partial / "static" / "seed-0").is_dir()
+    assert main([*argv, "--only", "static"]) == 0
     err = capsys.readouterr().err
-    assert err.count("finished before, skipped") == 3 and "static/seed-1: resuming at iteration 1" in err
+    assert err.count("finished before, skipped") == 1 and "static/seed-1: resuming at iteration 1" in err
+    assert "== meal" not in err and "== static/seed-1 (2/2)" in err
     assert (out / "static" / "seed-1" / "heldout.json").is_file()
+    assert main([*argv, "--only", "static,ppo"]) == 2
+    assert "no variant ppo; the variants are meal, static" in capsys.readouterr().err
 
     # The report of the folder as it stands, against another baseline; a changed experiment in the folder is refused.
     assert main(["experiment", "report", str(out), "--baseline", "meal"]) == 0
