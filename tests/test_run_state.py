@@ -277,3 +277,21 @@ def test_a_model_export_whose_worker_died_fails(database_url: str) -> None:
         }
         dead = found["dead"]
         assert dead is not None and dead.error is not None and "exporting worker vanished" in dead.error
+
+
+def test_a_job_is_claimed_once(database_url: str) -> None:
+    """A redelivered playground or export message (or a second worker) finds its job running: nothing to do."""
+    run_id = new_run(database_url)
+    with session_scope(database_url) as session:
+        export = ModelExport(run_id=run_id, created_by="t", weights=[1.0, 0.0], status=JobStatus.QUEUED)
+        done = ModelExport(run_id=run_id, created_by="t", weights=[1.0, 0.0], status=JobStatus.SUCCEEDED)
+        session.add_all([export, done])
+        session.flush()
+        export_id, done_id = export.id, done.id
+    with session_scope(database_url) as session:
+        claimed = run_state.claim_job(session, ModelExport, export_id)
+        assert claimed is not None and claimed.status == JobStatus.RUNNING
+    with session_scope(database_url) as session:
+        assert run_state.claim_job(session, ModelExport, export_id) is None
+        assert run_state.claim_job(session, ModelExport, done_id) is None
+        assert run_state.claim_job(session, ModelExport, 10**9) is None

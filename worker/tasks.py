@@ -223,15 +223,10 @@ class PlaygroundJob:
 
 
 def claim_generation(session: Any, generation_id: int) -> PlaygroundJob | None:
-    """queued → running, by one conditional UPDATE: a redelivered message finds nothing to do."""
-    claimed = session.execute(
-        update(PlaygroundGeneration)
-        .where(PlaygroundGeneration.id == generation_id, PlaygroundGeneration.status == JobStatus.QUEUED)
-        .values(status=JobStatus.RUNNING)
-    ).rowcount
-    if not claimed:
+    """queued → running (run_state.claim_job); None if another worker took it or it was not queued."""
+    g = run_state.claim_job(session, PlaygroundGeneration, generation_id)
+    if g is None:
         return None
-    g = session.get(PlaygroundGeneration, generation_id)
     run = session.get(Run, g.run_id)
     return PlaygroundJob(
         g.id,
@@ -315,15 +310,10 @@ class ExportJob:
 
 
 def claim_export(session: Any, export_id: int) -> ExportJob | None:
-    """queued → running, by one conditional UPDATE: a redelivered message finds nothing to do."""
-    claimed = session.execute(
-        update(ModelExport)
-        .where(ModelExport.id == export_id, ModelExport.status == JobStatus.QUEUED)
-        .values(status=JobStatus.RUNNING)
-    ).rowcount
-    if not claimed:
+    """queued → running (run_state.claim_job); None if another worker took it or it was not queued."""
+    export = run_state.claim_job(session, ModelExport, export_id)
+    if export is None:
         return None
-    export = session.get(ModelExport, export_id)
     run = session.get(Run, export.run_id)
     last = session.scalar(
         select(Evaluation).where(Evaluation.run_id == run.id).order_by(Evaluation.step.desc()).limit(1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -249,6 +249,18 @@ def fail_stale_generations(session: Session, timeout: timedelta, now: datetime |
 def fail_stale_exports(session: Session, timeout: timedelta, now: datetime | None = None) -> list[int]:
     """Model exports still running `timeout` after they were asked for (a 7B merge takes minutes, not hours)."""
     return _fail_stale_jobs(session, ModelExport, timeout, now, "the exporting worker vanished")
+
+
+Job = TypeVar("Job", PlaygroundGeneration, ModelExport)
+
+
+def claim_job(session: Session, job: type[Job], job_id: int) -> Job | None:
+    """A playground generation or export, queued → running by one conditional UPDATE (a redelivered message, or a
+    second worker, finds nothing to do): the row, or None if it was not queued."""
+    claimed = session.execute(
+        update(job).where(job.id == job_id, job.status == JobStatus.QUEUED).values(status=JobStatus.RUNNING)
+    ).rowcount  # type: ignore[attr-defined]
+    return session.get(job, job_id) if claimed else None
 
 
 def _fail_stale_jobs(
