@@ -177,7 +177,8 @@ def compute_lines(runs: list[VariantRun]) -> list[str]:
     lines = ["compute differs between variants:"]
     for d in differences:
         values = ", ".join(f"{v} {n}" for v, n in d.values.items())
-        lines.append(f"  {d.quantity}: {values} (max / min {d.ratio:.2f})")
+        ratio = f" (max / min {d.ratio:.2f})" if math.isfinite(d.ratio) else ""  # some take none: no ratio
+        lines.append(f"  {d.quantity}: {values}{ratio}")
     return lines
 
 
