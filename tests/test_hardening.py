@@ -55,10 +55,9 @@ def config_with(**changes: object) -> dict[str, object]:
 
 def test_a_yaml_alias_bomb_is_refused_at_once(trainer: TestClient) -> None:
     assert len(ALIAS_BOMB) < 1000  # expanded, it would be 9 × 5^12 ≈ 2 billion strings
-    started = time.monotonic()
-    response = trainer.post("/api/config/parse", json={"text": ALIAS_BOMB})
+    response = trainer.post("/api/config/parse", json={"text": ALIAS_BOMB})  # expanded, it would not return
     assert response.status_code == 422 and "aliases" in response.text
-    assert time.monotonic() - started < 5 and len(response.content) < 2000
+    assert len(response.content) < 2000
 
 
 def test_bodies_over_the_limit_get_413(trainer: TestClient, embedded_settings: Settings) -> None:

@@ -4,7 +4,6 @@ failed on the code before its fix."""
 from __future__ import annotations
 
 import json
-import time
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -193,15 +192,15 @@ def test_yaml_sexagesimals_are_strings_not_a_500_or_quadratic_time(trainer: Test
     response = trainer.post("/api/config/parse", json={"text": overflowing})
     assert response.status_code == 422 and fields(response) == ["seed"], response.text
     assert trainer.post("/api/config/parse", json={"text": "seed: 1:30"}).status_code == 422  # not 90
-    for parts in (30_000, 49_000):  # YAML 1.1: quadratic, 0.56 s at 30k parts, 18.5 s at 180k
-        started = time.monotonic()
+    # YAML 1.1 read these as base-60 numbers, in quadratic time (0.56 s at 30k parts, 18.5 s at 180k); 1.2 core
+    # reads a string, which the integer field refuses. Tests never time themselves: the answers are the check.
+    for parts in (30_000, 49_000):
         response = trainer.post("/api/config/parse", json={"text": "seed: " + ":".join(["1"] * parts)})
         assert response.status_code == 422 and fields(response) == ["seed"]
-        assert time.monotonic() - started < 2, parts
-    started = time.monotonic()
+        assert "should be a valid integer" in response.text, response.text[:300]
     response = trainer.post("/api/config/parse", json={"text": "seed: " + ":".join(["1"] * 180_000)})
     assert response.status_code == 422 and "at most 100000" in response.text
-    assert time.monotonic() - started < 2 and len(response.content) < 2000
+    assert len(response.content) < 2000
 
 
 def test_yaml_follows_the_1_2_core_schema() -> None:
@@ -227,10 +226,8 @@ def test_yaml_work_is_bounded_by_nodes_and_size() -> None:
     from meal_core.config import MAX_CONFIG_NODES, ConfigError, parse_config_text
 
     for text in ("a: [" + ",".join(["1"] * 49_000) + "]", "a: {" + ",".join(f"k{i}: 1" for i in range(8_000)) + "}"):
-        started = time.monotonic()
-        with pytest.raises(ConfigError, match=f"more than {MAX_CONFIG_NODES} values"):
+        with pytest.raises(ConfigError, match=f"more than {MAX_CONFIG_NODES} values"):  # counted, not timed
             parse_config_text(text)
-        assert time.monotonic() - started < 1.5
 
 
 # -- the page after logging in: this site only -----------------------------------------------------------------------
@@ -318,10 +315,9 @@ def test_validation_errors_neither_echo_nor_amplify_the_input(trainer: TestClien
     assert response.status_code == 422 and len(response.content) < 2000, len(response.content)
     many = {f"key{i}": 1 for i in range(150_000)}  # before: a 14.4 MB answer after 9 s
     for config in (many, {"data": many}, {"objectives": [{"name": "a", "type": "brevity", **many}]}):
-        started = time.monotonic()
-        response = launch(trainer, config)
+        response = launch(trainer, config)  # the answer's size is the check: tests never time themselves
         assert response.status_code == 422 and "150000 unknown keys" in response.text, response.text[:300]
-        assert time.monotonic() - started < 3 and len(response.content) < 2000
+        assert len(response.content) < 2000, len(response.content)
     # Up to MAX_ERRORS errors are each named; past them, counted.
     from meal_core.config import MAX_ERRORS
 
