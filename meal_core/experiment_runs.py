@@ -231,6 +231,8 @@ def copy_records(out: Path, destination: Path) -> list[str]:
     experiment and its report. Enough for `meal experiment report`, and for a later `meal experiment run` into
     `destination` to skip those runs and train only the rest. The runs copied, by name."""
     experiment = load_experiment_folder(out)
+    if destination.resolve().is_relative_to(out.resolve()):
+        raise ConfigError(f"{destination} is {out} or inside it: copy the records to another folder")
     destination.mkdir(parents=True, exist_ok=True)
     copied = []
     for path in [out / EXPERIMENT_FILE, *(out / f"report.{kind}" for kind in ("md", "json", "csv"))]:

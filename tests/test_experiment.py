@@ -307,6 +307,9 @@ def test_meal_experiment_run_trains_skips_and_resumes(
     kept = tmp_path / "kept"
     assert main(["experiment", "records", str(out), str(kept)]) == 0
     assert "4 finished runs' records (no checkpoints) copied" in capsys.readouterr().out
+    for into_itself in (out, out / "meal"):
+        assert main(["experiment", "records", str(out), str(into_itself)]) == 2
+        assert "or inside it: copy the records to another folder" in capsys.readouterr().err
     assert not list(kept.rglob("checkpoints")) and (kept / "meal" / "seed-0" / "heldout.json").is_file()
     assert main(["experiment", "report", str(kept), "--baseline", "static"]) == 0
     assert "| meal | held_out_hv | 2 |" in capsys.readouterr().out
