@@ -1,6 +1,7 @@
 """An experiment trained headless into a folder tree: OUT/<variant>/seed-<s>/ per run, each a `meal train` run
 folder (config.json, metrics.jsonl, evaluations.jsonl, checkpoints/) plus `finished.json` once it trained to the
-end and `heldout.json`, its final evaluation on a held-out prompt file (the `meal eval --prompts` path).
+end and `heldout.json`, its final evaluation on a held-out prompt file (the `meal eval --prompts` path). `attempts.json`
+holds the wall minutes of every attempt at training it, so a run killed and resumed reports all of them.
 
 Finished runs and held-out evaluations are skipped and unfinished runs resume from their last checkpoint, so an
 interrupted experiment picks up where it stopped. `meal experiment run` drives this module.
@@ -39,7 +40,7 @@ from meal_core.experiment import (
     series_of,
 )
 from meal_core.provenance import dict_differences
-from meal_core.recorder import ConsoleProgress, JsonlRecorder, MultiRecorder, read_jsonl
+from meal_core.recorder import ConsoleProgress, JsonlRecorder, MultiRecorder, NullRecorder, read_jsonl
 
 if TYPE_CHECKING:
     from meal_core.trainer import Trainer
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 EXPERIMENT_FILE = "experiment.json"
 FINISHED = "finished.json"
 HELDOUT = "heldout.json"
+ATTEMPTS = "attempts.json"
 MINUTES = "minutes"
 # What the printed table shows; report.json and report.csv hold every figure.
 SHOWN = [HV_FINAL, HV_GAIN, CONTROL_FINAL, HELD_OUT_HV, HELD_OUT_CONTROL, HELD_OUT_DEGENERATE, MINUTES]
@@ -54,6 +56,25 @@ SHOWN = [HV_FINAL, HV_GAIN, CONTROL_FINAL, HELD_OUT_HV, HELD_OUT_CONTROL, HELD_O
 
 def run_directory(out: Path, run: VariantRun) -> Path:
     return out / run.variant / f"seed-{run.seed}"
+
+
+class AttemptClock(NullRecorder):
+    """The wall minutes of every attempt at training a run, in its folder; this attempt's entry is rewritten after
+    every iteration, so an attempt that was killed still counts up to its last iteration when a later one finishes."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / ATTEMPTS
+        self.earlier: list[float] = json.loads(self.path.read_text()) if self.path.is_file() else []
+        self.started = time.monotonic()
+
+    def attempts(self) -> list[float]:
+        """Every attempt's minutes, this one's up to now, as written to the folder."""
+        found = [*self.earlier, (time.monotonic() - self.started) / 60]
+        self.path.write_text(json.dumps(found))
+        return found
+
+    def progress(self, done: int, total: int, eta_seconds: float | None) -> None:
+        self.attempts()
 
 
 def check_stored(directory: Path, run: VariantRun) -> None:
@@ -82,9 +103,9 @@ def train_one(
     trainer: Trainer | None = None
     did = "skipped"
     if not (directory / FINISHED).is_file():
-        started = time.monotonic()
         jsonl = JsonlRecorder(directory)
-        recorder = MultiRecorder(jsonl, ConsoleProgress()) if progress else jsonl
+        clock = AttemptClock(directory)
+        recorder = MultiRecorder(jsonl, clock, *([ConsoleProgress()] if progress else []))
         trainer = Trainer(run.config, directory, recorder)
         if trainer.resume():
             log(f"{run.name}: resuming at iteration {trainer.iteration}")
@@ -94,8 +115,9 @@ def train_one(
             jsonl.close()
         if status != RunStatus.SUCCEEDED:
             raise ConfigError(f"{run.name}: training ended {status}")
-        minutes = (time.monotonic() - started) / 60
-        (directory / FINISHED).write_text(json.dumps({"iterations": trainer.iteration, MINUTES: minutes}))
+        attempts = clock.attempts()
+        finished = {"iterations": trainer.iteration, MINUTES: sum(attempts), "attempts": len(attempts)}
+        (directory / FINISHED).write_text(json.dumps(finished))
         did = "trained"
     if prompts is None or (directory / HELDOUT).is_file():
         return did

@@ -328,6 +328,11 @@ def test_meal_experiment_run_trains_skips_and_resumes(
     assert err.count("finished before, skipped") == 1 and "static/seed-1: resuming at iteration 1" in err
     assert "== meal" not in err and "== static/seed-1 (2/2)" in err
     assert (out / "static" / "seed-1" / "heldout.json").is_file()
+    # Its minutes are both attempts' (the first one's kept in attempts.json), not only the one that finished.
+    attempts = json.loads((out / "static" / "seed-1" / "attempts.json").read_text())
+    finished = json.loads((out / "static" / "seed-1" / "finished.json").read_text())
+    assert len(attempts) == 2 and finished["attempts"] == 2 and finished["minutes"] == pytest.approx(sum(attempts))
+    assert json.loads((out / "static" / "seed-0" / "finished.json").read_text())["attempts"] == 1
     assert main([*argv, "--only", "static,ppo"]) == 2
     assert "no variant ppo; the variants are meal, static" in capsys.readouterr().err
 
