@@ -41,7 +41,9 @@ from app.store.models import (
 from app.store.run_delete import delete_run, run_tables
 from app.store.run_state import TransitionError
 from app.store.settings import Settings
+from meal_core import checkpoint as checkpoints
 from meal_core.enums import JobStatus, RunStatus
+from worker.tasks import forget_deleted
 
 
 def run_config(**overrides: Any) -> dict[str, Any]:
@@ -489,11 +491,22 @@ def test_deleting_a_run_deletes_its_artefacts(
             (store.run_dir(run) / "exports" / "export-1.zip").write_bytes(b"zip")
             store.publish_file(run, "exports/export-1.zip")
         assert store.checkpoint_names(run_id) == ["iter-000002", "iter-000004"]
+        # A worker on another machine (a store other than the embedded one has them), with both runs' newest
+        # checkpoints in its own cache.
+        elsewhere = served.model_copy(update={"runs_dir": tmp_path / "worker-cache"})
+        worker_store = open_store(elsewhere, retry_s=5)
+        for run in (run_id, other_id):
+            assert worker_store.fetch_latest(run) == ("iter-000004" if url else None)
 
         response = client.delete(f"/api/runs/{run_id}")
         assert response.status_code == 204, response.text
 
     assert not store.run_dir(run_id).exists()  # this machine's cache
+    if url:  # the other machine's copy goes when its worker next starts a task; the neighbour's stays
+        assert checkpoints.list_checkpoints(worker_store.run_dir(run_id))
+        forget_deleted(elsewhere)
+        assert not worker_store.run_dir(run_id).exists()
+        assert checkpoints.list_checkpoints(worker_store.run_dir(other_id))[-1].name == "iter-000004"
     assert store.checkpoint_names(run_id) == []
     if url:  # nothing of it under run-<id>/ in the store
         fs, root = store.fs, store.root  # type: ignore[attr-defined]

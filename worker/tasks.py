@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from celery.signals import worker_shutting_down
+from celery.signals import worker_ready, worker_shutting_down
 from sqlalchemy import select, update
 
 from app.store import run_state
@@ -33,7 +33,8 @@ from app.store.models import (
     read_config,
     utcnow,
 )
-from app.store.settings import get_settings
+from app.store.run_delete import forget_deleted_runs
+from app.store.settings import Settings, get_settings
 from app.store.sql import insert_ignoring_duplicates, storable_text
 from meal_core.config import RunConfig
 from meal_core.enums import JobStatus, RunStatus
@@ -59,6 +60,23 @@ def _stop_training_on_shutdown(**_: object) -> None:
     shutdown_requested.set()
 
 
+@worker_ready.connect
+def _forget_deleted_on_start(**_: object) -> None:
+    forget_deleted(get_settings())
+
+
+def forget_deleted(settings: Settings) -> None:
+    """Drop this machine's cached copies of runs deleted elsewhere; before every task (cheap: a folder listing and
+    one SELECT), and never the task's failure."""
+    try:
+        with session_scope(settings.database_url) as session:
+            gone = forget_deleted_runs(session, open_store(settings))
+        if gone:
+            log.info("dropped the cached copies of deleted runs %s", gone)
+    except Exception:
+        log.exception("could not drop the cached copies of deleted runs")
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -66,6 +84,7 @@ def worker_name() -> str:
 @celery_app.task(name="meal.train_run")
 def train_run(run_id: int) -> str:
     settings = get_settings()
+    forget_deleted(settings)
     name = worker_name()
     with session_scope(settings.database_url) as session:
         if not run_state.claim(session, run_id, name):
@@ -275,6 +294,7 @@ def playground_outputs(job: PlaygroundJob, loaded: LoadedRun, front: np.ndarray,
 @celery_app.task(name="meal.playground_generate")
 def playground_generate(generation_id: int) -> str:
     settings = get_settings()
+    forget_deleted(settings)
     with session_scope(settings.database_url) as session:
         job = claim_generation(session, generation_id)
         if job is None:
@@ -351,6 +371,7 @@ def write_export(job: ExportJob, store: ArtifactStore) -> dict[str, Any]:
 @celery_app.task(name="meal.export_model")
 def export_model(export_id: int) -> str:
     settings = get_settings()
+    forget_deleted(settings)
     with session_scope(settings.database_url) as session:
         job = claim_export(session, export_id)
     if job is None:

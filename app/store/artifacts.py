@@ -69,6 +69,10 @@ class ArtifactStore(Protocol):
 
     def delete_run(self, run_id: int) -> None: ...
 
+    def cached_runs(self) -> list[int]: ...
+
+    def forget(self, run_id: int) -> None: ...
+
 
 class LocalStore:
     """The embedded default: the cache folder is the store, so publishing and fetching have nothing to do."""
@@ -112,6 +116,13 @@ class LocalStore:
             pass  # nothing was ever saved, or an earlier delete got this far
         except OSError as exc:
             raise ArtifactError(f"the artefact store failed to delete run {run_id}'s folder: {exc}") from exc
+
+    def cached_runs(self) -> list[int]:
+        """None: nothing here is a copy (the folders are the store, and a deleted run's folder went with it)."""
+        return []
+
+    def forget(self, run_id: int) -> None:
+        """Nothing cached to forget."""
 
 
 class RemoteStore:
@@ -255,11 +266,23 @@ class RemoteStore:
         """Every object of the run in the store (config, checkpoints, exports), then this machine's cached copy.
         The checkpoints' markers go first, so that no checkpoint is ever visible half deleted; the listing before
         them fails (ArtifactError) on a store that cannot be reached, before anything is deleted. Safe to repeat:
-        a delete cut off part way is finished by the next one. Other machines' caches keep their copies until they
-        are cleared; the id is never given to another run (AUTOINCREMENT), so no run ever reads them."""
+        a delete cut off part way is finished by the next one. Other machines' caches keep their copies until their
+        workers next start a task (run_delete.forget_deleted_runs); the id is never given to another run
+        (AUTOINCREMENT), so no run reads them meanwhile."""
         for name in self.checkpoint_names(run_id):
             self._retrying(f"withdraw {name}", self._remove_marker, f"{self._checkpoints(run_id)}/{name}{MARKER}")
         self._retrying(f"delete run {run_id}", self._remove_tree, self._remote(run_id))
+        shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
+
+    def cached_runs(self) -> list[int]:
+        """The runs this machine holds a cached copy of (run-<id> folders in the cache)."""
+        if not self.runs_dir.is_dir():
+            return []
+        ids = (path.name.removeprefix("run-") for path in self.runs_dir.iterdir() if path.is_dir())
+        return sorted(int(suffix) for suffix in ids if suffix.isdigit())
+
+    def forget(self, run_id: int) -> None:
+        """This machine's cached copy of the run (not the store's): for a run deleted on another machine."""
         shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
 
     def _remove_tree(self, path: str) -> None:

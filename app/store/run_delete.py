@@ -9,7 +9,7 @@ The order, within one transaction that the caller commits only once `delete_run`
 2. the rows: every table with a `run_id` column, found in the models' metadata (a table added later is included
    without an edit here), the review items that show one of the run's generations, then the run;
 3. the artefacts (`ArtifactStore.delete_run`): config, checkpoints and exports in the store, and this machine's
-   cached copy.
+   cached copy. Other machines' workers drop theirs when they next start a task (`forget_deleted_runs`).
 
 Should the store fail (unreachable: ArtifactError), the caller rolls back: the rows stay, and the run is still
 listed, with whatever of its artefacts the store kept (a half-deleted checkpoint is never visible: markers go
@@ -51,6 +51,20 @@ def delete_run(session: Session, store: ArtifactStore, run_id: int) -> dict[str,
     session.flush()
     store.delete_run(run_id)
     return deleted
+
+
+def forget_deleted_runs(session: Session, store: ArtifactStore) -> list[int]:
+    """Drop this machine's cached copies of runs deleted on another machine (delete_run clears the store and only
+    the deleting machine's cache); returns their ids. The cache is listed before the rows are read, and a run's
+    row exists before any folder of it, so a run created meanwhile is never taken for a deleted one."""
+    cached = store.cached_runs()
+    if not cached:
+        return []
+    existing = set(session.scalars(select(Run.id).where(Run.id.in_(cached))))
+    gone = [run_id for run_id in cached if run_id not in existing]
+    for run_id in gone:
+        store.forget(run_id)
+    return gone
 
 
 def _gate(session: Session, run_id: int) -> None:
