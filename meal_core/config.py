@@ -281,8 +281,8 @@ class AlgorithmConfig(Section):
         "meal_no_meta: learnable weights only; meal_no_learnable: the net trained on hindsight targets directly.",
     )
     # Generation
-    samples_per_prompt: int = Field(6, ge=2, le=64, description="Candidates generated per prompt (M).")
-    max_new_tokens: int = Field(48, ge=1, le=4096)
+    samples_per_prompt: int = Field(4, ge=2, le=64, description="Candidates generated per prompt (M).")
+    max_new_tokens: int = Field(64, ge=1, le=4096)
     temperature: float = Field(1.0, gt=0.0, le=5.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, le=1_000_000, description="0 disables top-k filtering.")
@@ -361,7 +361,7 @@ class AlgorithmConfig(Section):
     replay_size: int = Field(256, ge=1, le=1_000_000, description="Accepted samples kept for the base step.")
     max_grad_norm: float = Field(1.0, gt=0.0, le=1e6)
     base_loss: Literal["sft", "pairwise", "sft+pairwise"] = Field(
-        "sft",
+        "sft+pairwise",
         description="sft: likelihood of accepted responses under their weights. pairwise: conditional DPO on "
         "pairs from one group whose order flips between corners (the best on k preferred under e_k over the "
         "best on j, and the reverse under e_j), reference = the adapter-free base. sft+pairwise: the sum.",
@@ -386,7 +386,7 @@ class AlgorithmConfig(Section):
 class EvalConfig(Section):
     every: int = Field(0, ge=0, le=1_000_000, description="Evaluate every E iterations (0: only at the end).")
     at_start: StrictBool = Field(True, description="Also evaluate the untrained policy (step 0): the baseline front.")
-    prompts: int = Field(12, ge=1, le=100_000, description="Held-out prompts per evaluation.")
+    prompts: int = Field(8, ge=1, le=100_000, description="Held-out prompts per evaluation.")
     samples_per_weight: int = Field(
         2,
         ge=1,
@@ -434,7 +434,7 @@ class RunConfig(Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     # Bounded: the trainer seeds torch with seed × 100003 + step, and torch takes seeds under 2**64 only.
     seed: int = Field(0, ge=0, le=2**32 - 1)
-    iterations: int = Field(16, ge=1, le=100_000)
+    iterations: int = Field(8, ge=1, le=100_000)
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:

@@ -119,6 +119,7 @@ def tiny_run_config(model_dir: Path, **overrides: Any) -> RunConfig:
         "algorithm": {
             "samples_per_prompt": 3,
             "max_new_tokens": 12,
+            "base_loss": "sft",  # the default adds the pairwise loss: four more forward passes per corner pair
             "calibration_prompts": 4,
             "policy_lr": 5e-3,
             "micro_batch_size": 4,

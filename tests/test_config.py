@@ -43,11 +43,15 @@ def test_defaults_validate() -> None:
     assert isinstance(config, RunConfig)
     assert config.model.name_or_path == "smollm2-135m-instruct"
     assert config.algorithm.name == "meal"
-    assert config.algorithm.samples_per_prompt == 6
+    assert config.algorithm.samples_per_prompt == 4
     assert config.objective_names == ["brevity", "coverage"]
     assert isinstance(config.objectives[0], BrevityObjective)
     assert isinstance(config.objectives[1], CoverageObjective)
-    assert (config.model.conditioning, config.algorithm.labels, config.algorithm.base_loss) == ("experts", "own", "sft")
+    assert (config.model.conditioning, config.algorithm.labels, config.algorithm.base_loss) == (
+        "experts",
+        "own",
+        "sft+pairwise",
+    )
     assert config.eval.reference_point is None
     assert config.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
 
