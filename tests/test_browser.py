@@ -42,6 +42,7 @@ from app.store.migrate import upgrade
 from app.store.models import Evaluation, PlaygroundGeneration, Sample
 from app.store.queue import PLAYGROUND_QUEUE
 from app.store.settings import Settings
+from meal_core.config import RunConfig
 from meal_core.enums import PENDING_JOB_STATUSES, JobStatus, RunPhase, RunStatus
 
 SCREENSHOT = Path("/tmp/run_page.png")
@@ -173,7 +174,7 @@ def test_launch_watch_and_stop_a_run(
     # The form is generated from the schema and pre-filled with the defaults.
     page.goto(f"{meal_up}/runs/new")
     page.wait_for_selector("#run-form[data-ready='1']")
-    assert page.input_value("[name='iterations']") == "16"
+    assert page.input_value("[name='iterations']") == str(RunConfig().iterations)  # the demo's
     assert page.input_value("[name='objectives.0.type']") == "brevity"
 
     page.click("#expand-all")
