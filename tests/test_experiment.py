@@ -111,22 +111,22 @@ def test_a_refused_value_is_named_with_its_value() -> None:
 
 def test_compute_is_implied_by_the_config() -> None:
     (run,) = experiment(seeds=1, algorithms=["meal"]).expand()
-    # Defaults: 8 prompts × 6 samples × 2 iterations; 48 tokens each; 4 policy steps and 5 meta steps an iteration;
-    # calibration 16 prompts × 6; evaluations at 0 and 2, each 12 prompts × 11 grid points × 2.
+    # Defaults: 8 prompts × 4 samples × 2 iterations; 64 tokens each; 4 policy steps and 5 meta steps an iteration;
+    # calibration 16 prompts × 4; evaluations at 0 and 2, each 8 prompts × 11 grid points × 2.
     assert compute(run.config).as_dict() == {
-        "training_responses": 96,
-        "max_training_tokens": 96 * 48,
+        "training_responses": 64,
+        "max_training_tokens": 64 * 64,
         "max_policy_steps": 8,
         "meta_steps": 10,
-        "calibration_responses": 96,
+        "calibration_responses": 64,
         "evaluations": 2,
-        "evaluation_responses": 2 * 12 * 11 * 2,
+        "evaluation_responses": 2 * 8 * 11 * 2,
     }
     # A prompt pool smaller than a batch caps the batch.
     (small,) = experiment(
         seeds=1, algorithms=["static"], base={"iterations": 2, "data": {"max_train_prompts": 4}}
     ).expand()
-    assert compute(small.config).training_responses == 2 * 4 * 6 and compute(small.config).meta_steps == 0
+    assert compute(small.config).training_responses == 2 * 4 * 4 and compute(small.config).meta_steps == 0
 
 
 def test_compute_report_names_what_differs_and_by_how_much() -> None:
