@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers import SYNTHETIC_OBJECTIVES, build_tiny_causal_lm, randomize_lora, tiny_run_config
 
-from meal_core.config import LoraConfig, ModelConfig
+from meal_core.config import AlgorithmConfig, LoraConfig, ModelConfig
 from meal_core.policy import MIXING_FILE, Policy, Sampling, expert_adapter
 from meal_core.recorder import JsonlRecorder, read_jsonl
 from meal_core.trainer import CORNER, Trainer, label_advantage_correlation
@@ -275,9 +275,11 @@ def test_pairwise_base_loss_trains_on_pairs_that_flip_between_corners(tiny_model
 
 def test_the_default_recipe_learns_to_follow_the_weights(expressive_model_dir: Path, tmp_path: Path) -> None:
     """On a synthetic pair (letters vs symbols), 40 iterations of the default recipe (experts, corner rows, own
-    labels, SFT) make sampled rewards follow the asked weights: far beyond what a weight-blind policy reaches."""
+    labels, SFT + pairwise) make sampled rewards follow the asked weights: far beyond what a weight-blind policy
+    reaches."""
     config = tiny_run_config(
         expressive_model_dir,
+        algorithm__base_loss=AlgorithmConfig().base_loss,  # tiny_run_config pins sft
         objectives=SYNTHETIC_OBJECTIVES,
         iterations=40,
         data__prompts_per_iteration=8,
