@@ -70,7 +70,9 @@ class AttemptClock(NullRecorder):
     def attempts(self) -> list[float]:
         """Every attempt's minutes, this one's up to now, as written to the folder."""
         found = [*self.earlier, (time.monotonic() - self.started) / 60]
-        self.path.write_text(json.dumps(found))
+        partial = self.path.with_suffix(".partial")  # then renamed: a kill mid-write leaves the last whole list
+        partial.write_text(json.dumps(found))
+        partial.replace(self.path)
         return found
 
     def progress(self, done: int, total: int, eta_seconds: float | None) -> None:
