@@ -9,7 +9,7 @@ from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 
-from app.store.models import Base, Evaluation, HeldOutEvaluation, Sample
+from app.store.models import RUN_NAME_LENGTH, Base, Evaluation, HeldOutEvaluation, Sample
 from meal_core.enums import RunPhase, RunStatus
 from meal_core.evaluation import EvaluationResult, HeldOutResult
 from meal_core.recorder import SampleRecord
@@ -103,7 +103,7 @@ Note = Annotated[
 class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(..., min_length=1, max_length=200)
+    name: str = Field(..., min_length=1, max_length=RUN_NAME_LENGTH)
     config: dict[str, Any] = Field(default_factory=dict, description="A RunConfig; omitted fields take defaults.")
     tags: Tags = Field(default_factory=list)
     note: Note = ""

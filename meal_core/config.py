@@ -23,6 +23,8 @@ MAX_PATH = 500  # a path, hub id or prompt-set name
 MAX_SHORT = 64  # a module name, an output spec, a separator
 MAX_ERRORS = 20  # errors reported for one config; the rest are counted
 MAX_ECHO = 100  # characters of a user's key or index echoed in an error's location
+# Bounded: the trainer seeds torch with seed × 100003 + step, and torch takes seeds under 2**64 only.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class Section(BaseModel):
@@ -432,8 +434,7 @@ class RunConfig(Section):
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
-    # Bounded: the trainer seeds torch with seed × 100003 + step, and torch takes seeds under 2**64 only.
-    seed: int = Field(0, ge=0, le=2**32 - 1)
+    seed: Seed = 0
     iterations: int = Field(8, ge=1, le=100_000)
 
     @model_validator(mode="after")

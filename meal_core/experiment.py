@@ -19,12 +19,14 @@ from scipy.stats import t as student_t
 from scipy.stats import ttest_rel
 
 from meal_core import metric_keys as keys
-from meal_core.config import MAX_PATH, AlgorithmConfig, ConfigError, RunConfig, field_errors, parse_config
+from meal_core.config import MAX_PATH, AlgorithmConfig, ConfigError, RunConfig, Seed, field_errors, parse_config
 
 ALGORITHMS: tuple[str, ...] = get_args(AlgorithmConfig.model_fields["name"].annotation)
 MAX_SEEDS = 100
 MAX_VARIANTS = 256
 MAX_RUNS = 1000
+MAX_VARIED_FIELDS = 16
+MAX_VARIANT_NAME = 160  # a folder name, and part of its runs' names (<experiment> · <variant>/seed-<n>)
 # Set by the experiment itself, never through `vary`.
 RESERVED_FIELDS = {"seed": "seeds", "algorithm.name": "algorithms"}
 
@@ -65,7 +67,7 @@ class ExperimentConfig(BaseModel):
     base: dict[str, Any] = Field(
         default_factory=dict, description="The run config every run starts from (as `meal train` reads it)."
     )
-    seeds: list[int] | int = Field(
+    seeds: list[Seed] | int = Field(
         3,
         description="The seeds each variant runs with: a list, or a count N for seeds 0 … N-1. Variants are paired "
         "by seed: the same seed draws the same calibration and evaluation samples whatever the variant.",
@@ -76,6 +78,7 @@ class ExperimentConfig(BaseModel):
     )
     vary: dict[str, list[Any]] = Field(
         default_factory=dict,
+        max_length=MAX_VARIED_FIELDS,
         description="Dotted config field → the values it takes (e.g. {'algorithm.base_loss': ['sft', "
         "'sft+pairwise']}). Every combination is a variant, for every algorithm.",
     )
@@ -219,10 +222,10 @@ def expand(experiment: ExperimentConfig) -> list[VariantRun]:
         if len({repr(v) for v in values}) != len(values):
             raise _refuse(f"vary.{path}", "values must be distinct")
     paths = list(experiment.vary)
-    combinations = list(itertools.product(*(experiment.vary[p] for p in paths)))
-    variants = len(combinations) * len(experiment.algorithms)
-    if variants > MAX_VARIANTS:
+    variants = math.prod(len(values) for values in experiment.vary.values()) * len(experiment.algorithms)
+    if variants > MAX_VARIANTS:  # counted before the grid is built: 30 fields of 2 values are 10⁹ variants
         raise _refuse("vary", f"{variants} variants; at most {MAX_VARIANTS}")
+    combinations = list(itertools.product(*(experiment.vary[p] for p in paths)))
     seeds = experiment.seed_list
     if variants * len(seeds) > MAX_RUNS:
         raise _refuse("seeds", f"{variants * len(seeds)} runs; at most {MAX_RUNS}")
@@ -241,6 +244,12 @@ def expand(experiment: ExperimentConfig) -> list[VariantRun]:
                 raise _refused_combination(algorithm, settings, error) from None
             configs.append((variant_name(algorithm, settings), {"algorithm.name": algorithm, **settings}, config))
     names = [name for name, _, _ in configs]
+    too_long = [name for name in names if len(name) > MAX_VARIANT_NAME]
+    if too_long:
+        raise _refuse(
+            "vary",
+            f"variant name {too_long[0]!r} is over {MAX_VARIANT_NAME} characters: vary fewer fields, or shorter values",
+        )
     if len(set(names)) != len(names):
         raise _refuse("vary", "two variants share a name (values that differ only in punctuation)")
     if experiment.baseline is not None and experiment.baseline not in names:

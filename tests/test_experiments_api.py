@@ -289,3 +289,67 @@ def test_the_report_reads_each_runs_held_out_evaluation_apart_from_its_training_
         assert (held["prompts"], held["samples_per_weight"], held["hypervolume"]) == ("uploads/heldout.txt", 2, 2.0)
         assert client.get(f"/api/runs/{by_key[('static', 1)]}/held-out-evaluation").json() is None
         assert client.get("/api/runs/999/held-out-evaluation").status_code == 404
+
+
+# -- hostile and unlucky launches ------------------------------------------------------------------------------------
+
+LONG_FLOAT = 0.12345678901234566  # repr: 19 characters in a variant's name
+
+
+@pytest.fixture()
+def served(database_url: str, api_broker_url: str, tmp_path: Path) -> Settings:
+    """SQLite and PostgreSQL (only PostgreSQL enforces the columns' lengths); the database is the module's."""
+    return Settings(database_url=database_url, broker_url=api_broker_url, data_dir=tmp_path)
+
+
+def experiment_ids(client: TestClient) -> list[int]:
+    return [e["id"] for e in client.get("/api/experiments").json()]
+
+
+def test_a_grid_too_large_is_refused_before_it_is_built(served: Settings) -> None:
+    """The count comes from the lists' lengths (16 fields of 2 values are 65 536 variants; never built), and vary
+    takes at most 16 fields; either way a 422 naming vary."""
+    fields = [
+        "temperature", "top_p", "exploration_share", "dirichlet_alpha", "corner_share", "clip", "top_q",
+        "ric_quantile", "max_repeated_ngram_share", "max_unknown_word_share", "hindsight_temperature",
+        "hindsight_mix", "weight_lr", "meta_lr", "policy_lr", "max_grad_norm", "pairwise_beta",
+    ]  # fmt: skip
+    with TestClient(create_app(served), headers=bearer(served)) as client:
+        before = experiment_ids(client)
+        for count, says in ((8, "512 variants; at most 256"), (16, "131072 variants"), (17, "at most 16 items")):
+            vary = {f"algorithm.{name}": [0.5, 0.25] for name in fields[:count]}
+            response = launch(client, seeds=1, vary=vary)
+            assert response.status_code == 422, response.text
+            (error,) = response.json()["detail"]
+            assert error["loc"] == ["body", "experiment", "vary"] and says in error["msg"], error
+        assert experiment_ids(client) == before
+
+
+def test_long_names_fit_the_database_or_are_refused_with_the_field_named(served: Settings) -> None:
+    with TestClient(create_app(served), headers=bearer(served)) as client:
+        fields = ["temperature", "top_p", "exploration_share", "corner_share"]
+        vary = {f"algorithm.{name}": [LONG_FLOAT] for name in fields}
+        body = {"base": base_config(), "seeds": [4_000_000_000], "algorithms": ["meal_no_learnable"], "vary": vary}
+        response = client.post("/api/experiments", json={"name": "n" * 120, "experiment": body})
+        assert response.status_code == 201, response.text
+        (member,) = response.json()["members"]
+        variant = "meal_no_learnable-" + "-".join(f"{name}={LONG_FLOAT!r}" for name in fields)
+        assert member["variant"] == variant and len(variant) > 100
+        # The run's name keeps its variant and seed whole; the experiment's name gives way.
+        assert len(member["name"]) == 200 and member["name"].endswith(f"… · {variant}/seed-4000000000")
+        vary["algorithm.clip"] = [LONG_FLOAT]  # a sixth setting: the variant's name alone is over 160
+        response = client.post("/api/experiments", json={"name": "n", "experiment": body})
+        assert response.status_code == 422, response.text
+        (error,) = response.json()["detail"]
+        assert error["loc"] == ["body", "experiment", "vary"] and "over 160 characters" in error["msg"]
+
+
+@pytest.mark.parametrize("seeds", [[-1], [2**32], [0, 2**70]])
+def test_seeds_a_run_cannot_take_are_refused(served: Settings, seeds: list[int]) -> None:
+    with TestClient(create_app(served), headers=bearer(served)) as client:
+        before = experiment_ids(client)
+        response = launch(client, seeds=seeds)
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"][:3] == ["body", "experiment", "seeds"]
+        assert experiment_ids(client) == before
+

@@ -24,7 +24,7 @@ from app.schemas import (
     error_responses,
 )
 from app.store import run_state
-from app.store.models import Evaluation, Experiment, HeldOutEvaluation, MetricPoint, Run
+from app.store.models import RUN_NAME_LENGTH, Evaluation, Experiment, HeldOutEvaluation, MetricPoint, Run
 from meal_core import metric_keys as keys
 from meal_core.config import ConfigError
 from meal_core.enums import Role, RunStatus
@@ -103,6 +103,15 @@ def summary_of(found: Experiment, counts: tuple[int, int]) -> ExperimentSummary:
     )
 
 
+def member_name(experiment: str, run: str) -> str:
+    """'<experiment> · <variant>/seed-<n>', the experiment's name cut short (…) where the whole would not fit a run
+    name; the variant and seed are kept whole (the run's variant column holds the variant too)."""
+    room = RUN_NAME_LENGTH - len(run) - len(" · ")
+    if len(experiment) > room:
+        experiment = experiment[: room - 1] + "…"
+    return f"{experiment} · {run}"
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -146,7 +155,7 @@ def create_experiment(
     created = [
         run_state.create_run(
             session,
-            f"{body.name} · {run.name}",
+            member_name(body.name, run.name),
             run.config_dict(),
             run.config.iterations,
             user.name,

@@ -60,6 +60,9 @@ def _as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+RUN_NAME_LENGTH = 200
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -68,7 +71,7 @@ class Run(Base):
     __tablename__ = "run"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(RUN_NAME_LENGTH))
     status: Mapped[str] = mapped_column(String(16), index=True, default=RunStatus.QUEUED)
     config: Mapped[dict[str, Any]] = mapped_column(JsonColumn)  # written once, at creation
     created_by: Mapped[str | None] = mapped_column(String(100))
