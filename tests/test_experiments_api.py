@@ -353,3 +353,17 @@ def test_seeds_a_run_cannot_take_are_refused(served: Settings, seeds: list[int])
         assert response.json()["detail"][0]["loc"][:3] == ["body", "experiment", "seeds"]
         assert experiment_ids(client) == before
 
+
+def test_an_unreachable_broker_leaves_every_run_failed_and_resumable(served: Settings) -> None:
+    """Not the first run failed and the rest queued for a message that was never sent."""
+    unreachable = served.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})  # nothing listens on port 1
+    with TestClient(create_app(unreachable), headers=bearer(unreachable)) as client:
+        response = launch(client)
+        assert response.status_code == 503, response.text
+        assert "4 of its 4 runs not queued" in response.json()["detail"]
+        newest = experiment_ids(client)[0]
+        members = client.get(f"/api/experiments/{newest}").json()["members"]
+        assert [m["status"] for m in members] == [RunStatus.FAILED] * 4
+        for member in members:
+            run = client.get(f"/api/runs/{member['id']}").json()
+            assert "broker" in run["error"], run

@@ -166,8 +166,18 @@ def create_experiment(
         )
         for run in runs
     ]
-    for row in created:
-        _enqueue(session, settings, row)
+    for queued, row in enumerate(created):
+        try:
+            _enqueue(session, settings, row)
+        except HTTPException as refused:  # the broker is down: the runs after this one would wait for nothing
+            for rest in created[queued + 1 :]:
+                run_state.enqueue_failed(session, rest.id, "not queued: the broker was unreachable")
+            session.commit()
+            message = (
+                f"experiment {found.id} stored, {len(created) - queued} of its {len(created)} runs not queued "
+                f"(kept failed: resume them from the experiment page): {refused.detail}"
+            )
+            raise HTTPException(status_code=refused.status_code, detail=message) from None
     return experiment_out(session, found, None)
 
 
