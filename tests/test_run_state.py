@@ -163,6 +163,27 @@ def test_stale_running_run_fails_and_can_be_resumed(database_url: str) -> None:
     assert (run.status, run.worker, run.attempts) == (RunStatus.RUNNING, "new-worker", 2)
 
 
+def test_wall_seconds_sum_every_attempt(database_url: str) -> None:
+    """Claim to finish, and for a worker that vanished claim to its last heartbeat (not to the sweep)."""
+    run_id = claimed_run(database_url, "lost-worker")
+    now = datetime.now(UTC)
+    with session_scope(database_url) as session:
+        session.execute(update(Run).where(Run.id == run_id).values(started_at=now - timedelta(seconds=1000)))
+    set_heartbeat(database_url, run_id, now - timedelta(seconds=1000 - 300))
+    with session_scope(database_url) as session:
+        assert run_state.fail_stale_runs(session, TIMEOUT) == [run_id]
+    assert load(database_url, run_id).wall_seconds == pytest.approx(300)
+    with session_scope(database_url) as session:
+        run_state.requeue(session, run_id)
+        assert run_state.claim(session, run_id, "w2")
+        session.execute(update(Run).where(Run.id == run_id).values(started_at=now - timedelta(seconds=60)))
+    with session_scope(database_url) as session:
+        assert run_state.finish(session, run_id, "w2", RunStatus.SUCCEEDED)
+    second = (datetime.now(UTC) - (now - timedelta(seconds=60))).total_seconds()  # 60 and this test's own time
+    run = load(database_url, run_id)
+    assert run.attempts == 2 and 300 + 60 <= run.wall_seconds <= 300 + second
+
+
 def test_a_stopping_run_without_heartbeat_is_stale_too(database_url: str) -> None:
     run_id = claimed_run(database_url)
     with session_scope(database_url) as session:

@@ -93,6 +93,8 @@ class Run(Base):
     phase_total: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     phase_eta_seconds: Mapped[float | None] = mapped_column(Float)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Every attempt's span, claim to finish (or to the last heartbeat of a worker that vanished), summed.
+    wall_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
     # Bumped on every status or progress change, so event streams can tell cheaply whether to send one.
     version: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -185,16 +185,19 @@ def finish(
     session: Session, run_id: int, worker: str, status: str, error: str | None = None, traceback: str | None = None
 ) -> bool:
     """The worker's last word; ignored if the run was meanwhile failed as stale and maybe taken by another."""
+    now = utcnow()
+    started = session.scalar(select(Run.started_at).where(Run.id == run_id))
     return bool(
         session.execute(
             update(Run)
             .where(Run.id == run_id, Run.worker == worker, Run.status.in_(HELD))
             .values(
                 status=status,
+                wall_seconds=Run.wall_seconds + attempt_seconds(started, now),
                 # Exception texts can quote model output.
                 error=storable_text(error) if error is not None else None,
                 traceback=storable_text(traceback) if traceback is not None else None,
-                finished_at=utcnow(),
+                finished_at=now,
                 eta_seconds=None,
                 stop_requested=False,
                 version=Run.version + 1,
@@ -223,15 +226,23 @@ def fail_runs_of_worker(session: Session, worker: str, reason: str) -> list[int]
     return _fail_live(session, held, reason)
 
 
+def attempt_seconds(started: datetime | None, ended: datetime | None) -> float:
+    """An attempt's wall seconds, from its claim; 0 where either end is unknown."""
+    return max((ended - started).total_seconds(), 0.0) if started and ended else 0.0
+
+
 def _fail_live(session: Session, run_ids: Iterable[int], reason: str) -> list[int]:
-    """Each run still running or stopping fails, resumable from its last checkpoint."""
+    """Each run still running or stopping fails, resumable from its last checkpoint; its attempt counts up to its
+    worker's last heartbeat, the last sign that it was working."""
     failed = list(run_ids)
     for run_id in failed:
+        started, last_seen = session.execute(select(Run.started_at, Run.heartbeat_at).where(Run.id == run_id)).one()
         _transition(
             session,
             run_id,
             HELD,
             status=RunStatus.FAILED,
+            wall_seconds=Run.wall_seconds + attempt_seconds(started, last_seen),
             finished_at=utcnow(),
             stop_requested=False,
             error=f"{reason}; resume to continue from the last checkpoint",
