@@ -57,6 +57,7 @@ FIGURES = [
     experiment.HELD_OUT_HV,
     experiment.HELD_OUT_CONTROL,
     experiment.HELD_OUT_DEGENERATE,
+    experiment.WALL_MINUTES,
 ]
 
 

@@ -271,7 +271,8 @@ class ExperimentOut(ExperimentSummary):
     )
     report: dict[str, Any] = Field(
         ...,
-        description="baseline, figures, table (variant → figure → n, mean, sd, low, high), comparison (variant → "
+        description="baseline, figures, runs (variant → seed → figure → value: each finished run's own figures, "
+        "wall_minutes and attempts included), table (variant → figure → n, mean, sd, low, high), comparison (variant → "
         "figure → paired difference against the baseline: n, seeds, mean_difference, sd, low, high, p) and "
         "stability (variant → series → n, final_sd, band, jumpiness) of the finished runs, and curves (variant → "
         "series → [{step, n, mean, sd, low, high}]: hypervolume per evaluation, reward/<objective> and "

@@ -218,7 +218,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
         found = run_experiment(experiment, out, args.prompts, args.samples_per_weight, log, only=only)
     print(format_report(found, SHOWN))
-    print(f"(every figure: {out / 'report.md'}, {out / 'report.json'}, {out / 'report.csv'})")
+    every = ", ".join(str(out / f"report.{kind}") for kind in ("md", "json", "csv"))
+    print(f"(every figure: {every}; each run's: {out / 'runs.csv'})")
     return 0
 
 

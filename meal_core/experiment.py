@@ -455,6 +455,9 @@ HELD_OUT_HV = "held_out_hv"
 HELD_OUT_CONTROL = "held_out_control"
 HELD_OUT_DEGENERATE = "held_out_degenerate"
 CONTROL_FINAL = "control_final"
+# A run's wall time on the panel (its run row): every attempt, claim to end, held-out evaluation included.
+WALL_MINUTES = "wall_minutes"
+ATTEMPTS = "attempts"
 
 
 def run_figures(
@@ -473,23 +476,34 @@ def run_figures(
         found[HV_GAIN] = last["hypervolume"] - first["hypervolume"]
         found[CONTROL_FINAL] = statistics.fmean(last["controllability"][n] for n in last["objectives"])
         found["degenerate_final"] = last["degenerate_share"]
+        found.update(per_objective(last, ""))
     if held_out:
         names = held_out["objectives"]
         found[HELD_OUT_HV] = held_out["hypervolume"]
         found[HELD_OUT_CONTROL] = statistics.fmean(held_out["controllability"][n] for n in names)
         found[HELD_OUT_DEGENERATE] = held_out["degenerate_share"]
-        for name in names:
-            found[f"held_out_control/{name}"] = held_out["controllability"][name]
-            found[f"held_out_control_grid/{name}"] = held_out.get("controllability_grid", {}).get(name, math.nan)
-            found[f"held_out_null/{name}"] = held_out.get("controllability_null", {}).get(name, math.nan)
-        for point in held_out.get("points", []):
-            weights = point["weights"]
-            for k, name in enumerate(names):
-                if weights[k] == 1.0:  # the corner e_k: the reward on k there
-                    found[f"held_out_corner/{name}"] = point["rewards"][k]
+        found.update(per_objective(held_out, "held_out_"))
     for time_key in (keys.TIME_GENERATE, keys.TIME_SCORE, keys.TIME_UPDATE):
         found.setdefault("train_seconds", 0.0)
         found["train_seconds"] += sum(metrics.get(time_key, []))
+    return found
+
+
+def per_objective(evaluation: dict[str, Any], prefix: str) -> dict[str, float]:
+    """An evaluation's figures per objective k: controllability per response (`control/k`), over the grid
+    (`control_grid/k`), the null (`null/k`: the p95 of |Spearman| with the asked weights shuffled, what ignoring
+    them reaches by chance) and the reward on k at the corner e_k
+    (`corner/k`: how far the policy goes when asked for k alone)."""
+    found: dict[str, float] = {}
+    names = evaluation["objectives"]
+    for name in names:
+        found[f"{prefix}control/{name}"] = evaluation["controllability"][name]
+        found[f"{prefix}control_grid/{name}"] = (evaluation.get("controllability_grid") or {}).get(name, math.nan)
+        found[f"{prefix}null/{name}"] = (evaluation.get("controllability_null") or {}).get(name, math.nan)
+    for point in evaluation.get("points") or []:
+        for k, name in enumerate(names):
+            if point["weights"][k] == 1.0:
+                found[f"{prefix}corner/{name}"] = point["rewards"][k]
     return found
 
 
@@ -558,10 +572,12 @@ def curves(
 
 @dataclass
 class ExperimentReport:
-    """The variant table, the paired comparison against the baseline, and stability, as plain data."""
+    """The variant table, the paired comparison against the baseline, stability, the curves and each finished
+    run's own figures (variant → seed → figure → value), as plain data."""
 
     baseline: str
     figures: list[str]
+    runs: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
     table: dict[str, dict[str, Summary]] = field(default_factory=dict)
     comparison: dict[str, dict[str, Paired]] = field(default_factory=dict)
     stability: dict[str, dict[str, Stability]] = field(default_factory=dict)
@@ -594,7 +610,7 @@ def report(
     for by_seed in results.values():
         for row in by_seed.values():
             figures += [f for f in row if f not in figures]
-    out = ExperimentReport(baseline, figures)
+    out = ExperimentReport(baseline, figures, results)
     for variant, by_seed in results.items():
         out.table[variant] = {f: summary([row[f] for row in by_seed.values() if f in row]) for f in figures}
     base = results.get(baseline, {})

@@ -50,7 +50,7 @@ FINISHED = "finished.json"
 HELDOUT = "heldout.json"
 ATTEMPTS = "attempts.json"
 MINUTES = "minutes"
-# What the printed table shows; report.json and report.csv hold every figure.
+# What the printed table shows; report.json and report.csv hold every figure, runs.csv each run's.
 SHOWN = [HV_FINAL, HV_GAIN, CONTROL_FINAL, HELD_OUT_HV, HELD_OUT_CONTROL, HELD_OUT_DEGENERATE, MINUTES]
 
 
@@ -182,16 +182,27 @@ def report_csv(found: ExperimentReport) -> str:
     writer.writerow(
         ["variant", "figure", "n", "mean", "sd", "low", "high", "diff_n", "diff", "diff_low", "diff_high", "p"]
     )
-
-    def number(value: float) -> str:
-        return repr(value) if math.isfinite(value) else ""
-
     for variant, row in found.table.items():
         for figure, s in row.items():
             d = found.comparison.get(variant, {}).get(figure)
-            paired = [str(d.n), *(number(v) for v in (d.mean_difference, d.low, d.high, d.p))] if d else [""] * 5
-            writer.writerow([variant, figure, s.n, *(number(v) for v in (s.mean, s.sd, s.low, s.high)), *paired])
+            paired = [str(d.n), *(_number(v) for v in (d.mean_difference, d.low, d.high, d.p))] if d else [""] * 5
+            writer.writerow([variant, figure, s.n, *(_number(v) for v in (s.mean, s.sd, s.low, s.high)), *paired])
     return buffer.getvalue()
+
+
+def runs_csv(found: ExperimentReport) -> str:
+    """One row per finished run (variant, seed), one column per figure: what the table summarises."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["variant", "seed", *found.figures])
+    for variant, by_seed in found.runs.items():
+        for seed, figures in sorted(by_seed.items()):
+            writer.writerow([variant, seed, *(_number(figures.get(f, math.nan)) for f in found.figures)])
+    return buffer.getvalue()
+
+
+def _number(value: float) -> str:
+    return repr(value) if math.isfinite(value) else ""
 
 
 def compute_lines(runs: list[VariantRun]) -> list[str]:
@@ -246,6 +257,7 @@ def run_experiment(
     found = collect(out, experiment, runs)
     (out / "report.json").write_text(json.dumps(found.to_json(), indent=2))
     (out / "report.csv").write_text(report_csv(found))
+    (out / "runs.csv").write_text(runs_csv(found))
     (out / "report.md").write_text(format_report(found) + "\n")
     return found
 
@@ -259,7 +271,7 @@ def copy_records(out: Path, destination: Path) -> list[str]:
         raise ConfigError(f"{destination} is {out} or inside it: copy the records to another folder")
     destination.mkdir(parents=True, exist_ok=True)
     copied = []
-    for path in [out / EXPERIMENT_FILE, *(out / f"report.{kind}" for kind in ("md", "json", "csv"))]:
+    for path in [out / EXPERIMENT_FILE, out / "runs.csv", *(out / f"report.{kind}" for kind in ("md", "json", "csv"))]:
         if path.is_file():
             shutil.copy2(path, destination / path.name)
     runs = [(run, run_directory(out, run)) for run in experiment.expand()]

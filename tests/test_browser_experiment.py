@@ -166,5 +166,21 @@ def test_an_experiment_launched_from_the_form_trains_to_a_filled_page(
     assert lines[0].startswith("variant,figure,n,mean,sd")
     assert any(line.startswith(f"{VARIANTS[1]},hv_final,2,") for line in lines), lines[:5]
     assert exported["finished"] == 4
+    # The JSON link follows the baseline chosen on the page.
+    page.select_option("#baseline", VARIANTS[1])
+    page.wait_for_function(f"document.querySelector('#export-json').href.endsWith(encodeURIComponent('{VARIANTS[1]}'))")
+    chosen = page.request.get(f"{base}{page.get_attribute('#export-json', 'href')}").json()
+    assert chosen["report"]["baseline"] == VARIANTS[1]
+    # Each run's own figures: beside it in the runs table, and a row per run in the runs CSV.
+    for member in exported["members"]:
+        row = cells(page.locator(f"#member-body tr[data-run-id='{member['id']}']"))
+        assert is_number(row[4]) and is_number(row[6]) and float(row[6]) > 0, row  # final hypervolume, wall minutes
+    with page.expect_download() as download:
+        page.click("#export-runs-csv")
+    path = tmp_path / "runs.csv"
+    download.value.save_as(path)
+    header, *runs = path.read_text().splitlines()
+    assert header.startswith("variant,seed,") and {"hv_final", "wall_minutes"} <= set(header.split(",")), header
+    assert sorted(line.split(",")[:2] for line in runs) == sorted([v, str(s)] for v in VARIANTS for s in (0, 1))
 
     assert not page_errors, page_errors

@@ -263,6 +263,10 @@ def test_report_builds_the_table_the_comparison_and_stability() -> None:
     assert "| meal | hv_final | 3 |" in text and "p (paired t-test)" in text
 
 
+def stored_run_hv(directory: Path) -> float:
+    return json.loads((directory / "heldout.json").read_text())["hypervolume"]
+
+
 def test_meal_experiment_run_trains_skips_and_resumes(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -296,6 +300,16 @@ def test_meal_experiment_run_trains_skips_and_resumes(
     assert [p["n"] for p in stored["curves"]["meal"]["pref_weight_learned/positivity"]] == [2]
     assert "pref_weight_learned/positivity" not in stored["curves"]["static"]  # static learns no weights
     assert (out / "report.csv").read_text().startswith("variant,figure,n,mean")
+    header, *rows = (out / "runs.csv").read_text().splitlines()  # each run's own figures, a row per run
+    columns = header.split(",")
+    assert columns[:2] == ["variant", "seed"] and {"hv_final", "held_out_hv", "minutes"} <= set(columns)
+    assert sorted(row.split(",")[:2] for row in rows) == [
+        ["meal", "0"],
+        ["meal", "1"],
+        ["static", "0"],
+        ["static", "1"],
+    ]
+    assert stored["runs"]["meal"]["1"]["held_out_hv"] == stored_run_hv(out / "meal" / "seed-1")
 
     # Again: nothing to train.
     before = (out / "meal" / "seed-1" / "metrics.jsonl").read_text()

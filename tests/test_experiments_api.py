@@ -5,19 +5,20 @@ and stability computed from the runs' stored evaluations and metrics. A reviewer
 from __future__ import annotations
 
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from helpers import bearer, session_cookie, tiny_run_config
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from app.auth import SECRET_FILE
 from app.main import create_app
 from app.store import metric_store, run_state
 from app.store.db import session_scope
-from app.store.models import Evaluation, HeldOutEvaluation, Run
+from app.store.models import Evaluation, HeldOutEvaluation, Run, utcnow
 from app.store.settings import Settings
 from meal_core.enums import RunStatus
 
@@ -32,23 +33,25 @@ def launch(client: TestClient, **fields: Any) -> Any:
 
 
 def finish_with_records(settings: Settings, run_id: int, hypervolumes: list[float]) -> None:
-    """What a worker would leave: the run succeeded, an evaluation per step, training metrics."""
+    """What a worker would leave: the run succeeded after 90 s, an evaluation per step, training metrics."""
     with session_scope(settings.database_url) as session:
         assert run_state.claim(session, run_id, "worker@test")
+        session.execute(update(Run).where(Run.id == run_id).values(started_at=utcnow() - timedelta(seconds=90)))
         assert run_state.finish(session, run_id, "worker@test", RunStatus.SUCCEEDED)
         for step, hv in enumerate(hypervolumes):
+            corners = [{"weights": [1.0, 0.0], "rewards": [hv, -hv]}, {"weights": [0.0, 1.0], "rewards": [-hv, hv]}]
             session.add(
                 Evaluation(
                     run_id=run_id,
                     step=step,
                     objectives=["positivity", "readability"],
-                    points=[],
+                    points=[{"weights": [0.5, 0.5], "rewards": [0.0, 0.0]}, *corners],
                     hypervolume=hv,
                     reference_point=[-3.0, -3.0],
                     controllability={"positivity": 0.1 * step, "readability": 0.0},
                     probe={},
-                    controllability_grid={},
-                    controllability_null={},
+                    controllability_grid={"positivity": 0.2 * step, "readability": 0.5},
+                    controllability_null={"positivity": 0.12, "readability": 0.13},
                     degenerate_share=0.0,
                     responses=12,
                 )
@@ -98,6 +101,12 @@ def test_launch_list_and_read_an_experiment(embedded_settings: Settings) -> None
         report = found["report"]
         assert report["table"]["static-base_loss=sft"]["hv_final"]["mean"] == 1.5
         assert report["table"]["meal-base_loss=sft"]["training_responses"]["mean"] == 24
+        # Each run's own figures: the last evaluation's per objective, and its wall time over every attempt.
+        run = report["runs"]["meal-base_loss=sft"]["1"]
+        assert run["hv_final"] == 3.0 and run["corner/positivity"] == 3.0 and run["corner/readability"] == 3.0
+        assert (run["control/positivity"], run["control_grid/positivity"], run["null/readability"]) == (0.2, 0.4, 0.13)
+        assert run["attempts"] == 1 and 1.5 <= run["wall_minutes"] < 60
+        assert report["table"]["static-base_loss=sft"]["corner/readability"]["mean"] == 1.5
         compared = report["comparison"]["meal-base_loss=sft"]["hv_final"]  # differences 1 and 2
         assert compared["n"] == 2 and compared["mean_difference"] == 1.5 and compared["seeds"] == [0, 1]
         assert 0 < compared["p"] < 1

@@ -30,7 +30,9 @@ from meal_core.config import ConfigError
 from meal_core.enums import Role, RunStatus
 from meal_core.evaluation import HeldOutResult
 from meal_core.experiment import (
+    ATTEMPTS,
     SERIES_FAMILIES,
+    WALL_MINUTES,
     compute_report,
     parse_experiment,
     report,
@@ -263,7 +265,9 @@ def experiment_out(
         metrics: dict[str, list[float]] = {}
         for _, key, value in rows:
             metrics.setdefault(key, []).append(value)
-        results.setdefault(run.variant, {})[seed] = run_figures(evaluations, metrics, held_out.get(run.id))
+        figures = run_figures(evaluations, metrics, held_out.get(run.id))
+        figures.update({WALL_MINUTES: run.wall_seconds / 60, ATTEMPTS: run.attempts})
+        results.setdefault(run.variant, {})[seed] = figures
         series.setdefault(run.variant, {})[seed] = live_series[run.variant][seed]
     return ExperimentOut(
         **summary_of(found, (len(members), sum(r.status == RunStatus.SUCCEEDED for r in members))).model_dump(),

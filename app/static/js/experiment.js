@@ -19,7 +19,12 @@ function interval(low, high) {
 
 function computeNote(body) {
   if (!body.compute_differences.length) {
-    return el("span", {}, "Equal compute: every variant generates the same responses and takes the same policy steps.");
+    return el(
+      "span",
+      {},
+      "Equal budgets: every variant's config commits it to the same responses, the same cap on new tokens and the same policy steps. " +
+        "What each run spent (training_tokens, policy_steps, wall_minutes) is in the variant table below.",
+    );
   }
   return el(
     "ul",
@@ -87,6 +92,14 @@ function heldOutRows(report) {
   });
 }
 
+// A few of each finished run's own figures beside it in the runs table (all of them: "Export runs CSV").
+const RUN_COLUMNS = [FIGURE.HV_FINAL, FIGURE.HELD_OUT_HV, FIGURE.WALL_MINUTES];
+
+function runFigure(report, member, figure) {
+  const figures = ((report.runs[member.variant] || {})[String(member.seed)] || {})[figure];
+  return figures === undefined ? null : figures;
+}
+
 function stabilityRows(report) {
   const rows = [];
   for (const [variant, series] of Object.entries(report.stability)) {
@@ -113,15 +126,34 @@ function csvCell(value) {
   return /[",\n]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
 }
 
+function csvText(lines) {
+  return lines.map((line) => line.map(csvCell).join(",")).join("\n") + "\n";
+}
+
+// Each finished run's own figures: one row per run, one column per figure of the report.
+function runsCsv(report) {
+  const lines = [["variant", "seed", ...report.figures]];
+  for (const [variant, bySeed] of Object.entries(report.runs)) {
+    for (const [seed, figures] of Object.entries(bySeed)) lines.push([variant, seed, ...report.figures.map((f) => figures[f])]);
+  }
+  return csvText(lines);
+}
+
 function tableCsv(report) {
-  const lines = [["variant", "figure", "n", "mean", "sd", "low", "high", "diff", "diff_low", "diff_high", "p"]];
+  const lines = [["variant", "figure", "n", "mean", "sd", "low", "high", "diff_n", "diff", "diff_low", "diff_high", "p"]];
   for (const [variant, figures] of Object.entries(report.table)) {
     for (const [figure, s] of Object.entries(figures)) {
       const d = (report.comparison[variant] || {})[figure] || {};
-      lines.push([variant, figure, s.n, s.mean, s.sd, s.low, s.high, d.mean_difference, d.low, d.high, d.p]);
+      lines.push([variant, figure, s.n, s.mean, s.sd, s.low, s.high, d.n, d.mean_difference, d.low, d.high, d.p]);
     }
   }
-  return lines.map((line) => line.map(csvCell).join(",")).join("\n") + "\n";
+  return csvText(lines);
+}
+
+function download(text, name) {
+  const link = el("a", { href: URL.createObjectURL(new Blob([text], { type: "text/csv" })), download: name });
+  link.click();
+  URL.revokeObjectURL(link.href);
 }
 
 async function load(baseline) {
@@ -132,6 +164,7 @@ async function load(baseline) {
   const variants = Object.keys(body.compute);
   const chosen = body.report.baseline;
   setChildren($("baseline"), ...variants.map((v) => el("option", { value: v, selected: v === chosen }, v)));
+  $("export-json").href = `/api/experiments/${experimentId}?baseline=${encodeURIComponent(chosen)}`;
   setChildren($("compute-note"), computeNote(body));
   setChildren($("variant-body"), ...variantRows(body.report));
   drawCurves();
@@ -152,6 +185,7 @@ async function load(baseline) {
         el("td", {}, m.variant || "–"),
         el("td", { className: "num" }, m.seed === null ? "–" : String(m.seed)),
         el("td", {}, statusBadge(m.status)),
+        ...RUN_COLUMNS.map((figure) => el("td", { className: "num" }, fmtNum(runFigure(body.report, m, figure)))),
         el("td", {}, RUN_STATUSES.RESUMABLE.includes(m.status) ? el("button", { type: "button", className: "btn", onclick: () => resume(m.id) }, "Resume") : ""),
       ),
     ),
@@ -183,10 +217,9 @@ every(10000, async () => {
 $("baseline").addEventListener("change", () => load($("baseline").value).catch(showError));
 $("curve-band").addEventListener("change", drawCurves);
 $("export-csv").addEventListener("click", () => {
-  if (!current) return;
-  const blob = new Blob([tableCsv(current.report)], { type: "text/csv" });
-  const link = el("a", { href: URL.createObjectURL(blob), download: `experiment-${experimentId}.csv` });
-  link.click();
-  URL.revokeObjectURL(link.href);
+  if (current) download(tableCsv(current.report), `experiment-${experimentId}.csv`);
+});
+$("export-runs-csv").addEventListener("click", () => {
+  if (current) download(runsCsv(current.report), `experiment-${experimentId}-runs.csv`);
 });
 load(null).catch(showError);
