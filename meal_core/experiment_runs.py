@@ -208,7 +208,10 @@ def _number(value: float) -> str:
 def compute_lines(runs: list[VariantRun]) -> list[str]:
     _, differences = compute_report(runs)
     if not differences:
-        return ["equal compute: every variant generates the same responses and takes the same policy steps"]
+        return [
+            "equal budgets: every variant's config commits it to the same responses, token cap and policy steps "
+            "(what each run spent: training_tokens and policy_steps in the report)"
+        ]
     lines = ["compute differs between variants:"]
     for d in differences:
         values = ", ".join(f"{v} {n}" for v, n in d.values.items())
