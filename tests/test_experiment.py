@@ -263,6 +263,10 @@ def test_report_builds_the_table_the_comparison_and_stability() -> None:
     assert "| meal | hv_final | 3 |" in text and "p (paired t-test)" in text
 
 
+def first_evaluation(directory: Path) -> dict[str, Any]:
+    return json.loads((directory / "evaluations.jsonl").read_text().splitlines()[0])
+
+
 def stored_run_hv(directory: Path) -> float:
     return json.loads((directory / "heldout.json").read_text())["hypervolume"]
 
@@ -287,6 +291,12 @@ def test_meal_experiment_run_trains_skips_and_resumes(
             assert (run / "finished.json").is_file() and (run / "heldout.json").is_file()
             assert json.loads((run / "config.json").read_text())["seed"] == seed
             assert json.loads((run / "heldout.json").read_text())["prompts"] == str(prompts)
+    # Paired by seed: both variants' step-0 evaluation (the same untrained policy) draws the same samples, and so
+    # scores the same; different seeds draw different ones.
+    step_0 = {(v, s): first_evaluation(out / v / f"seed-{s}") for v in ("meal", "static") for s in (0, 1)}
+    for seed in (0, 1):
+        assert step_0[("meal", seed)]["points"] == step_0[("static", seed)]["points"]
+    assert step_0[("meal", 0)]["points"] != step_0[("meal", 1)]["points"]
     assert "compute differs between variants:\n  meta_steps: meal 5, static 0" in captured.err
     assert "| meal | held_out_hv | 2 |" in captured.out
     assert "| meal − static (paired by seed)" in captured.out.replace("variant − static", "meal − static")
