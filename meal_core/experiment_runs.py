@@ -136,11 +136,13 @@ def held_out_evaluation(
     trainer: Trainer, prompts: str, samples_per_weight: int | None, max_prompts: int | None
 ) -> HeldOutResult:
     """A trained run's final evaluation on held-out prompts (the first `max_prompts` of them; `samples_per_weight`
-    defaults to the run's eval setting), as `meal experiment run` and the panel's worker both take it."""
+    defaults to the run's eval setting), as `meal experiment run` and the panel's worker both take it; its
+    progress is the evaluating phase's (the run page's "evaluating k/N")."""
     from meal_core.data import load_prompts
 
     per_weight = samples_per_weight or trainer.config.eval.samples_per_weight
-    result = trainer.evaluation(load_prompts(prompts, max_prompts), per_weight, trainer.iteration)
+    held_out = load_prompts(prompts, max_prompts)
+    result = trainer.evaluation(held_out, per_weight, trainer.iteration, trainer.evaluating(held_out, per_weight))
     return HeldOutResult.of(result, prompts, per_weight)
 
 

@@ -694,12 +694,18 @@ class Trainer:
         """Evaluate on the run's held-out prompts and record the result."""
         cfg = self.config.eval
         prompts = self.eval_prompts[: cfg.prompts]
-        generations = len(prompts) * len(weight_grid(self.k, cfg.grid_points, cfg.lattice_divisions))
-        evaluating = PhaseProgress(self.recorder, RunPhase.EVALUATING, generations * cfg.samples_per_weight)
-        result = self.evaluation(prompts, cfg.samples_per_weight, step, evaluating)
+        result = self.evaluation(
+            prompts, cfg.samples_per_weight, step, self.evaluating(prompts, cfg.samples_per_weight)
+        )
         self.recorder.evaluation(result)
         self.recorder.metrics(step, result.metrics())
         return result
+
+    def evaluating(self, prompts: list[Prompt], samples_per_weight: int) -> PhaseProgress:
+        """The evaluating phase's progress, told to the recorder: every generation of `evaluation`."""
+        cfg = self.config.eval
+        generations = len(prompts) * len(weight_grid(self.k, cfg.grid_points, cfg.lattice_divisions))
+        return PhaseProgress(self.recorder, RunPhase.EVALUATING, generations * samples_per_weight)
 
     def evaluation(
         self, prompts: list[Prompt], samples_per_weight: int, step: int, progress: PhaseProgress | None = None

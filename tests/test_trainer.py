@@ -233,3 +233,21 @@ def test_the_trainer_reports_each_phase_in_order_with_growing_progress(
     training = [(done, eta) for p, done, _, eta in log.reports if p == P.TRAINING]
     assert [done for done, _ in training] == [0, 0, 1, 1, 2]  # each iteration reported as it starts and ends
     assert all(eta is not None and eta >= 0 for done, eta in training if done > 0)
+
+
+def test_the_held_out_evaluation_reports_its_own_evaluating_phase(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """After training, the held-out evaluation (meal experiment run's and the worker's) is counted as an
+    evaluating phase over its own generations: the run page shows "evaluating k/N", not the last phase's ETA."""
+    from meal_core.experiment_runs import held_out_evaluation
+
+    config = tiny_run_config(tiny_model_dir, iterations=1, eval__every=0, checkpoint__every=0)
+    log = PhaseLog()
+    trainer = Trainer(config, tmp_path, log)
+    trainer.train()
+    prompts = tmp_path / "heldout.txt"
+    prompts.write_text("Describe a quiet morning.\nWhy is the sea salty?\nName a river.\n")
+    trained = len(log.reports)
+    held_out_evaluation(trainer, str(prompts), 2, None)
+    reports = log.reports[trained:]
+    assert {(phase, total) for phase, _, total, _ in reports} == {(RunPhase.EVALUATING, 3 * 3 * 2)}
+    assert reports[0][1] == 0 and reports[-1][1] == 3 * 3 * 2  # prompts × grid points × samples per weight
