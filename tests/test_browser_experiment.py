@@ -72,6 +72,7 @@ def test_an_experiment_launched_from_the_form_trains_to_a_filled_page(
     # Nothing varied: the form starts a run, as it always did.
     assert page.text_content("#submit-button") == "Start run"
     assert page.locator(".vary:not(.hidden)").count() == 0
+    assert page.locator("#experiment-fields").is_hidden()  # held-out prompts and baseline: experiments only
 
     page.click("#expand-all")
     page.fill("[name='name']", "lr <i>grid</i>")
@@ -110,6 +111,20 @@ def test_an_experiment_launched_from_the_form_trains_to_a_filled_page(
     page.click("button.vary-toggle[data-vary-path='data.max_train_prompts']")  # "Don't vary"
     page.click("button.vary-toggle[data-vary-path='data.prompt_column']")
     page.fill("[name='vary:algorithm.max_new_tokens']", "12")
+    # The held-out evaluation and the baseline: a file outside the uploads folder is refused next to its field.
+    assert page.locator("#experiment-fields").is_visible()
+    page.fill("[name='held_out.prompts']", "/etc/passwd")
+    page.fill("[name='baseline']", VARIANTS[0])
+    page.click("#submit-button")
+    error = page.locator(".field:has([name='held_out.prompts']) .error-msg")
+    error.wait_for(state="visible")
+    assert "outside the folders this server allows" in (error.text_content() or ""), error.text_content()
+    uploads = settings.data_dir / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    (uploads / "heldout.txt").write_text("Name a river.\nWhy is the sky blue?\nDescribe rain.\n")
+    page.fill("[name='held_out.prompts']", str(uploads / "heldout.txt"))
+    page.fill("[name='held_out.samples_per_weight']", "1")
+    page.fill("[name='held_out.max_prompts']", "2")
     page.click("#submit-button")
     page.wait_for_url(re.compile(r".*/experiments/\d+$"))
     experiment_id = int(page.url.rstrip("/").split("/")[-1])
@@ -118,6 +133,12 @@ def test_an_experiment_launched_from_the_form_trains_to_a_filled_page(
     assert stored["name"] == "lr <i>grid</i>" and stored["runs"] == 4
     assert stored["config"]["seeds"] == 2 and stored["config"]["algorithms"] == ["meal", "static"]
     assert stored["config"]["vary"] == {"algorithm.max_new_tokens": [12]}
+    assert stored["config"]["held_out"] == {
+        "prompts": str(uploads / "heldout.txt"),
+        "samples_per_weight": 1,
+        "max_prompts": 2,
+    }
+    assert stored["baseline"] == VARIANTS[0]
     assert {(m["variant"], m["seed"]) for m in stored["members"]} == {(v, s) for v in VARIANTS for s in (0, 1)}
 
     # Trained by the worker; the page polls until every run finished.
@@ -125,6 +146,11 @@ def test_an_experiment_launched_from_the_form_trains_to_a_filled_page(
         "document.querySelector('#experiment-name').textContent.endsWith(': 4 of 4 runs finished')", timeout=TRAINED_MS
     )
     assert page.locator("#experiment-name i").count() == 0  # the name is text, never markup
+    # Every run evaluated on the held-out file's first 2 prompts: the card names the file, a row per variant.
+    assert str(uploads / "heldout.txt") in (page.text_content("#held-out-note") or "")
+    for variant in VARIANTS:
+        row = cells(page.locator(f"#held-out-body tr[data-variant='{variant}']"))
+        assert row[1] == "2" and is_number(row[2].split(" ± ")[0]), row
 
     # The variant table: every variant's hypervolume over both seeds, with numbers.
     for variant in VARIANTS:

@@ -594,7 +594,7 @@ class ConfigForm {
     this.noteInput = el("textarea", { name: "note", maxlength: 4000, rows: 2 });
     const noteRow = fieldRow("note", { title: "Note", description: "Free text about the run. Editable on the run page." }, this.noteInput, false);
     this.labelSlots = { tags: tagsRow.slot, note: noteRow.slot };
-    const runBody = el("div", {}, nameRow.row, tagsRow.row, noteRow.row);
+    const runBody = el("div", {}, nameRow.row, tagsRow.row, noteRow.row, this.experimentFields());
     const sections = [];
     for (const name of names) {
       const widget = makeWidget(name, properties[name]);
@@ -608,6 +608,53 @@ class ConfigForm {
     setChildren(container, section("run", "Run", [this.root.el, runBody]), sections);
   }
 
+  /** What only an experiment takes (shown once a field is varied): its held-out evaluation and its baseline. */
+  experimentFields() {
+    const text = (name, maxlength, placeholder) => el("input", { type: "text", name, maxlength, placeholder, autocomplete: "off" });
+    this.heldOut = {
+      prompts: text("held_out.prompts", 500, "e.g. builtin:eval, or a .txt / .jsonl file under the uploads folder"),
+      samples_per_weight: el("input", { type: "number", name: "held_out.samples_per_weight", min: 1, max: 1000, step: 1, placeholder: "each run's eval.samples_per_weight" }),
+      max_prompts: el("input", { type: "number", name: "held_out.max_prompts", min: 1, max: 10000, step: 1, value: "200" }),
+    };
+    this.baselineInput = text("baseline", 200, "the first variant");
+    const rows = [
+      fieldRow(
+        "held_out.prompts",
+        {
+          title: "Held-out prompts",
+          description:
+            "Every run is evaluated once more after its last iteration on these prompts, which it never trained on; the experiment page compares the variants there. Empty: no held-out evaluation.",
+        },
+        this.heldOut.prompts,
+        true,
+      ),
+      fieldRow("held_out.samples_per_weight", { title: "Held-out responses per prompt and weight" }, this.heldOut.samples_per_weight, true),
+      fieldRow("held_out.max_prompts", { title: "Held-out prompts at most", description: "The file's first ones." }, this.heldOut.max_prompts, false),
+      fieldRow(
+        "baseline",
+        { title: "Baseline", description: "The variant the others are compared against, by name (e.g. static-base_loss=sft); the experiment page can switch it." },
+        this.baselineInput,
+        true,
+      ),
+    ];
+    this.experimentSlots = { held_out: rows.slice(0, 3).map((r) => r.slot), baseline: rows[3].slot };
+    this.experimentRows = el("div", { className: "hidden", id: "experiment-fields" }, el("h3", {}, "Experiment"), ...rows.map((r) => r.row));
+    return this.experimentRows;
+  }
+
+  /** The experiment's own fields that are filled in: held_out (if prompts are named) and baseline. */
+  experimentSettings() {
+    const found = {};
+    const prompts = this.heldOut.prompts.value.trim();
+    if (prompts) {
+      found.held_out = { prompts, max_prompts: Number(this.heldOut.max_prompts.value || 200) };
+      if (this.heldOut.samples_per_weight.value) found.held_out.samples_per_weight = Number(this.heldOut.samples_per_weight.value);
+    }
+    const baseline = this.baselineInput.value.trim();
+    if (baseline) found.baseline = baseline;
+    return found;
+  }
+
   set(config) {
     this.root.set(config);
   }
@@ -619,6 +666,7 @@ class ConfigForm {
   clearErrors() {
     this.root.clearErrors();
     this.nameSlot.clear();
+    for (const slot of [...this.experimentSlots.held_out, this.experimentSlots.baseline]) slot.clear();
   }
 }
 
@@ -683,6 +731,10 @@ function showErrors(detail, what) {
     } else if (loc[0] === "body" && loc[1] === "name") {
       slot = form.nameSlot;
       slot.show(item.msg);
+    } else if (loc[0] === "body" && loc[1] === "experiment" && (loc[2] === "held_out" || loc[2] === "baseline")) {
+      const held = ["prompts", "samples_per_weight", "max_prompts"].indexOf(loc[3]);
+      slot = loc[2] === "baseline" ? form.experimentSlots.baseline : form.experimentSlots.held_out[Math.max(held, 0)];
+      slot.show(loc[2] === "held_out" && held < 0 ? `${loc.slice(3).join(".")}: ${item.msg}` : item.msg);
     } else if (loc[0] === "body" && (loc[1] === "tags" || loc[1] === "note")) {
       slot = form.labelSlots[loc[1]];
       slot.show(loc.length > 2 ? `tag ${Number(loc[2]) + 1}: ${item.msg}` : item.msg);
@@ -709,13 +761,14 @@ function experimentOf(config) {
   }
   experiment.seeds ??= [config.seed ?? defaults.seed];
   experiment.algorithms ??= [(config.algorithm || {}).name ?? defaults.algorithm.name];
-  return experiment;
+  return { ...experiment, ...form.experimentSettings() };
 }
 
 function updateSubmit() {
   const experiment = [...varied].some((v) => v.widget.el.isConnected);
   submitButton.textContent = experiment ? "Launch experiment" : "Start run";
   formEl.dataset.experiment = experiment ? "1" : "";
+  form.experimentRows.classList.toggle("hidden", !experiment);
 }
 
 /** A run left unnamed is named after its objectives and the time: "brevity vs coverage, 12-04 14:31". */
