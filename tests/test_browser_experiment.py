@@ -1,7 +1,8 @@
 """An experiment from the launch form to its filled page, in Chromium against a real server and a real Celery worker
 training the tiny model: seeds, algorithms and a varied field set in the form ("Launch experiment"), a refused value
 shown next to its field, then 2 seeds × 2 algorithms trained to a page with the variant table, the paired
-comparison, the curves averaged over seeds (one colour per variant, a shared legend) and both exports."""
+comparison, the curves averaged over seeds (one colour per variant, a shared legend), the held-out card and the
+exports; and a run that failed under a dead worker resumed from the experiment page."""
 
 from __future__ import annotations
 
@@ -209,4 +210,48 @@ def test_an_experiment_launched_from_the_form_trains_to_a_filled_page(
     assert header.startswith("variant,seed,") and {"hv_final", "wall_minutes"} <= set(header.split(",")), header
     assert sorted(line.split(",")[:2] for line in runs) == sorted([v, str(s)] for v in VARIANTS for s in (0, 1))
 
+    assert not page_errors, page_errors
+
+
+def test_a_failed_run_is_resumed_from_the_experiment_page(tmp_path: Path, page: Any, page_errors: list[str]) -> None:
+    """A worker died under one run of an experiment (the run failed, resumable): its row on the experiment page has
+    a Resume button that queues it again; the finished run has none. No worker: nothing trains here."""
+    from helpers import bearer
+    from live_server import live_server
+    from test_experiments_api import base_config
+
+    from app.store import run_state
+    from app.store.db import session_scope
+    from app.store.models import Run
+    from meal_core.enums import RunStatus
+
+    settings = Settings(data_dir=tmp_path / "data", broker_url=f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}")
+    upgrade(settings.database_url)
+    with live_server(settings) as base:
+        experiment = {"base": base_config(), "seeds": 1, "algorithms": ["meal", "static"]}
+        created = httpx.post(
+            f"{base}/api/experiments", json={"name": "cut short", "experiment": experiment}, headers=bearer(settings)
+        ).json()
+        died, finished = (m["id"] for m in created["members"])
+        with session_scope(settings.database_url) as session:
+            for run_id in (died, finished):
+                assert run_state.claim(session, run_id, "worker@gone")
+            assert sorted(run_state.fail_runs_of_worker(session, "worker@gone", "worker died")) == [died, finished]
+            run_state.requeue(session, finished)  # the other run was resumed and trained to its end
+            assert run_state.claim(session, finished, "w2")
+            assert run_state.finish(session, finished, "w2", RunStatus.SUCCEEDED)
+        log_in(page, base, settings, "trainer")
+        page.goto(f"{base}/experiments/{created['id']}")
+        row = page.locator(f"#member-body tr[data-run-id='{died}']")
+        row.locator("button", has_text="Resume").wait_for()
+        assert page.locator(f"#member-body tr[data-run-id='{finished}'] button").count() == 0
+        row.locator("button", has_text="Resume").click()
+        page.wait_for_function(
+            f"document.querySelector(\"#member-body tr[data-run-id='{died}']\").textContent.includes('queued')"
+        )
+        assert row.locator("button").count() == 0
+        with session_scope(settings.database_url) as session:
+            resumed = session.get(Run, died)
+            assert resumed is not None and resumed.status == RunStatus.QUEUED
+    get_engine(settings.database_url).dispose()
     assert not page_errors, page_errors
