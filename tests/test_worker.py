@@ -334,5 +334,11 @@ def test_an_experiment_of_tiny_runs_trains_to_a_filled_report(live: Setup, tiny_
         assert report["table"][variant]["hv_final"]["n"] == 2
         assert report["table"][variant]["training_responses"]["mean"] == 4 * 3  # B × M × 1 iteration
         assert report["stability"][variant]["hypervolume"]["n"] == 2
+        # What each run spent, measured, within what its config commits it to.
+        budget = found["compute"][variant]
+        for run in report["runs"][variant].values():
+            assert 0 < run["training_tokens"] <= budget["max_training_tokens"], (run, budget)
+            assert 0 < run["policy_steps"] <= budget["max_policy_steps"], (run, budget)
+            assert run["attempts"] == 1 and run["wall_minutes"] > 0
     compared = report["comparison"]["meal"]["hv_final"]
     assert compared["n"] == 2 and compared["seeds"] == [0, 1]
