@@ -213,9 +213,12 @@ def test_an_experiment_launched_from_the_form_trains_to_a_filled_page(
     assert not page_errors, page_errors
 
 
-def test_a_failed_run_is_resumed_from_the_experiment_page(tmp_path: Path, page: Any, page_errors: list[str]) -> None:
+def test_a_failed_run_is_resumed_and_the_experiment_deleted_from_its_page(
+    tmp_path: Path, page: Any, page_errors: list[str]
+) -> None:
     """A worker died under one run of an experiment (the run failed, resumable): its row on the experiment page has
-    a Resume button that queues it again; the finished run has none. No worker: nothing trains here."""
+    a Resume button that queues it again; the finished run has none. Then the experiment is deleted from its page.
+    No worker: nothing trains here."""
     from helpers import bearer
     from live_server import live_server
     from test_experiments_api import base_config
@@ -253,5 +256,21 @@ def test_a_failed_run_is_resumed_from_the_experiment_page(tmp_path: Path, page: 
         with session_scope(settings.database_url) as session:
             resumed = session.get(Run, died)
             assert resumed is not None and resumed.status == RunStatus.QUEUED
+
+        # Delete, confirmed by the experiment's name: refused while a run is queued, then done once it stopped.
+        def delete() -> None:
+            page.click("#delete-button")
+            assert page.is_disabled("#delete-confirm-button")
+            page.fill("#delete-confirm-name", "cut short")
+            page.click("#delete-confirm-button")
+
+        delete()
+        page.wait_for_selector("#experiment-error:not(.hidden)")
+        assert f"{died} (queued)" in (page.text_content("#experiment-error") or "")
+        with session_scope(settings.database_url) as session:
+            run_state.request_stop(session, died, "trainer")
+        delete()
+        page.wait_for_url(f"{base}/experiments")
+        assert httpx.get(f"{base}/api/experiments/{created['id']}", headers=bearer(settings)).status_code == 404
     get_engine(settings.database_url).dispose()
     assert not page_errors, page_errors

@@ -376,3 +376,44 @@ def test_an_unreachable_broker_leaves_every_run_failed_and_resumable(served: Set
         for member in members:
             run = client.get(f"/api/runs/{member['id']}").json()
             assert "broker" in run["error"], run
+
+
+def test_an_experiment_is_deleted_with_its_runs_by_its_owner_or_an_admin(served: Settings) -> None:
+    """Every run's rows and artefacts, then the experiment; refused whole (nothing deleted) to another trainer, a
+    reviewer, or while a run is not finished."""
+    from app.store.artifacts import open_store
+
+    store = open_store(served)
+    owner = TestClient(create_app(served), headers=bearer(served, "trainer", "olga"))
+    other = TestClient(create_app(served), headers=bearer(served, "trainer", "tom"))
+    reviewer = TestClient(create_app(served), headers=bearer(served, "reviewer"))
+    admin = TestClient(create_app(served), headers=bearer(served, "admin"))
+    with owner, other, reviewer, admin:
+        created = [launch(owner).json() for _ in range(2)]
+        ids = [[m["id"] for m in c["members"]] for c in created]
+        for run_id in ids[0] + ids[1]:
+            (store.run_dir(run_id) / "checkpoints").mkdir(parents=True)
+            (store.run_dir(run_id) / "config.json").write_text("{}")
+        for run_id in ids[0][:3]:
+            finish_with_records(served, run_id, [1.0, 2.0])
+        first = f"/api/experiments/{created[0]['id']}"
+        assert reviewer.delete(first).status_code == 403
+        refused = other.delete(first)
+        assert refused.status_code == 403 and "olga's" in refused.json()["detail"]
+        refused = owner.delete(first)  # its fourth run is still queued
+        assert refused.status_code == 409 and f"{ids[0][3]} (queued)" in refused.json()["detail"]
+        assert all(owner.get(f"/api/runs/{i}").status_code == 200 for i in ids[0])
+        finish_with_records(served, ids[0][3], [1.0])
+        assert owner.delete(first).status_code == 204
+        assert owner.get(first).status_code == 404
+        assert all(owner.get(f"/api/runs/{i}").status_code == 404 for i in ids[0])
+        assert not any(store.run_dir(i).exists() for i in ids[0])
+        with session_scope(served.database_url) as session:
+            assert session.scalars(select(Evaluation).where(Evaluation.run_id.in_(ids[0]))).first() is None
+        # The other experiment is untouched; an admin may delete it once its runs have finished.
+        assert all(store.run_dir(i).exists() for i in ids[1])
+        for run_id in ids[1]:
+            with session_scope(served.database_url) as session:
+                assert run_state.request_stop(session, run_id, "olga")
+        assert admin.delete(f"/api/experiments/{created[1]['id']}").status_code == 204
+        assert all(admin.get(f"/api/runs/{i}").status_code == 404 for i in ids[1])

@@ -4,16 +4,19 @@ evaluations and metrics (meal_core.experiment)."""
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import fields
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from sqlalchemy import case, func, or_, select
+from sqlalchemy import delete as sql_delete
 
 from app.config_policy import ConfigNotAllowed, check_config, check_prompts
 from app.deps import REQUIRE, IdPath, SessionDep, SettingsDep, TrainerDep
-from app.routers.runs import _enqueue
+from app.routers.playground import STORE_WAIT_S
+from app.routers.runs import _enqueue, check_owner
 from app.schemas import (
     API_ERRORS,
     BODY_ERRORS,
@@ -24,10 +27,12 @@ from app.schemas import (
     error_responses,
 )
 from app.store import run_state
+from app.store.artifacts import ArtifactError, open_store
 from app.store.models import RUN_NAME_LENGTH, Evaluation, Experiment, HeldOutEvaluation, MetricPoint, Run
+from app.store.run_delete import delete_run
 from meal_core import metric_keys as keys
 from meal_core.config import ConfigError
-from meal_core.enums import Role, RunStatus
+from meal_core.enums import FINISHED_RUN_STATUSES, Role, RunStatus
 from meal_core.evaluation import HeldOutResult
 from meal_core.experiment import (
     ATTEMPTS,
@@ -39,6 +44,8 @@ from meal_core.experiment import (
     run_figures,
     series_of,
 )
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(
     prefix="/api/experiments",
@@ -297,3 +304,44 @@ def get_experiment_out(
     ),
 ) -> ExperimentOut:
     return experiment_out(session, found, baseline, curve_points)
+
+
+@router.delete(
+    "/{experiment_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(
+        404, 409, 503, descriptions={503: "The artefact store failed part way: the runs deleted so far stay deleted."}
+    ),
+)
+def delete_experiment(found: ExperimentDep, session: SessionDep, settings: SettingsDep, user: TrainerDep) -> Response:
+    """The experiment and every run of it, each deleted as DELETE /api/runs/{id} deletes one (its rows and its
+    artefacts). Refused whole, before anything is deleted, if the user may not delete one of its runs (403: its
+    owner's or an admin's) or one is queued, running or stopping (409). One transaction a run: should the store
+    fail part way (503), the runs deleted so far stay deleted and the rest stay with the experiment; repeat."""
+    if found.created_by != user.name and not user.can(Role.ADMIN):
+        raise HTTPException(403, f"experiment {found.id} is {found.created_by}'s: only they or an admin may delete it")
+    members = _members(session, found.id)
+    for run in members:
+        check_owner(run, user, "delete")
+    active = [f"{run.id} ({run.status})" for run in members if run.status not in FINISHED_RUN_STATUSES]
+    if active:
+        raise HTTPException(409, f"experiment {found.id} has runs not finished: {', '.join(active)}; stop them first")
+    experiment_id, ids = found.id, [run.id for run in members]
+    session.expunge_all()  # their rows are deleted below: the session must not refresh or flush them
+    store = open_store(settings, retry_s=STORE_WAIT_S)
+    for done, run_id in enumerate(ids):
+        try:
+            delete_run(session, store, run_id)
+        except (run_state.TransitionError, ArtifactError) as error:
+            session.rollback()
+            code = 409 if isinstance(error, run_state.TransitionError) else 503
+            detail = (
+                f"experiment {experiment_id}: {done} of its {len(ids)} runs deleted, then {error}; repeat to finish"
+            )
+            raise HTTPException(code, detail) from None
+        session.commit()
+    session.execute(sql_delete(Experiment).where(Experiment.id == experiment_id))
+    session.commit()
+    log.info("experiment %s deleted by %s with its runs %s", experiment_id, user.name, ids)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -222,4 +222,27 @@ $("export-csv").addEventListener("click", () => {
 $("export-runs-csv").addEventListener("click", () => {
   if (current) download(runsCsv(current.report), `experiment-${experimentId}-runs.csv`);
 });
+// Delete: confirmed by typing the experiment's name; the server refuses it whole while a run is unfinished.
+const confirmBox = $("delete-confirm");
+const typedName = $("delete-confirm-name");
+const confirmButton = $("delete-confirm-button");
+$("delete-button").addEventListener("click", () => {
+  typedName.value = "";
+  confirmButton.disabled = true;
+  confirmBox.classList.remove("hidden");
+  typedName.focus();
+});
+$("delete-cancel").addEventListener("click", () => confirmBox.classList.add("hidden"));
+typedName.addEventListener("input", () => (confirmButton.disabled = !current || typedName.value !== current.name));
+confirmButton.addEventListener("click", async () => {
+  if (!current || typedName.value !== current.name) return;
+  confirmButton.disabled = true;
+  try {
+    await api(`/api/experiments/${experimentId}`, { method: "DELETE" });
+    window.location.assign("/experiments");
+  } catch (error) {
+    confirmBox.classList.add("hidden");
+    showError(error);
+  }
+});
 load(null).catch(showError);
