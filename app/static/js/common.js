@@ -252,3 +252,33 @@ export function every(ms, fn) {
     clearTimeout(timer);
   };
 }
+
+/**
+ * A "type its name to confirm" step (ids: delete-button opens it, delete-confirm is its box, delete-confirm-name
+ * the input, delete-confirm-button enabled only once name() is typed, delete-cancel): a click alone never
+ * deletes. `action` runs on confirm; if it throws, the box closes and `onError` gets the error.
+ */
+export function confirmByName(name, action, onError) {
+  const box = document.getElementById("delete-confirm");
+  const typed = document.getElementById("delete-confirm-name");
+  const button = document.getElementById("delete-confirm-button");
+  const matches = () => typed.value === name();
+  document.getElementById("delete-button").addEventListener("click", () => {
+    typed.value = "";
+    button.disabled = true;
+    box.classList.remove("hidden");
+    typed.focus();
+  });
+  document.getElementById("delete-cancel").addEventListener("click", () => box.classList.add("hidden"));
+  typed.addEventListener("input", () => (button.disabled = !matches()));
+  button.addEventListener("click", async () => {
+    if (!matches()) return;
+    button.disabled = true;
+    try {
+      await action();
+    } catch (error) {
+      box.classList.add("hidden");
+      onError(error);
+    }
+  });
+}

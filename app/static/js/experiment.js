@@ -1,6 +1,6 @@
 // An experiment: compute per variant, the variant table with the paired comparison against a chosen baseline,
 // the curves averaged over seeds, stability, the runs (linked), and the table as CSV or JSON.
-import { api, el, errorText, every, fmtNum, setChildren, statusBadge } from "./common.js";
+import { api, confirmByName, el, errorText, every, fmtNum, setChildren, statusBadge } from "./common.js";
 import { FIGURE, RUN_STATUSES } from "./contracts.js";
 import { renderCurves } from "./experiment_curves.js";
 
@@ -223,26 +223,12 @@ $("export-runs-csv").addEventListener("click", () => {
   if (current) download(runsCsv(current.report), `experiment-${experimentId}-runs.csv`);
 });
 // Delete: confirmed by typing the experiment's name; the server refuses it whole while a run is unfinished.
-const confirmBox = $("delete-confirm");
-const typedName = $("delete-confirm-name");
-const confirmButton = $("delete-confirm-button");
-$("delete-button").addEventListener("click", () => {
-  typedName.value = "";
-  confirmButton.disabled = true;
-  confirmBox.classList.remove("hidden");
-  typedName.focus();
-});
-$("delete-cancel").addEventListener("click", () => confirmBox.classList.add("hidden"));
-typedName.addEventListener("input", () => (confirmButton.disabled = !current || typedName.value !== current.name));
-confirmButton.addEventListener("click", async () => {
-  if (!current || typedName.value !== current.name) return;
-  confirmButton.disabled = true;
-  try {
+confirmByName(
+  () => (current ? current.name : null),
+  async () => {
     await api(`/api/experiments/${experimentId}`, { method: "DELETE" });
     window.location.assign("/experiments");
-  } catch (error) {
-    confirmBox.classList.add("hidden");
-    showError(error);
-  }
-});
+  },
+  showError,
+);
 load(null).catch(showError);

@@ -1,6 +1,6 @@
 // The run page's management: its tags and note (shown to all, edited by its owner or an admin), archiving, and
 // deleting it, which asks for the run's name to be typed first: a click alone never deletes a run.
-import { api, el, errorText, parseTags, setChildren } from "./common.js";
+import { api, confirmByName, el, errorText, parseTags, setChildren } from "./common.js";
 import { RUN_STATUSES } from "./contracts.js";
 
 const $ = (id) => document.getElementById(id);
@@ -61,27 +61,13 @@ export function setupManage(run, changed) {
     }
   });
 
-  const confirm = $("delete-confirm");
-  const typed = $("delete-confirm-name");
-  const confirmButton = $("delete-confirm-button");
-  $("delete-button").addEventListener("click", () => {
-    typed.value = "";
-    confirmButton.disabled = true;
-    confirm.classList.remove("hidden");
-    typed.focus();
-  });
-  $("delete-cancel").addEventListener("click", () => confirm.classList.add("hidden"));
-  typed.addEventListener("input", () => (confirmButton.disabled = typed.value !== run.name));
-  confirmButton.addEventListener("click", async () => {
-    if (typed.value !== run.name) return;
-    confirmButton.disabled = true;
-    showError(actionError, "");
-    try {
+  confirmByName(
+    () => run.name,
+    async () => {
+      showError(actionError, "");
       await api(`/api/runs/${run.id}`, { method: "DELETE" });
       window.location.assign("/");
-    } catch (error) {
-      confirm.classList.add("hidden");
-      showError(actionError, `Could not delete the run: ${errorText(error)}`);
-    }
-  });
+    },
+    (error) => showError(actionError, `Could not delete the run: ${errorText(error)}`),
+  );
 }
