@@ -81,6 +81,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/api/experiments"): Role.TRAINER,
     ("GET", "/api/experiments"): Role.TRAINER,
     ("GET", "/api/experiments/{experiment_id}"): Role.TRAINER,
+    ("DELETE", "/api/experiments/{experiment_id}"): Role.TRAINER,
     ("GET", "/experiments"): Role.TRAINER,
     ("GET", "/experiments/{experiment_id}"): Role.TRAINER,
     ("GET", "/account"): ANY_USER,
