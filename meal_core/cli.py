@@ -190,7 +190,7 @@ def _experiment_from(args: argparse.Namespace) -> ExperimentConfig:
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     from meal_core.experiment import format_report
-    from meal_core.experiment_runs import SHOWN, compute_lines, load_experiment_folder, run_experiment
+    from meal_core.experiment_runs import RUNS_CSV, SHOWN, compute_lines, load_experiment_folder, run_experiment
 
     def log(line: str) -> None:
         print(line, file=sys.stderr)
@@ -219,7 +219,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         found = run_experiment(experiment, out, args.prompts, args.samples_per_weight, log, only=only)
     print(format_report(found, SHOWN))
     every = ", ".join(str(out / f"report.{kind}") for kind in ("md", "json", "csv"))
-    print(f"(every figure: {every}; each run's: {out / 'runs.csv'})")
+    print(f"(every figure: {every}; each run's: {out / RUNS_CSV})")
     return 0
 
 

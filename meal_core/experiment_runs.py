@@ -50,6 +50,7 @@ FINISHED = "finished.json"
 HELDOUT = "heldout.json"
 ATTEMPTS = "attempts.json"
 MINUTES = "minutes"
+RUNS_CSV = "runs.csv"  # each finished run's figures, beside report.md, .json and .csv
 # What the printed table shows; report.json and report.csv hold every figure, runs.csv each run's.
 SHOWN = [HV_FINAL, HV_GAIN, CONTROL_FINAL, HELD_OUT_HV, HELD_OUT_CONTROL, HELD_OUT_DEGENERATE, MINUTES]
 
@@ -262,7 +263,7 @@ def run_experiment(
     found = collect(out, experiment, runs)
     (out / "report.json").write_text(json.dumps(found.to_json(), indent=2))
     (out / "report.csv").write_text(report_csv(found))
-    (out / "runs.csv").write_text(runs_csv(found))
+    (out / RUNS_CSV).write_text(runs_csv(found))
     (out / "report.md").write_text(format_report(found) + "\n")
     return found
 
@@ -276,7 +277,7 @@ def copy_records(out: Path, destination: Path) -> list[str]:
         raise ConfigError(f"{destination} is {out} or inside it: copy the records to another folder")
     destination.mkdir(parents=True, exist_ok=True)
     copied = []
-    for path in [out / EXPERIMENT_FILE, out / "runs.csv", *(out / f"report.{kind}" for kind in ("md", "json", "csv"))]:
+    for path in [out / EXPERIMENT_FILE, out / RUNS_CSV, *(out / f"report.{kind}" for kind in ("md", "json", "csv"))]:
         if path.is_file():
             shutil.copy2(path, destination / path.name)
     runs = [(run, run_directory(out, run)) for run in experiment.expand()]

@@ -319,8 +319,7 @@ def delete_experiment(found: ExperimentDep, session: SessionDep, settings: Setti
     artefacts). Refused whole, before anything is deleted, if the user may not delete one of its runs (403: its
     owner's or an admin's) or one is queued, running or stopping (409). One transaction a run: should the store
     fail part way (503), the runs deleted so far stay deleted and the rest stay with the experiment; repeat."""
-    if found.created_by != user.name and not user.can(Role.ADMIN):
-        raise HTTPException(403, f"experiment {found.id} is {found.created_by}'s: only they or an admin may delete it")
+    check_owner(found, user, "delete")
     members = _members(session, found.id)
     for run in members:
         check_owner(run, user, "delete")

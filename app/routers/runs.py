@@ -30,7 +30,7 @@ from app.schemas import (
 )
 from app.store import run_state
 from app.store.artifacts import ArtifactError, open_store
-from app.store.models import MAX_ID, MetricLatest, Run
+from app.store.models import MAX_ID, Experiment, MetricLatest, Run
 from app.store.queue import BrokerUnavailable, enqueue_training
 from app.store.run_delete import delete_run as delete_run_and_artifacts
 from app.store.run_search import RunFilter, find_runs
@@ -208,11 +208,14 @@ def get_run(run: RunDep, session: SessionDep) -> RunOut:
     return run_out(session, run, cursor=True)
 
 
-def check_owner(run: Run, user: CurrentUser, doing: str) -> None:
-    """A run's tags, note, archiving and deletion are its owner's, or an admin's (403 otherwise)."""
-    if run.created_by != user.name and not user.can(Role.ADMIN):
-        owner = run.created_by or "nobody"
-        raise HTTPException(403, f"run {run.id} is {owner}'s: only {owner} or an admin may {doing} it")
+def check_owner(owned: Run | Experiment, user: CurrentUser, doing: str) -> None:
+    """A run's tags, note, archiving and deletion, and an experiment's deletion, are its creator's, or an admin's
+    (403 otherwise)."""
+    if owned.created_by != user.name and not user.can(Role.ADMIN):
+        owner = owned.created_by or "nobody"
+        raise HTTPException(
+            403, f"{owned.__tablename__} {owned.id} is {owner}'s: only {owner} or an admin may {doing} it"
+        )
 
 
 @router.patch("/{run_id}", response_model=RunOut, responses={**BODY_ERRORS, **error_responses(404)})
